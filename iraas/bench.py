@@ -1,0 +1,99 @@
+"""`iraas bench model`: the in-process ceiling of decode + preprocess + inference.
+
+Every process loads its own model and reads the images into memory first, so disk and
+start-up are not measured; they wait at a barrier, run the same number of batches, and the
+wall time from the barrier to the last process finishing gives the throughput.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+
+from .model.builtin import resolve_model
+from .model.classifier import Classifier, StageTimes
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif"}
+
+
+def image_files(paths: list[Path]) -> list[Path]:
+    """Files as given, and the image files of folders (sorted, not recursive into hidden)."""
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()))
+        else:
+            out.append(p)
+    return out
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    images: int
+    seconds: float
+    procs: int
+    batch: int
+    times: StageTimes
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds
+
+    def report(self) -> str:
+        n = max(self.times.images, 1)
+        ms = {k: 1000 * getattr(self.times, k) / n for k in ("decode", "preprocess", "inference")}
+        return (
+            f"{self.images} images in {self.seconds:.2f} s with {self.procs} process(es), batch {self.batch}: "
+            f"{self.images_per_s:.1f} img/s\n"
+            f"per image, per process: decode {ms['decode']:.2f} ms, preprocess {ms['preprocess']:.2f} ms, "
+            f"inference {ms['inference']:.2f} ms"
+        )
+
+
+def _worker(
+    model: str | None,
+    files: list[str],
+    batch: int,
+    rounds: int,
+    threads: int,
+    barrier: Barrier,
+    out: mp.Queue[StageTimes],
+) -> None:
+    clf = Classifier(resolve_model(model), threads=threads)
+    data = [Path(f).read_bytes() for f in files]
+    clf.classify(data[:batch])  # warm-up: first run allocates and plans
+    clf.times = StageTimes()
+    barrier.wait()
+    for _ in range(rounds):
+        for i in range(0, len(data), batch):
+            clf.classify(data[i : i + batch])
+    out.put(clf.times)
+
+
+def run_bench(
+    model: str | None, files: list[Path], batch: int = 8, procs: int = 0, threads: int = 1, rounds: int = 1
+) -> BenchResult:
+    procs = procs or os.cpu_count() or 1
+    resolve_model(model)  # build the ONNX cache once, before the processes race for it
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(procs + 1)
+    out: mp.Queue[StageTimes] = ctx.Queue()
+    names = [str(f) for f in files]
+    workers = [
+        ctx.Process(target=_worker, args=(model, names, batch, rounds, threads, barrier, out)) for _ in range(procs)
+    ]
+    for w in workers:
+        w.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    total = StageTimes()
+    for _ in workers:
+        total.add(out.get())
+    elapsed = time.perf_counter() - t0
+    for w in workers:
+        w.join()
+    return BenchResult(total.images, elapsed, procs, batch, total)

@@ -1,0 +1,138 @@
+"""Safe, fast image decoding shared by the web tier and the workers.
+
+Formats are recognised by content only, from an allow-list; the pixel count is checked from
+the header before any pixel is decoded; truncated files are errors, never partial images;
+large JPEGs are decoded at a reduced DCT scale when the model needs far fewer pixels.
+Every failure is an `ImageError` whose `reason` a user can read.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError, features
+
+# Formats Pillow may try. Everything else (EPS runs Ghostscript, FITS, PSD, ...) is refused.
+_BASE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+ALLOWED_FORMATS: tuple[str, ...] = _BASE_FORMATS + (("AVIF",) if features.check("avif") else ())
+DEFAULT_MAX_PIXELS = 50_000_000
+
+
+class ImageError(ValueError):
+    """An image that cannot be used. `code` is stable for machines, `reason` is for people."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    width: int
+    height: int
+
+
+def _detect_other(data: bytes) -> str | None:
+    """Name a refused format we can recognise, for a clearer error."""
+    head = data[:64].lstrip().lower()
+    if head.startswith((b"%!ps", b"\xc5\xd0\xd3\xc6")):
+        return "EPS/PostScript"
+    if head.startswith(b"simple  ="):
+        return "FITS"
+    if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<svg")):
+        return "HTML/XML text"
+    if head.startswith(b"%pdf"):
+        return "PDF"
+    return None
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    if not data:
+        raise ImageError("empty", "the file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError("too_many_pixels", f"image has more than {max_pixels} pixels") from None
+    except UnidentifiedImageError:
+        other = _detect_other(data)
+        if other:
+            raise ImageError("unsupported_format", f"{other} is not an accepted image format") from None
+        raise ImageError(
+            "not_an_image", "not a recognised image (accepted: " + ", ".join(ALLOWED_FORMATS) + ")"
+        ) from None
+    except Exception as exc:  # Pillow plugins raise assorted errors on corrupt headers
+        raise ImageError("corrupt", f"corrupt image header: {exc}") from None
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        raise ImageError("corrupt", "image has no pixels")
+    if w * h > max_pixels:
+        raise ImageError("too_many_pixels", f"image is {w}x{h}, more than {max_pixels} pixels")
+    return img
+
+
+def inspect(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
+    """Cheap check from the header only: format allowed, pixel count within the limit."""
+    img = _open(data, max_pixels)
+    return ImageInfo(str(img.format), img.width, img.height)
+
+
+def _draft(img: Image.Image, min_side: int | None) -> None:
+    """Let libjpeg decode at 1/2, 1/4 or 1/8 scale while the short side stays >= min_side."""
+    if img.format != "JPEG" or not min_side:
+        return
+    w, h = img.size
+    scale = min_side / min(w, h)
+    if scale < 0.5:
+        img.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return _wide_to_rgb(img)
+    if (mode == "P" and "transparency" in img.info) or mode in ("LA", "PA", "La"):
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "RGBa"):
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img.convert("RGBA")).convert("RGB")
+    return img.convert("RGB")
+
+
+def _wide_to_rgb(img: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grayscale: scale into 0..255 instead of clipping at 255."""
+    arr = np.asarray(img, dtype=np.float64)
+    if img.mode.startswith("I;16") or (img.mode == "I" and arr.max(initial=0) > 255):
+        top = 65535.0 if arr.max(initial=0) <= 65535 else float(arr.max())
+        arr = arr * (255.0 / top)
+    elif img.mode == "F" and arr.max(initial=0) <= 1.0:
+        arr = arr * 255.0
+    gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray).convert("RGB")
+
+
+def decode(data: bytes, min_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode to an upright RGB image. With `min_side`, a JPEG may come back smaller, but its
+    short side is never below `min_side` (unless the original's already was)."""
+    img = _open(data, max_pixels)
+    _draft(img, min_side)
+    try:
+        img.load()  # the first frame only, for animated GIF/WebP
+        img = ImageOps.exif_transpose(img)
+        return _to_rgb(img)
+    except OSError as exc:
+        text = str(exc)
+        if "truncated" in text or "broken data stream" in text:
+            raise ImageError("truncated", "the image file is truncated") from None
+        raise ImageError("corrupt", f"cannot decode image: {text}") from None
+    except (ValueError, SyntaxError, EOFError) as exc:
+        raise ImageError("corrupt", f"cannot decode image: {exc}") from None

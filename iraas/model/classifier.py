@@ -1,0 +1,155 @@
+"""Batched image classification with onnxruntime: bytes in, top-k labels out."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from ..imaging import DEFAULT_MAX_PIXELS, ImageError, decode
+from .spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class Label:
+    label: str
+    index: int
+    probability: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    top: tuple[Label, ...]
+
+    @property
+    def label(self) -> str:
+        return self.top[0].label
+
+    @property
+    def probability(self) -> float:
+        return self.top[0].probability
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage, summed over the images of one or more batches."""
+
+    decode: float = 0.0
+    preprocess: float = 0.0
+    inference: float = 0.0
+    images: int = 0
+    batches: int = 0
+
+    def add(self, other: StageTimes) -> None:
+        self.decode += other.decode
+        self.preprocess += other.preprocess
+        self.inference += other.inference
+        self.images += other.images
+        self.batches += other.batches
+
+
+def crop_to_input(img: Image.Image, spec: ModelSpec) -> np.ndarray[Any, Any]:
+    """Resize the short side to `spec.resize` and take the centre `input_size` square, in one
+    resampling pass (the crop box is mapped back onto the source image)."""
+    size = spec.input_size
+    w, h = img.size
+    if spec.resize == 0:
+        box = (0.0, 0.0, float(w), float(h))
+    else:
+        side = min(w, h) * size / spec.resize  # crop side in source pixels
+        box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+    out = img.resize((size, size), Image.Resampling.BILINEAR, box=box)
+    return np.asarray(out, dtype=np.uint8)
+
+
+def to_tensor(batch: np.ndarray[Any, Any], spec: ModelSpec) -> np.ndarray[Any, Any]:
+    """uint8 NHWC RGB → float32 in the model's layout, channel order and normalisation."""
+    # Reorder as uint8 views and convert in one multiply into a fresh array: ten times faster
+    # than converting first and transposing floats afterwards.
+    scale, offset = np.asarray(spec.scale, np.float32), np.asarray(spec.offset, np.float32)
+    if spec.channel_order == "BGR":
+        batch, scale, offset = batch[..., ::-1], scale[::-1], offset[::-1]
+    if spec.layout == "NCHW":
+        batch, scale, offset = batch.transpose(0, 3, 1, 2), scale.reshape(3, 1, 1), offset.reshape(3, 1, 1)
+    out = np.empty(batch.shape, np.float32)
+    np.multiply(batch, scale, out=out)
+    out += offset
+    return out
+
+
+def _softmax(logits: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
+
+
+class Classifier:
+    """One onnxruntime session; `threads` intra-op threads (1 per worker process by default,
+    so N worker processes use N cores without oversubscription)."""
+
+    def __init__(self, spec: ModelSpec, threads: int = 1, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        self.spec = spec
+        self.max_pixels = max_pixels
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(str(spec.onnx_path), opts, providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+        self.times = StageTimes()
+
+    def logits(self, tensor: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        out = self._session.run(None, {self._input: tensor})[0]
+        return np.asarray(out, dtype=np.float32)
+
+    def classify(self, images: Sequence[bytes], top_k: int = 5) -> list[Prediction | ImageError]:
+        """Classify a batch; a bad image gives its ImageError in its place, the rest still run."""
+        t0 = time.perf_counter()
+        results: list[Prediction | ImageError] = []
+        pixels: list[np.ndarray[Any, Any]] = []
+        t_decode = t_prep = 0.0
+        for data in images:
+            try:
+                img = decode(data, min_side=self.spec.resize or self.spec.input_size, max_pixels=self.max_pixels)
+            except ImageError as err:
+                results.append(err)
+                continue
+            t1 = time.perf_counter()
+            pixels.append(crop_to_input(img, self.spec))
+            t_prep += time.perf_counter() - t1
+            results.append(Prediction(()))  # placeholder, filled below
+        t_decode = time.perf_counter() - t0 - t_prep
+        t_infer = 0.0
+        if pixels:
+            t1 = time.perf_counter()
+            tensor = to_tensor(np.stack(pixels), self.spec)
+            t2 = time.perf_counter()
+            probs = _softmax(self.logits(tensor))
+            t_infer = time.perf_counter() - t2
+            t_prep += t2 - t1
+            tops = iter(self._top(probs, top_k))
+            results = [next(tops) if isinstance(r, Prediction) else r for r in results]
+        self.times.add(StageTimes(t_decode, t_prep, t_infer, len(images), 1))
+        return results
+
+    def predict(self, images: Sequence[bytes], top_k: int = 5) -> list[Prediction]:
+        """Like `classify`, but raise the first ImageError."""
+        out = self.classify(images, top_k)
+        for r in out:
+            if isinstance(r, ImageError):
+                raise r
+        return [r for r in out if isinstance(r, Prediction)]
+
+    def _top(self, probs: np.ndarray[Any, Any], k: int) -> list[Prediction]:
+        k = max(1, min(k, probs.shape[1]))
+        order = np.argsort(-probs, axis=1)[:, :k]
+        labels = self.spec.labels
+        return [
+            Prediction(tuple(Label(labels[i] if i < len(labels) else str(i), int(i), float(p[i])) for i in row))
+            for p, row in zip(probs, order, strict=False)
+        ]

@@ -1,0 +1,45 @@
+"""The `iraas` command as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import IMAGENET
+
+IMAGES = IMAGENET / "images"
+
+
+def _iraas(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "iraas.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_classify_prints_label_and_confidence(tmp_path: Path) -> None:
+    shutil.copy(IMAGES / "n01440764_tench.JPEG", tmp_path / "fish.jpg")
+    (tmp_path / "bad.jpg").write_bytes(b"<html></html>")
+    out = _iraas("classify", str(tmp_path / "fish.jpg"), str(IMAGES / "n01484850_great_white_shark.JPEG"))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("fish.jpg: tench (0.")
+    assert lines[1].startswith("n01484850_great_white_shark.JPEG: great white shark (")
+    folder = _iraas("classify", "--json", "--top-k", "3", str(tmp_path))
+    assert folder.returncode == 1  # one file was not an image
+    records = {Path(r["file"]).name: r for r in map(json.loads, folder.stdout.splitlines())}
+    assert records["bad.jpg"]["error"] == "unsupported_format"
+    assert records["fish.jpg"]["label"] == "tench" and len(records["fish.jpg"]["top"]) == 3
+
+
+def test_unknown_model_is_a_clear_error() -> None:
+    out = _iraas("classify", "--model", "nope", str(IMAGES / "n01440764_tench.JPEG"))
+    assert out.returncode == 2 and "unknown model 'nope'" in out.stderr
+
+
+def test_bench_model_prints_figures(tmp_path: Path) -> None:
+    for f in sorted(IMAGES.iterdir())[:8]:
+        shutil.copy(f, tmp_path / f.name)
+    out = _iraas("bench", "model", str(tmp_path), "--procs", "1", "--batch", "4")
+    assert out.returncode == 0, out.stderr
+    assert "8 images in" in out.stdout and "img/s" in out.stdout and "inference" in out.stdout
