@@ -32,6 +32,7 @@ test: lint
 bench: install
 	$(BIN)/iraas bench model --procs 2
 	$(BIN)/python benchmarks/decode.py
+	$(BIN)/python benchmarks/queue_sqlite.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

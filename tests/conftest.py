@@ -23,3 +23,33 @@ def classifier():  # type: ignore[no-untyped-def]
     from iraas.model.classifier import Classifier
 
     return Classifier(resolve_model(None))
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> str:
+    """moto's server on 127.0.0.1, one per test session (reset per test by the users)."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    for var, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
+        os.environ[var] = value
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def moto(moto_url: str) -> str:
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST")).read()
+    return moto_url

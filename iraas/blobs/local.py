@@ -1,0 +1,67 @@
+"""The embedded blob store: a directory, one file per key."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+from .base import BlobNotFound, check_key
+
+
+class DirectoryBlobStore:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / check_key(key)).resolve()
+        if not path.is_relative_to(self.root):  # belt and braces: symlinks inside the root
+            raise BlobNotFound(key)
+        return path
+
+    def put(self, key: str, data: bytes, if_absent: bool = False) -> bool:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            if if_absent:
+                # link() fails if the name exists: the check and the write are one atomic step.
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    return False
+            else:
+                os.replace(tmp, path)
+            return True
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise BlobNotFound(key) from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            self._path(key).unlink()
+
+    def list(self, prefix: str = "") -> list[str]:
+        keys: list[str] = []
+        for dirpath, _dirs, files in os.walk(self.root):
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for name in files:
+                key = name if rel == "." else f"{rel}/{name}"
+                if not name.startswith(".tmp-") and key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)

@@ -1,0 +1,74 @@
+"""The AWS blob store: one S3 bucket (optionally under a key prefix).
+
+Conditional writes use `If-None-Match: *`: S3 answers 412 when the key exists (and 409 when a
+concurrent conditional write is in progress), both meaning "someone else wrote first".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from .base import BlobError, BlobNotFound, check_key
+
+RETRY_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5})
+_LOST_RACE = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+
+
+def s3_client(region: str | None = None, endpoint_url: str | None = None) -> Any:
+    return boto3.client("s3", region_name=region, endpoint_url=endpoint_url, config=RETRY_CONFIG)
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+class S3BlobStore:
+    def __init__(self, client: Any, bucket: str, prefix: str = "") -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.rstrip("/") + "/" if prefix else ""
+
+    def _key(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    def put(self, key: str, data: bytes, if_absent: bool = False) -> bool:
+        extra = {"IfNoneMatch": "*"} if if_absent else {}
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
+        except ClientError as exc:
+            if if_absent and _code(exc) in _LOST_RACE:
+                return False
+            raise BlobError(f"S3 put {key}: {exc}") from exc
+        return True
+
+    def get(self, key: str) -> bytes:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            return bytes(body.read())
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404"):
+                raise BlobNotFound(key) from None
+            raise BlobError(f"S3 get {key}: {exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404", "NotFound"):
+                return False
+            raise BlobError(f"S3 head {key}: {exc}") from exc
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def list(self, prefix: str = "") -> list[str]:
+        keys: list[str] = []
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
+        for page in pages:
+            keys.extend(obj["Key"][len(self.prefix) :] for obj in page.get("Contents", []))
+        return sorted(keys)

@@ -1,0 +1,154 @@
+"""The AWS queue: an SQS standard queue, with a dead-letter queue through a redrive policy.
+
+The boto3 client is made by the caller (`sqs_client`), so the endpoint (AWS, moto's server,
+LocalStack) and credentials are explicit. Parameters are checked before any call, with the
+same messages as the embedded queue.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from .base import (
+    Depth,
+    Message,
+    QueueError,
+    check_receipts,
+    check_receive,
+    check_send,
+    check_visibility,
+)
+
+_STALE_RECEIPT = {
+    "ReceiptHandleIsInvalid",
+    "MessageNotInflight",
+    "InvalidParameterValue",
+    "AWS.SimpleQueueService.NonExistentQueue",
+}
+RETRY_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)
+
+
+def sqs_client(region: str | None = None, endpoint_url: str | None = None) -> Any:
+    # read_timeout must exceed the 20 s long poll.
+    return boto3.client("sqs", region_name=region, endpoint_url=endpoint_url, config=RETRY_CONFIG)
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+class SqsQueue:
+    """Find or create the queue `name` (and `<name>-dlq` with redrive when `max_receives`)."""
+
+    def __init__(self, client: Any, name: str, *, max_receives: int | None = None, create: bool = True) -> None:
+        self.client = client
+        self.name = name
+        self.max_receives = max_receives
+        self.url: str = ""
+        self._dlq = SqsQueue(client, f"{name}-dlq", create=create) if max_receives else None
+        attributes: dict[str, str] = {}
+        if self._dlq is not None:
+            arn = client.get_queue_attributes(QueueUrl=self._dlq.url, AttributeNames=["QueueArn"])["Attributes"]
+            policy = {"deadLetterTargetArn": arn["QueueArn"], "maxReceiveCount": str(max_receives)}
+            attributes["RedrivePolicy"] = json.dumps(policy)
+        self.url = self._find_or_create(create, attributes)
+
+    def _find_or_create(self, create: bool, attributes: dict[str, str]) -> str:
+        try:
+            url = str(self.client.get_queue_url(QueueName=self.name)["QueueUrl"])
+            if attributes:
+                self.client.set_queue_attributes(QueueUrl=url, Attributes=attributes)
+            return url
+        except ClientError as exc:
+            if ("NonExistentQueue" not in _code(exc) and _code(exc) != "QueueDoesNotExist") or not create:
+                raise QueueError(f"SQS queue {self.name}: {exc}") from exc
+        return str(self.client.create_queue(QueueName=self.name, Attributes=attributes)["QueueUrl"])
+
+    @property
+    def dead_letter(self) -> SqsQueue | None:
+        return self._dlq
+
+    def send(self, body: str, delay_s: int = 0) -> str:
+        check_send([body], delay_s)
+        return str(self.client.send_message(QueueUrl=self.url, MessageBody=body, DelaySeconds=delay_s)["MessageId"])
+
+    def send_batch(self, bodies: Sequence[str]) -> list[str]:
+        check_send(bodies)
+        entries = [{"Id": str(i), "MessageBody": b} for i, b in enumerate(bodies)]
+        ids: dict[str, str] = {}
+        for attempt in range(5):
+            resp = self.client.send_message_batch(QueueUrl=self.url, Entries=entries)
+            ids.update({ok["Id"]: ok["MessageId"] for ok in resp.get("Successful", [])})
+            failed = resp.get("Failed", [])
+            if not failed:
+                return [ids[str(i)] for i in range(len(bodies))]
+            if any(f.get("SenderFault") for f in failed):
+                raise QueueError(f"SQS refused messages: {failed}")
+            # Server-side partial failure: resend only the failed entries.
+            retry = {f["Id"] for f in failed}
+            entries = [e for e in entries if e["Id"] in retry]
+            time.sleep(0.05 * 2**attempt)
+        raise QueueError(f"SQS kept failing {len(entries)} message(s) of a batch")
+
+    def receive(self, max_messages: int = 1, wait_s: float = 0, visibility_s: int = 30) -> list[Message]:
+        check_receive(max_messages, wait_s, visibility_s)
+        resp = self.client.receive_message(
+            QueueUrl=self.url,
+            MaxNumberOfMessages=max_messages,
+            WaitTimeSeconds=round(wait_s),
+            VisibilityTimeout=visibility_s,
+            MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+        )
+        return [
+            Message(
+                m["MessageId"],
+                m["Body"],
+                m["ReceiptHandle"],
+                int(m["Attributes"]["ApproximateReceiveCount"]),
+                int(m["Attributes"]["SentTimestamp"]) / 1000.0,
+            )
+            for m in resp.get("Messages", [])
+        ]
+
+    def delete(self, receipt: str) -> None:
+        self.delete_batch([receipt])
+
+    def delete_batch(self, receipts: Sequence[str]) -> None:
+        check_receipts(receipts)
+        entries = [{"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(receipts)]
+        resp = self.client.delete_message_batch(QueueUrl=self.url, Entries=entries)
+        # Stale receipts fail per entry; as on the embedded queue they are no-ops.
+        bad = [f for f in resp.get("Failed", []) if f.get("Code") not in _STALE_RECEIPT]
+        if bad:
+            raise QueueError(f"SQS could not delete: {bad}")
+
+    def change_visibility(self, receipt: str, visibility_s: int) -> bool:
+        check_visibility(visibility_s)
+        try:
+            self.client.change_message_visibility(
+                QueueUrl=self.url, ReceiptHandle=receipt, VisibilityTimeout=visibility_s
+            )
+        except ClientError as exc:
+            if _code(exc) in _STALE_RECEIPT:
+                return False
+            raise
+        return True
+
+    def depth(self) -> Depth:
+        names = [
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        ]
+        attrs = self.client.get_queue_attributes(QueueUrl=self.url, AttributeNames=names)["Attributes"]
+        return Depth(*(int(attrs.get(n, 0)) for n in names))
+
+    def purge(self) -> None:
+        self.client.purge_queue(QueueUrl=self.url)

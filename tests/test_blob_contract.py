@@ -1,0 +1,93 @@
+"""One contract for every blob store: a directory always, S3 against moto's server."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from iraas.blobs.base import BadKey, BlobNotFound, BlobStore
+from iraas.blobs.local import DirectoryBlobStore
+
+Factory = Callable[[], BlobStore]
+
+
+def _s3_factory(url: str, bucket: str) -> Factory:
+    from iraas.blobs.s3 import S3BlobStore, s3_client
+
+    return lambda: S3BlobStore(s3_client("us-east-1", url), bucket, prefix="deploy")
+
+
+@pytest.fixture(params=["directory", "s3"])
+def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
+    if request.param == "directory":
+        root = tmp_path / "blobs"
+        return lambda: DirectoryBlobStore(root)
+    from iraas.blobs.s3 import s3_client
+
+    url = request.getfixturevalue("moto")
+    s3_client("us-east-1", url).create_bucket(Bucket="iraas-test")
+    return _s3_factory(url, "iraas-test")
+
+
+def test_put_get_exists_delete(factory: Factory) -> None:
+    store = factory()
+    assert store.put("results/a.json", b"{}")
+    assert store.get("results/a.json") == b"{}"
+    assert store.exists("results/a.json") and not store.exists("results/b.json")
+    assert store.put("results/a.json", b"[1]")  # plain put overwrites
+    assert store.get("results/a.json") == b"[1]"
+    store.delete("results/a.json")
+    store.delete("results/a.json")  # deleting nothing is fine
+    with pytest.raises(BlobNotFound):
+        store.get("results/a.json")
+
+
+def test_if_absent_keeps_the_first_write(factory: Factory) -> None:
+    store = factory()
+    assert store.put("results/x.json", b"first", if_absent=True)
+    assert not store.put("results/x.json", b"second", if_absent=True)
+    assert store.get("results/x.json") == b"first"
+
+
+def test_list_by_prefix(factory: Factory) -> None:
+    store = factory()
+    for key in ("inputs/ab", "inputs/cd", "results/1.json", "heartbeats/w1"):
+        store.put(key, b"x")
+    assert store.list("inputs/") == ["inputs/ab", "inputs/cd"]
+    assert store.list("res") == ["results/1.json"]
+    assert len(store.list()) == 4
+
+
+@pytest.mark.parametrize("key", ["", "/etc/passwd", "../x", "a/../../x", "a//b", "a/./b", "a\\b", "a b", ".tmp-x"])
+def test_bad_keys_are_refused(factory: Factory, key: str) -> None:
+    store = factory()
+    with pytest.raises(BadKey):
+        store.put(key, b"x")
+    with pytest.raises(BadKey):
+        store.get(key)
+
+
+def _racer(factory: Factory, key: str, data: bytes, start: object, out: object) -> None:
+    store = factory()
+    start.wait()  # type: ignore[attr-defined]
+    out.put((data, store.put(key, data, if_absent=True)))  # type: ignore[attr-defined]
+
+
+def test_conditional_put_race_between_processes(factory: Factory) -> None:
+    ctx = mp.get_context("fork")
+    for round_ in range(5):
+        key = f"results/race-{round_}.json"
+        start, out = ctx.Event(), ctx.Queue()
+        procs = [ctx.Process(target=_racer, args=(factory, key, f"p{i}".encode(), start, out)) for i in range(2)]
+        for p in procs:
+            p.start()
+        start.set()
+        outcomes = [out.get(timeout=30) for _ in procs]
+        for p in procs:
+            p.join()
+        winners = [data for data, won in outcomes if won]
+        assert len(winners) == 1, outcomes
+        assert factory().get(key) == winners[0]
