@@ -65,6 +65,86 @@ def _cmd_bench_model(args: argparse.Namespace) -> int:
     return 0
 
 
+SETTING_HELP = {
+    "data_dir": "embedded queue file and blob directory (default ./iraas-data)",
+    "host": "address to listen on (default 127.0.0.1)",
+    "port": "port to listen on (default 8000)",
+    "model": MODEL_HELP,
+    "max_file_bytes": "largest accepted image, bytes (default 20 MiB)",
+    "max_files": "most images per request (default 100)",
+    "max_pixels": "largest accepted image, pixels (default 50,000,000)",
+    "timeout_s": "how long a waiting request waits for its answers (default 60)",
+    "url_allow": "comma-separated hosts or CIDRs that URL intake may fetch despite being private",
+    "url_timeout_s": "time-out for fetching an image URL (default 10)",
+    "visibility_s": "seconds a received request stays hidden before it is retried (default 30)",
+    "max_receives": "deliveries before a request is given up as failed (default 3)",
+    "batch_size": "most requests a worker classifies in one inference call (default 8)",
+    "batch_wait_s": "extra wait for a fuller batch once one request arrived (default 0)",
+    "threads": "onnxruntime threads per worker process (default 1)",
+    "heartbeat_s": "seconds between worker heartbeats (default 1)",
+    "worker_max_idle_s": "a worker exits after this long idle; 0 = never (default 0)",
+    "min_workers": "workers kept running when idle (default 0)",
+    "max_workers": "most workers (default: CPU count)",
+    "target_per_worker": "backlog one worker should hold before another is started (default 8)",
+    "scale_in_after_s": "idle period before workers are stopped (default 10)",
+    "tick_s": "seconds between controller decisions (default 0.25)",
+    "heartbeat_stale_s": "a worker silent this long is replaced (default 15)",
+    "start_grace_s": "time a new worker has to send its first heartbeat (default 30)",
+}
+SERVICE_SETTINGS = {
+    "up": list(SETTING_HELP),
+    "web": [
+        "data_dir",
+        "host",
+        "port",
+        "model",
+        "max_file_bytes",
+        "max_files",
+        "max_pixels",
+        "timeout_s",
+        "url_allow",
+        "url_timeout_s",
+        "max_receives",
+    ],
+    "worker": [
+        "data_dir",
+        "model",
+        "max_pixels",
+        "visibility_s",
+        "max_receives",
+        "batch_size",
+        "batch_wait_s",
+        "threads",
+        "heartbeat_s",
+        "worker_max_idle_s",
+    ],
+    "controller": [
+        k
+        for k in SETTING_HELP
+        if k not in ("host", "port", "max_file_bytes", "max_files", "url_allow", "url_timeout_s", "timeout_s")
+    ],
+}
+
+
+def _add_settings(p: argparse.ArgumentParser, names: list[str]) -> None:
+    p.add_argument("--config", help="TOML file of settings (also IRAAS_CONFIG); flags and IRAAS_* variables win")
+    for name in names:
+        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=SETTING_HELP[name])
+
+
+def _cmd_service(args: argparse.Namespace) -> int:
+    from . import serve
+    from .config import load_settings
+
+    names = SERVICE_SETTINGS[args.command]
+    settings = load_settings(args.config, **{n: getattr(args, n) for n in names})
+    if args.command in ("up", "web"):
+        serve.up(settings, with_controller=args.command == "up")
+    else:
+        getattr(serve, args.command)(settings)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="iraas", description="Image Recognition as a Service")
     p.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
@@ -78,6 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batch", type=int, default=8, help="images per inference call (default 8)")
     c.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default 1)")
     c.set_defaults(func=_cmd_classify)
+
+    for name, text in (
+        ("up", "run the service on this machine: web tier + controller + worker processes on demand"),
+        ("web", "run the web tier alone (several may share one data dir / queue)"),
+        ("worker", "run one worker (the app tier) until SIGTERM"),
+        ("controller", "run the autoscaling controller alone, with local worker processes"),
+    ):
+        sp = sub.add_parser(name, help=text, description=text + ". Every setting also reads IRAAS_<NAME>.")
+        _add_settings(sp, SERVICE_SETTINGS[name])
+        sp.set_defaults(func=_cmd_service)
 
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="what", required=True)
@@ -99,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
-    except SpecError as exc:
+    except (SpecError, ValueError) as exc:
         print(f"iraas: {exc}", file=sys.stderr)
         return 2
 

@@ -136,3 +136,18 @@ def decode(data: bytes, min_side: int | None = None, max_pixels: int = DEFAULT_M
         raise ImageError("corrupt", f"cannot decode image: {text}") from None
     except (ValueError, SyntaxError, EOFError) as exc:
         raise ImageError("corrupt", f"cannot decode image: {exc}") from None
+
+
+def looks_complete(data: bytes, fmt: str) -> bool:
+    """Cheap end-of-file check for the web tier, so that a truncated upload is refused before
+    it is queued (a full decode there would cost as much as the worker's)."""
+    tail = data[-4096:].rstrip(b"\x00\r\n ")
+    if fmt == "JPEG":
+        return b"\xff\xd9" in tail
+    if fmt == "PNG":
+        return b"IEND" in tail[-16:]
+    if fmt == "GIF":
+        return tail.endswith(b";")
+    if fmt == "WEBP":
+        return len(data) >= 8 and int.from_bytes(data[4:8], "little") + 8 <= len(data)
+    return True  # others: the worker's full decode reports truncation as a failed result

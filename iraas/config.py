@@ -1,0 +1,100 @@
+"""One frozen Settings object, read once at start-up: defaults < config file < IRAAS_* env < flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Settings:
+    # where and how
+    data_dir: Path = Path("iraas-data")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model: str = "efficientnet-lite0"
+    # web tier
+    max_file_bytes: int = 20 * 1024 * 1024
+    max_files: int = 100
+    max_pixels: int = 50_000_000
+    timeout_s: float = 60.0
+    url_allow: tuple[str, ...] = ()  # hosts or CIDRs that URL intake may reach despite being private
+    url_timeout_s: float = 10.0
+    # queue semantics
+    visibility_s: int = 30
+    max_receives: int = 3
+    # worker
+    batch_size: int = 8
+    batch_wait_s: float = 0.02
+    threads: int = 1
+    heartbeat_s: float = 1.0
+    worker_max_idle_s: float = 0.0  # 0: run until stopped (the controller scales in)
+    # controller
+    min_workers: int = 0
+    max_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    target_per_worker: int = 8  # backlog one worker should hold (HPA target value)
+    scale_in_after_s: float = 10.0  # stabilisation window before stopping idle workers
+    tick_s: float = 0.25
+    heartbeat_stale_s: float = 15.0
+    start_grace_s: float = 30.0
+
+    @property
+    def queue_path(self) -> Path:
+        return self.data_dir / "queue.db"
+
+    @property
+    def blob_root(self) -> Path:
+        return self.data_dir / "blobs"
+
+
+def _coerce(name: str, kind: Any, raw: Any) -> Any:
+    kind = str(kind)
+    try:
+        if "tuple" in kind:
+            return tuple(x.strip() for x in raw.split(",") if x.strip()) if isinstance(raw, str) else tuple(raw)
+        if "Path" in kind:
+            return Path(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"setting {name}: cannot use {raw!r}") from None
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Defaults, then the TOML file (IRAAS_CONFIG if not given), then IRAAS_<NAME> variables,
+    then `overrides` (flags; None means "not given")."""
+    values: dict[str, Any] = {}
+    kinds = {f.name: f.type for f in fields(Settings)}
+    path = config_file or os.environ.get("IRAAS_CONFIG")
+    if path:
+        with open(path, "rb") as f:
+            for key, raw in tomllib.load(f).items():
+                if key not in kinds:
+                    raise ValueError(f"{path}: unknown setting {key!r}")
+                values[key] = _coerce(key, kinds[key], raw)
+    for key, kind in kinds.items():
+        env = os.environ.get(f"IRAAS_{key.upper()}")
+        if env is not None:
+            values[key] = _coerce(key, kind, env)
+    for key, raw in overrides.items():
+        if raw is not None:
+            values[key] = _coerce(key, kinds[key], raw)
+    settings = Settings(**values)
+    if not 0 <= settings.min_workers <= settings.max_workers:
+        raise ValueError("need 0 <= min_workers <= max_workers")
+    return settings
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """The settings as IRAAS_* variables, to hand to worker processes."""
+    out = {}
+    for key, value in dataclasses.asdict(settings).items():
+        out[f"IRAAS_{key.upper()}"] = ",".join(value) if isinstance(value, tuple) else str(value)
+    return out

@@ -1,0 +1,184 @@
+"""The controller (the seeds' "load balancer"): observe → decide → apply the difference.
+
+Each tick reads the queue depth, the fleet and the worker heartbeats; replaces workers whose
+heartbeat went stale; asks the pure `decide()` how many workers there should be; launches or
+stops only the difference (stopping only idle workers, never one holding messages); turns
+dead-lettered requests into `failed` results so no client waits forever; and publishes what it
+saw and did to the blob store (`cluster/status.json`) for `/v1/cluster`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from . import heartbeat
+from .autoscale import Decision, Observation, Policy, State, decide
+from .backends import Backends
+from .config import Settings
+from .fleet.base import Fleet, Instance
+from .messages import MessageError, Request, Result, result_key
+
+log = logging.getLogger(__name__)
+STATUS_KEY = "cluster/status.json"
+
+
+def policy_from(settings: Settings) -> Policy:
+    return Policy(settings.min_workers, settings.max_workers, settings.target_per_worker, settings.scale_in_after_s)
+
+
+class Controller:
+    def __init__(
+        self, backends: Backends, fleet: Fleet, settings: Settings, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.b, self.fleet, self.s, self.clock = backends, fleet, settings, clock
+        self.policy = policy_from(settings)
+        self.state = State()
+        self.decisions: deque[dict[str, Any]] = deque(maxlen=50)
+        self._last: tuple[int, int] | None = None
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # a failed tick must not end the controller: the next may work
+                log.exception("controller tick failed")
+            stop.wait(self.s.tick_s)
+
+    def tick(self) -> Decision:
+        now = self.clock()
+        depth = self.b.requests.depth()
+        beats = heartbeat.read_all(self.b.blobs)
+        active = [i for i in self.fleet.list() if i.state != "stopping"]
+        active = self._replace_stale(active, beats, now)
+        busy = [i for i in active if i.id in beats and beats[i.id].state == "busy"]
+        obs = Observation(depth.backlog, len(active), len(busy))
+        decision, self.state = decide(obs, self.policy, self.state, now)
+        self._apply(decision, active, beats)
+        self._record(decision, obs, now)
+        dead = self.drain_dead_letters()
+        self._publish(now, depth.visible, depth.in_flight, dead, beats)
+        return decision
+
+    # -- health and scaling -----------------------------------------------------------------
+
+    def _replace_stale(
+        self, active: list[Instance], beats: dict[str, heartbeat.Heartbeat], now: float
+    ) -> list[Instance]:
+        stale = []
+        for inst in active:
+            beat = beats.get(inst.id)
+            if beat is None:
+                if now - inst.launched_at > self.s.start_grace_s:
+                    stale.append(inst.id)
+            elif now - beat.at > self.s.heartbeat_stale_s:
+                stale.append(inst.id)
+        if stale:
+            log.warning("replacing worker(s) with stale heartbeats: %s", ", ".join(stale))
+            self.fleet.kill(stale)
+            for wid in stale:
+                heartbeat.remove(self.b.blobs, wid)
+        known = {i.id for i in active}
+        for wid, beat in beats.items():  # heartbeats of workers that died unseen
+            if wid not in known and now - beat.at > self.s.heartbeat_stale_s:
+                heartbeat.remove(self.b.blobs, wid)
+        return [i for i in active if i.id not in stale]
+
+    def _apply(self, decision: Decision, active: list[Instance], beats: dict[str, heartbeat.Heartbeat]) -> None:
+        diff = decision.desired - len(active)
+        if diff > 0:
+            launched = self.fleet.launch(diff)
+            log.info("launched %d worker(s): %s", len(launched), ", ".join(launched))
+        elif diff < 0:
+            # Idle first, then those that have not reported yet; busy ones never.
+            idle = [i.id for i in active if i.id in beats and beats[i.id].state == "idle"]
+            quiet = [i.id for i in active if i.id not in beats]
+            victims = (idle + quiet)[:-diff]
+            if victims:
+                log.info("stopping idle worker(s): %s", ", ".join(victims))
+                self.fleet.stop(victims)
+
+    def _record(self, decision: Decision, obs: Observation, now: float) -> None:
+        key = (obs.workers, decision.desired)
+        if key == self._last:
+            return
+        self._last = key
+        entry = {
+            "at": now,
+            "backlog": obs.backlog,
+            "workers": obs.workers,
+            "busy": obs.busy,
+            "desired": decision.desired,
+            "reason": decision.reason,
+        }
+        self.decisions.append(entry)
+        log.info("decision: %s (backlog %d, workers %d, busy %d)", decision.reason, obs.backlog, obs.workers, obs.busy)
+
+    # -- dead letters -----------------------------------------------------------------------
+
+    def drain_dead_letters(self) -> int:
+        dlq = self.b.requests.dead_letter
+        if dlq is None:
+            return 0
+        handled = 0
+        while msgs := dlq.receive(10, wait_s=0, visibility_s=60):
+            for m in msgs:
+                self._give_up(m.body)
+                handled += 1
+            dlq.delete_batch([m.receipt for m in msgs])
+        return handled
+
+    def _give_up(self, body: str) -> None:
+        try:
+            req = Request.from_json(body)
+        except (MessageError, TypeError):
+            log.error("unreadable dead letter dropped: %.200s", body)
+            return
+        attempts = self.s.max_receives
+        failed = Result(
+            req.id,
+            req.name,
+            "failed",
+            req.model,
+            error="gave_up",
+            reason=f"gave up after {attempts} attempts: the worker failed or timed out each time",
+            timings={"total": round(self.clock() - req.submitted_at, 4)},
+        )
+        key = result_key(req.id)
+        if not self.b.blobs.put(key, failed.to_json().encode(), if_absent=True):
+            failed = Result.from_json(self.b.blobs.get(key))  # a late worker finished after all
+        log.warning("request %s (%s) %s", req.id, req.name, failed.reason or failed.status)
+        if req.reply_to:
+            self.b.queue(req.reply_to).send(failed.to_json())
+
+    # -- status -----------------------------------------------------------------------------
+
+    def _publish(
+        self, now: float, visible: int, in_flight: int, dead: int, beats: dict[str, heartbeat.Heartbeat]
+    ) -> None:
+        instances = {i.id: i for i in self.fleet.list()}
+        workers = []
+        for wid, inst in instances.items():
+            beat = beats.get(wid)
+            workers.append(
+                {
+                    "id": wid,
+                    "state": beat.state if beat and inst.state != "stopping" else inst.state,
+                    "last_heartbeat": beat.at if beat else None,
+                    "processed": beat.processed if beat else 0,
+                    "launched_at": inst.launched_at,
+                }
+            )
+        status = {
+            "at": now,
+            "queue": {"visible": visible, "in_flight": in_flight, "dead_lettered": dead},
+            "workers": workers,
+            "policy": self.policy.__dict__,
+            "decisions": list(self.decisions),
+        }
+        self.b.blobs.put(STATUS_KEY, json.dumps(status).encode())

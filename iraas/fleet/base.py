@@ -1,0 +1,32 @@
+"""The fleet protocol: where workers run (local processes now, EC2 instances later)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Instance:
+    id: str  # also the worker id its heartbeats carry
+    state: str  # pending | running | stopping | stopped
+    launched_at: float
+
+
+class Fleet(Protocol):
+    def launch(self, n: int) -> list[str]:
+        """Start n workers; returns their ids. Capacity errors: fewer ids, never an exception."""
+        ...
+
+    def stop(self, ids: Sequence[str]) -> None:
+        """Ask these workers to finish what they hold and exit (SIGTERM, or terminate)."""
+        ...
+
+    def kill(self, ids: Sequence[str]) -> None:
+        """End these workers now (a hung worker); their messages come back by visibility."""
+        ...
+
+    def list(self) -> list[Instance]:
+        """Workers that count as capacity (pending and running), and those stopping."""
+        ...

@@ -1,0 +1,90 @@
+"""Workers as local processes: `python -m iraas.cli worker`, settings passed in the environment."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+
+from .base import Instance
+
+log = logging.getLogger(__name__)
+
+
+class LocalFleet:
+    def __init__(self, env: dict[str, str], clock: Callable[[], float] = time.time, log_dir: str | None = None) -> None:
+        self._env = {**os.environ, **env}
+        self._clock = clock
+        self._log_dir = log_dir
+        self._procs: dict[str, tuple[subprocess.Popen[bytes], float]] = {}
+        self._stopping: set[str] = set()
+
+    def launch(self, n: int) -> list[str]:
+        ids = []
+        for _ in range(n):
+            wid = f"local-{uuid.uuid4().hex[:8]}"
+            env = {**self._env, "IRAAS_WORKER_ID": wid}
+            try:
+                proc = self._spawn(wid, env)
+            except OSError:
+                log.exception("could not start a worker process")
+                break
+            self._procs[wid] = (proc, self._clock())
+            ids.append(wid)
+        return ids
+
+    def _spawn(self, wid: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        # Own session: a Ctrl-C in the terminal reaches `iraas up`, which stops workers in order.
+        cmd = [sys.executable, "-m", "iraas.cli", "worker"]
+        if not self._log_dir:
+            return subprocess.Popen(
+                cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            )
+        with open(os.path.join(self._log_dir, f"{wid}.log"), "ab") as out:
+            return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self, ids: Sequence[str]) -> None:
+        self._signal(ids, signal.SIGTERM)
+        self._stopping.update(ids)
+
+    def kill(self, ids: Sequence[str]) -> None:
+        self._signal(ids, signal.SIGKILL)
+
+    def _signal(self, ids: Sequence[str], sig: int) -> None:
+        for wid in ids:
+            entry = self._procs.get(wid)
+            if entry and entry[0].poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    entry[0].send_signal(sig)
+
+    def list(self) -> list[Instance]:
+        out = []
+        for wid, (proc, at) in list(self._procs.items()):
+            if proc.poll() is not None:  # reap: exited (idle exit, crash, or stopped)
+                if proc.returncode not in (0, -signal.SIGTERM) and wid not in self._stopping:
+                    log.warning("worker %s exited with %s", wid, proc.returncode)
+                del self._procs[wid]
+                self._stopping.discard(wid)
+                continue
+            out.append(Instance(wid, "stopping" if wid in self._stopping else "running", at))
+        return out
+
+    def shutdown(self, grace_s: float = 10.0) -> None:
+        """Stop every worker: SIGTERM, then SIGKILL after `grace_s`. No orphans."""
+        ids = list(self._procs)
+        self.stop(ids)
+        deadline = time.monotonic() + grace_s
+        for wid in ids:
+            proc = self._procs[wid][0]
+            try:
+                proc.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._procs.clear()

@@ -1,0 +1,82 @@
+"""Request and result formats (versioned JSON). Requests never carry image bytes: only keys."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+VERSION = 1
+
+
+class MessageError(ValueError):
+    """A message body that is not a request or result of a version we understand."""
+
+
+@dataclass(frozen=True)
+class Request:
+    id: str
+    input_key: str  # blob key of the image bytes (content-addressed)
+    name: str  # the client's file name or URL, for answers
+    model: str
+    reply_to: str  # reply queue of the web process that waits ("" when nobody waits)
+    submitted_at: float
+    v: int = VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Request:
+        return cls(**_load(text, cls))
+
+
+@dataclass(frozen=True)
+class Result:
+    id: str
+    name: str
+    status: str  # done | failed
+    model: str
+    label: str | None = None
+    confidence: float | None = None
+    top5: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None  # machine code, e.g. truncated, gave_up
+    reason: str | None = None  # for people
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: queued, inference, total
+    worker: str | None = None
+    cached: bool = False
+    v: int = VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Result:
+        return cls(**_load(text, cls))
+
+
+def _load(text: str | bytes, cls: type) -> dict[str, Any]:
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise MessageError(f"not JSON: {exc}") from None
+    if not isinstance(raw, dict) or raw.get("v") != VERSION:
+        raise MessageError(f"not a version-{VERSION} {cls.__name__.lower()}")
+    known = {f.name for f in fields(cls)}
+    return {k: v for k, v in raw.items() if k in known}
+
+
+def result_key(request_id: str) -> str:
+    return f"results/{request_id}.json"
+
+
+def request_key(request_id: str) -> str:
+    return f"requests/{request_id}.json"
+
+
+def input_key(digest: str) -> str:
+    return f"inputs/{digest}"
+
+
+def dedup_key(model: str, digest: str) -> str:
+    return f"dedup/{model}/{digest}.json"

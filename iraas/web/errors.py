@@ -1,0 +1,33 @@
+"""Client errors of the web tier: status, stable code, a reason people can read, the file."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..imaging import ImageError
+
+# ImageError codes → HTTP status
+IMAGE_STATUS = {
+    "too_many_pixels": 422,
+    "truncated": 422,
+    "corrupt": 422,
+    "empty": 400,
+    "not_an_image": 415,
+    "unsupported_format": 415,
+}
+
+
+class InputError(Exception):
+    def __init__(self, status: int, code: str, reason: str, file: str | None = None) -> None:
+        super().__init__(reason)
+        self.status, self.code, self.reason, self.file = status, code, reason, file
+
+    @classmethod
+    def from_image(cls, err: ImageError, file: str) -> InputError:
+        return cls(IMAGE_STATUS.get(err.code, 422), err.code, err.reason, file)
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"error": self.code, "detail": self.reason}
+        if self.file is not None:
+            out["file"] = self.file
+        return out

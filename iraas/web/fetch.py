@@ -1,0 +1,149 @@
+"""URL intake that cannot be turned against the service's own network (SSRF).
+
+http/https only; the host is resolved once, every address checked (loopback, private,
+link-local, CGNAT, multicast, unspecified, reserved and cloud-metadata are refused, for IPv4,
+IPv6 and IPv4-mapped IPv6), and the connection goes to the address that was checked — the URL's
+host travels only in the Host header and TLS SNI, so a second lookup cannot swap the address.
+Each redirect is checked the same way, at most 3; time-outs and a byte cap apply while
+streaming. An operator allow-list can permit chosen hosts or networks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from .errors import InputError
+
+Resolver = Callable[[str, int], list[str]]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+MAX_REDIRECTS = 3
+_EXTRA_BLOCKED = [ipaddress.ip_network(n) for n in ("100.64.0.0/10", "169.254.169.254/32", "fd00:ec2::254/128")]
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+@dataclass(frozen=True)
+class UrlPolicy:
+    allow: tuple[str, ...] = ()  # host names, addresses or CIDR networks
+    timeout_s: float = 10.0
+    max_bytes: int = 20 * 1024 * 1024
+
+    def allowed(self, host: str, ip: IPAddress) -> bool:
+        for entry in self.allow:
+            if entry.lower() == host.lower():
+                return True
+            try:
+                if ip in ipaddress.ip_network(entry, strict=False):
+                    return True
+            except ValueError:
+                continue
+        return False
+
+
+def refused_reason(ip: IPAddress) -> str | None:
+    """Why an address must not be fetched from, or None if it is a public address."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return refused_reason(ip.ipv4_mapped)
+    for label, hit in (
+        ("loopback", ip.is_loopback),
+        ("link-local", ip.is_link_local),
+        ("multicast", ip.is_multicast),
+        ("unspecified", ip.is_unspecified),
+        ("private", ip.is_private),
+    ):
+        if hit:
+            return label
+    if any(ip in net for net in _EXTRA_BLOCKED if net.version == ip.version):
+        return "shared/metadata"
+    if not ip.is_global:
+        return "reserved"
+    return None
+
+
+def _target(url: str) -> tuple[str, str, int, str]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise InputError(400, "bad_url", f"only http and https URLs are accepted: {url[:200]}")
+    try:
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise InputError(400, "bad_url", f"bad port in URL: {url[:200]}") from None
+    if not host:
+        raise InputError(400, "bad_url", f"URL has no host: {url[:200]}")
+    path = parts.path or "/"
+    return parts.scheme, host, port, path + (f"?{parts.query}" if parts.query else "")
+
+
+async def _checked_address(host: str, port: int, policy: UrlPolicy, resolver: Resolver) -> IPAddress:
+    try:
+        literal: IPAddress | None = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+    if literal is not None:
+        addrs: list[IPAddress] = [literal]
+    else:
+        try:
+            found = await asyncio.to_thread(resolver, host, port)
+        except OSError:
+            raise InputError(422, "unreachable_url", f"cannot resolve host {host}") from None
+        addrs = [ipaddress.ip_address(a.split("%")[0]) for a in found]
+        if not addrs:
+            raise InputError(422, "unreachable_url", f"cannot resolve host {host}")
+    for ip in addrs:  # every answer: a mixed public/private answer is a rebinding attempt
+        reason = refused_reason(ip)
+        if reason and not policy.allowed(host, ip):
+            raise InputError(403, "refused_address", f"{host} resolves to a {reason} address ({ip}), refused")
+    return addrs[0]
+
+
+async def fetch_url(url: str, policy: UrlPolicy, resolver: Resolver = system_resolver) -> bytes:
+    """The body of `url`, fetched safely; InputError on any refusal or failure."""
+    async with httpx.AsyncClient(timeout=policy.timeout_s, follow_redirects=False, trust_env=False) as client:
+        for _ in range(MAX_REDIRECTS + 1):
+            scheme, host, port, path = _target(url)
+            ip = await _checked_address(host, port, policy, resolver)
+            ip_host = f"[{ip}]" if ip.version == 6 else str(ip)
+            default = port == (443 if scheme == "https" else 80)
+            headers = {"Host": host if default else f"{host}:{port}", "User-Agent": "iraas-fetch/1"}
+            request = client.build_request(
+                "GET", f"{scheme}://{ip_host}:{port}{path}", headers=headers, extensions={"sni_hostname": host}
+            )
+            try:
+                response = await client.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                raise InputError(422, "unreachable_url", f"cannot fetch {url[:200]}: {exc!r}"[:300]) from None
+            try:
+                if response.is_redirect and "location" in response.headers:
+                    url = urljoin(url, response.headers["location"])
+                    continue
+                if response.status_code != 200:
+                    raise InputError(422, "unreachable_url", f"{url[:200]} answered HTTP {response.status_code}")
+                return await _read_capped(response, policy.max_bytes, url)
+            finally:
+                await response.aclose()
+    raise InputError(422, "too_many_redirects", f"more than {MAX_REDIRECTS} redirects from {url[:200]}")
+
+
+async def _read_capped(response: httpx.Response, cap: int, url: str) -> bytes:
+    declared = response.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > cap:
+        raise InputError(413, "too_large", f"{url[:200]} is over the {cap} byte limit")
+    data = bytearray()
+    try:
+        async for chunk in response.aiter_bytes():
+            data += chunk
+            if len(data) > cap:
+                raise InputError(413, "too_large", f"{url[:200]} is over the {cap} byte limit")
+    except httpx.HTTPError as exc:
+        raise InputError(422, "unreachable_url", f"cannot fetch {url[:200]}: {exc!r}"[:300]) from None
+    return bytes(data)

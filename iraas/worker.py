@@ -1,0 +1,240 @@
+"""The app tier: take a batch of requests, classify it, store and send the results.
+
+Order matters for at-least-once delivery: results are written (first write wins) and replies
+sent *before* the messages are deleted, so a worker dying anywhere loses nothing — the
+messages come back after the visibility timeout and a redelivered request whose result exists
+is answered from it without inference.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from . import heartbeat
+from .backends import Backends
+from .blobs.base import BlobError, BlobNotFound
+from .config import Settings
+from .imaging import ImageError
+from .messages import MessageError, Request, Result, dedup_key, result_key
+from .model.classifier import Classifier, Prediction
+from .queues.base import Message
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Job:
+    msg: Message
+    req: Request
+    data: bytes | None = None
+    result: Result | None = None
+
+
+class Worker:
+    def __init__(
+        self,
+        backends: Backends,
+        classifier: Classifier,
+        settings: Settings,
+        worker_id: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.b = backends
+        self.clf = classifier
+        self.s = settings
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.clock = clock
+        self.started_at = clock()
+        self.processed = self.failed = 0
+        self.state = "starting"
+        self.current: list[str] = []
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(4, thread_name_prefix="fetch")
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Finish the batch in hand, take no new one (SIGTERM)."""
+        self._stop.set()
+
+    def run(self, burst: bool = False, max_idle_s: float = 0.0) -> None:
+        """Until stopped; `burst`: until the queue is empty; `max_idle_s`: until idle that long."""
+        beat = threading.Thread(target=self._beat_loop, daemon=True, name="heartbeat")
+        beat.start()
+        idle_since = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                if self.run_once(wait_s=1.0):
+                    idle_since = time.monotonic()
+                elif burst or (max_idle_s and time.monotonic() - idle_since >= max_idle_s):
+                    log.info("worker %s: idle, exiting", self.id)
+                    break
+        finally:
+            self.state = "stopping"
+            self._stop.set()
+            beat.join(timeout=5)
+            heartbeat.remove(self.b.blobs, self.id)
+            self._pool.shutdown()
+
+    def run_once(self, wait_s: float = 0.0) -> int:
+        """Handle at most one batch; returns how many requests it handled."""
+        self.state = "idle"
+        msgs = self.b.requests.receive(self.s.batch_size, wait_s=wait_s, visibility_s=self.s.visibility_s)
+        if msgs and len(msgs) < self.s.batch_size and self.s.batch_wait_s > 0:
+            time.sleep(self.s.batch_wait_s)
+            msgs += self.b.requests.receive(self.s.batch_size - len(msgs), 0, self.s.visibility_s)
+        if not msgs:
+            return 0
+        if self._stop.is_set():  # stopping: give back what we have not started
+            for m in msgs:
+                self.b.requests.change_visibility(m.receipt, 0)
+            return 0
+        jobs = self._parse(msgs)
+        self.state, self.current = "busy", [j.req.id for j in jobs]
+        self._write_beat()
+        extender = _VisibilityExtender(self, [m.receipt for m in msgs])
+        try:
+            self._process(jobs)
+        finally:
+            extender.stop()
+            self.current = []
+        for job in jobs:
+            self._reply(job)
+        self.b.requests.delete_batch([m.receipt for m in msgs])
+        return len(msgs)
+
+    def _parse(self, msgs: list[Message]) -> list[_Job]:
+        jobs = []
+        for m in msgs:
+            try:
+                jobs.append(_Job(m, Request.from_json(m.body)))
+            except (MessageError, TypeError) as exc:
+                # Nobody can be answered for a message we cannot read; keeping it would only
+                # send it round to the dead-letter queue.
+                log.error("dropping unreadable request %s: %s", m.id, exc)
+        return jobs
+
+    # -- one batch --------------------------------------------------------------------------
+
+    def _process(self, jobs: list[_Job]) -> None:
+        todo = []
+        for job in jobs:
+            try:  # redelivered after another worker finished it: answer from the stored result
+                job.result = Result.from_json(self.b.blobs.get(result_key(job.req.id)))
+            except (BlobNotFound, MessageError):
+                todo.append(job)
+        for job, data in zip(todo, self._pool.map(self._fetch, todo), strict=True):
+            job.data = data
+        runnable = [j for j in todo if j.data is not None]
+        t0 = self.clock()
+        outcomes = self.clf.classify([j.data or b"" for j in runnable]) if runnable else []
+        per_image = (self.clock() - t0) / max(len(runnable), 1)
+        for job, outcome in zip(runnable, outcomes, strict=True):
+            job.result = self._result(job, outcome, per_image, len(runnable))
+        for job in todo:
+            if job.result is None:
+                job.result = self._failure(job.req, "input_missing", "the uploaded image is no longer stored")
+            self._store(job)
+
+    def _fetch(self, job: _Job) -> bytes | None:
+        try:
+            return self.b.blobs.get(job.req.input_key)
+        except BlobNotFound:
+            return None
+
+    def _result(self, job: _Job, outcome: Prediction | ImageError, per_image: float, batch: int) -> Result:
+        req, now = job.req, self.clock()
+        timings = {
+            "queued": round(max(now - per_image * batch - req.submitted_at, 0.0), 4),
+            "inference": round(per_image, 4),
+            "total": round(now - req.submitted_at, 4),
+            "batch": batch,
+        }
+        if isinstance(outcome, ImageError):
+            return self._failure(req, outcome.code, outcome.reason, timings)
+        top5 = [{"label": t.label, "index": t.index, "probability": round(t.probability, 6)} for t in outcome.top]
+        return Result(
+            req.id,
+            req.name,
+            "done",
+            req.model,
+            outcome.label,
+            round(outcome.probability, 6),
+            top5,
+            timings=timings,
+            worker=self.id,
+        )
+
+    def _failure(self, req: Request, code: str, reason: str, timings: dict[str, float] | None = None) -> Result:
+        return Result(
+            req.id, req.name, "failed", req.model, error=code, reason=reason, timings=timings or {}, worker=self.id
+        )
+
+    def _store(self, job: _Job) -> None:
+        assert job.result is not None
+        if not self.b.blobs.put(result_key(job.req.id), job.result.to_json().encode(), if_absent=True):
+            # Someone else finished it first: theirs is the answer.
+            job.result = Result.from_json(self.b.blobs.get(result_key(job.req.id)))
+            return
+        if job.result.status == "done":
+            self.processed += 1
+            digest = job.req.input_key.rsplit("/", 1)[-1]
+            self.b.blobs.put(dedup_key(job.req.model, digest), job.result.to_json().encode(), if_absent=True)
+        else:
+            self.failed += 1
+
+    def _reply(self, job: _Job) -> None:
+        if job.req.reply_to and job.result is not None:
+            try:
+                self.b.queue(job.req.reply_to).send(job.result.to_json())
+            except Exception:  # the web process falls back to the stored result
+                log.exception("reply to %s failed", job.req.reply_to)
+
+    # -- heartbeats -------------------------------------------------------------------------
+
+    def _write_beat(self) -> None:
+        beat = heartbeat.Heartbeat(
+            self.id,
+            os.getpid(),
+            self.state,
+            self.clock(),
+            self.started_at,
+            self.processed,
+            self.failed,
+            list(self.current),
+        )
+        try:
+            heartbeat.write(self.b.blobs, beat)
+        except BlobError:
+            log.warning("heartbeat write failed", exc_info=True)
+
+    def _beat_loop(self) -> None:
+        while not self._stop.wait(self.s.heartbeat_s):
+            self._write_beat()
+
+
+class _VisibilityExtender:
+    """Keeps a batch's messages hidden while it is worked on, however long inference takes."""
+
+    def __init__(self, worker: Worker, receipts: list[str]) -> None:
+        self._done = threading.Event()
+        self._w, self._receipts = worker, receipts
+        self._t = threading.Thread(target=self._loop, daemon=True, name="visibility")
+        self._t.start()
+
+    def _loop(self) -> None:
+        vis = self._w.s.visibility_s
+        while not self._done.wait(max(vis / 3, 0.5)):
+            for r in self._receipts:
+                self._w.b.requests.change_visibility(r, vis)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._t.join()
