@@ -1,0 +1,44 @@
+"""A local HTTP server for URL intake tests: serves a folder, and /redirect?to=URL."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        if parts.path == "/redirect":
+            self.send_response(302)
+            self.send_header("Location", parse_qs(parts.query)["to"][0])
+            self.end_headers()
+            return
+        super().do_GET()
+
+    def copyfile(self, source: object, outputfile: object) -> None:
+        try:
+            super().copyfile(source, outputfile)  # type: ignore[arg-type]
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client stopped reading (a byte cap): expected
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def image_server(root: Path) -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, directory=str(root)))
+    server.daemon_threads = False  # shutdown waits for handlers, which close their sockets
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()

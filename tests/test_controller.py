@@ -1,0 +1,162 @@
+"""The controller loop with a fake fleet, on the real embedded queue and blob store."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from iraas import heartbeat
+from iraas.backends import Backends, embedded
+from iraas.config import Settings
+from iraas.controller import STATUS_KEY, Controller
+from iraas.fleet.base import Instance
+from iraas.messages import Request, Result, result_key
+
+
+class FakeFleet:
+    def __init__(self) -> None:
+        self.instances: dict[str, Instance] = {}
+        self.stopped: list[str] = []
+        self.killed: list[str] = []
+        self._n = 0
+
+    def launch(self, n: int) -> list[str]:
+        ids = []
+        for _ in range(n):
+            self._n += 1
+            wid = f"w{self._n}"
+            self.instances[wid] = Instance(wid, "running", 0.0)
+            ids.append(wid)
+        return ids
+
+    def stop(self, ids: Sequence[str]) -> None:
+        self.stopped += ids
+        for wid in ids:
+            self.instances.pop(wid, None)
+
+    def kill(self, ids: Sequence[str]) -> None:
+        self.killed += ids
+        for wid in ids:
+            self.instances.pop(wid, None)
+
+    def list(self) -> list[Instance]:
+        return list(self.instances.values())
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Backends, FakeFleet, Clock, Controller]:
+    settings = Settings(
+        data_dir=tmp_path,
+        max_workers=3,
+        target_per_worker=2,
+        scale_in_after_s=5,
+        heartbeat_stale_s=3,
+        start_grace_s=4,
+        max_receives=2,
+    )
+    b, fleet, clock = embedded(settings), FakeFleet(), Clock()
+    return b, fleet, clock, Controller(b, fleet, settings, clock=clock)
+
+
+def _beat(b: Backends, wid: str, state: str, at: float) -> None:
+    heartbeat.write(b.blobs, heartbeat.Heartbeat(wid, 1, state, at, at))
+
+
+def _request(rid: str, reply_to: str = "") -> str:
+    return Request(rid, "inputs/x", f"{rid}.jpg", "m", reply_to, 0.0).to_json()
+
+
+def test_scales_out_from_zero_then_in_only_idle_workers(setup: tuple[Backends, FakeFleet, Clock, Controller]) -> None:
+    b, fleet, clock, ctl = setup
+    assert ctl.tick().desired == 0 and not fleet.instances
+    b.requests.send_batch([_request(f"{i:032x}") for i in range(5)])
+    assert ctl.tick().desired == 3  # ceil(5 / 2), capped at max 3
+    assert len(fleet.instances) == 3
+    b.requests.purge()
+    ids = sorted(fleet.instances)
+    _beat(b, ids[0], "busy", clock.now)
+    _beat(b, ids[1], "idle", clock.now)
+    _beat(b, ids[2], "idle", clock.now)
+    for _ in range(7):  # wait out the 5 s window
+        clock.now += 1
+        for wid in fleet.instances:
+            _beat(b, wid, "busy" if wid == ids[0] else "idle", clock.now)
+        ctl.tick()
+    assert ids[0] in fleet.instances  # the busy one is never stopped
+    assert set(fleet.stopped) == {ids[1], ids[2]}
+
+
+def test_stale_worker_is_replaced(setup: tuple[Backends, FakeFleet, Clock, Controller]) -> None:
+    b, fleet, clock, ctl = setup
+    b.requests.send(_request("a" * 32))
+    ctl.tick()
+    (first,) = fleet.instances
+    _beat(b, first, "busy", clock.now)
+    clock.now += 2
+    ctl.tick()
+    assert not fleet.killed
+    clock.now += 2  # 4 s since its last beat, over heartbeat_stale_s = 3
+    ctl.tick()
+    assert fleet.killed == [first]
+    assert list(fleet.instances) != [first] and len(fleet.instances) == 1  # replaced in the same tick
+    assert first not in heartbeat.read_all(b.blobs)
+
+
+def test_worker_that_never_reports_is_replaced_after_grace(
+    setup: tuple[Backends, FakeFleet, Clock, Controller],
+) -> None:
+    b, fleet, clock, ctl = setup
+    b.requests.send(_request("b" * 32))
+    ctl.tick()
+    clock.now += 5
+    ctl.tick()
+    assert len(fleet.killed) == 1 and len(fleet.instances) == 1
+
+
+def test_dead_letters_become_failed_results_and_replies(setup: tuple[Backends, FakeFleet, Clock, Controller]) -> None:
+    b, _, _, ctl = setup
+    rid = "c" * 32
+    b.requests.send(_request(rid, reply_to="replies-test"))
+    for _ in range(2):  # two deliveries that never finish (max_receives = 2)
+        assert b.requests.receive(1, visibility_s=0)
+    assert b.requests.receive(1) == []  # moved to the dead-letter queue
+    ctl.tick()
+    result = Result.from_json(b.blobs.get(result_key(rid)))
+    assert (result.status, result.error) == ("failed", "gave_up")
+    assert "gave up after 2 attempts" in (result.reason or "")
+    (reply,) = b.queue("replies-test").receive(1)
+    assert Result.from_json(reply.body) == result
+
+
+def test_dead_letter_does_not_overwrite_a_late_success(setup: tuple[Backends, FakeFleet, Clock, Controller]) -> None:
+    b, _, _, ctl = setup
+    rid = "d" * 32
+    done = Result(rid, "x.jpg", "done", "m", "tench", 0.9)
+    b.blobs.put(result_key(rid), done.to_json().encode())
+    assert b.requests.dead_letter is not None
+    b.requests.dead_letter.send(_request(rid))
+    ctl.tick()
+    assert Result.from_json(b.blobs.get(result_key(rid))).status == "done"
+
+
+def test_status_is_published_with_decisions(setup: tuple[Backends, FakeFleet, Clock, Controller]) -> None:
+    b, _, clock, ctl = setup
+    b.requests.send(_request("e" * 32))
+    ctl.tick()
+    status = json.loads(b.blobs.get(STATUS_KEY))
+    assert status["queue"]["visible"] == 1
+    assert [w["state"] for w in status["workers"]] == ["running"]
+    assert status["decisions"][-1]["desired"] == 1 and "scale out" in status["decisions"][-1]["reason"]
+    assert dataclasses.asdict(ctl.policy) == status["policy"]
