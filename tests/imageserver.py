@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import threading
 from collections.abc import Iterator
@@ -22,10 +23,9 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         super().do_GET()
 
     def copyfile(self, source: object, outputfile: object) -> None:
-        try:
+        # the client may stop reading (a byte cap): expected
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             super().copyfile(source, outputfile)  # type: ignore[arg-type]
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client stopped reading (a byte cap): expected
 
     def log_message(self, *args: object) -> None:
         pass

@@ -152,7 +152,7 @@ def test_dead_letter_does_not_overwrite_a_late_success(setup: tuple[Backends, Fa
 
 
 def test_status_is_published_with_decisions(setup: tuple[Backends, FakeFleet, Clock, Controller]) -> None:
-    b, _, clock, ctl = setup
+    b, _, _, ctl = setup
     b.requests.send(_request("e" * 32))
     ctl.tick()
     status = json.loads(b.blobs.get(STATUS_KEY))
