@@ -19,14 +19,19 @@ install-test: $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 
 run: install
-	$(BIN)/iraas classify ../shared/datasets/cse546-imagenet-100/images
+	$(BIN)/iraas up
 
 lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+# The browser test drives Debian's Chromium (Playwright's own browser download cannot work here).
+/usr/bin/chromium:
+	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq chromium
+
+test: lint /usr/bin/chromium
 	$(BIN)/python -m pytest
 
 bench: install

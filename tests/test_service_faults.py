@@ -1,0 +1,143 @@
+"""Faults on the real service: killed and stopped workers, a crashing model, a restarted web tier."""
+
+from __future__ import annotations
+
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import onnx
+from onnx import TensorProto, helper
+
+from iraas.model.classifier import Classifier
+
+from .conftest import IMAGENET
+from .service import Service, alive
+
+PHOTOS = sorted((IMAGENET / "images").iterdir())
+
+
+def _burst(svc: Service, files: list[Path], during: object) -> list[dict[str, object]]:
+    """One sync request per file, all at once; `during(svc)` runs while they are in flight."""
+
+    def one(f: Path) -> dict[str, object]:
+        r = httpx.post(svc.url + "/v1/recognitions", files={"files": (f.name, f.read_bytes())}, timeout=180)
+        assert r.status_code == 200, r.text
+        (entry,) = r.json()
+        return dict(entry)
+
+    with ThreadPoolExecutor(len(files)) as pool:
+        futures = [pool.submit(one, f) for f in files]
+        during(svc)  # type: ignore[operator]
+        return [f.result() for f in futures]
+
+
+def _busy_worker(svc: Service) -> int:
+    def find() -> int | None:
+        for beat_file in (svc.data_dir / "blobs" / "heartbeats").glob("*.json"):
+            text = beat_file.read_text()
+            if '"busy"' in text and '"current": []' not in text:
+                return svc.worker_pids()[beat_file.stem]
+        return None
+
+    return int(svc.wait_for(find, timeout=60, every=0.02))
+
+
+def _check_all_answered(results: list[dict[str, object]], files: list[Path], classifier: Classifier) -> None:
+    assert [r["name"] for r in results] == [f.name for f in files]
+    assert all(r["status"] == "done" for r in results), [r for r in results if r["status"] != "done"]
+    assert [r["label"] for r in results] == [p.label for p in classifier.predict([f.read_bytes() for f in files])]
+    assert len({r["id"] for r in results}) == len(files)
+
+
+def test_kill_9_a_worker_holding_messages_loses_nothing(tmp_path: Path, classifier: Classifier) -> None:
+    svc = Service(tmp_path / "data", max_workers=2, visibility_s=3, batch_size=4, heartbeat_s=0.2).start()
+    try:
+        files = PHOTOS[100:140]
+        killed: list[int] = []
+
+        def kill_one(s: Service) -> None:
+            pid = _busy_worker(s)
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+        results = _burst(svc, files, kill_one)
+        _check_all_answered(results, files, classifier)
+        assert killed and not alive(killed[0])
+        redelivered = [r for r in results if r["timings"]["queued"] > 2]  # type: ignore[index]
+        assert redelivered, "the killed worker's messages should have come back after the visibility timeout"
+    finally:
+        svc.stop()
+
+
+def test_sigterm_during_a_burst_finishes_what_it_holds(tmp_path: Path, classifier: Classifier) -> None:
+    svc = Service(tmp_path / "data", max_workers=2, visibility_s=30, batch_size=4, heartbeat_s=0.2).start()
+    try:
+        files = PHOTOS[200:230]
+        stopped: list[int] = []
+
+        def term_one(s: Service) -> None:
+            pid = _busy_worker(s)
+            os.kill(pid, signal.SIGTERM)
+            stopped.append(pid)
+
+        results = _burst(svc, files, term_one)
+        _check_all_answered(results, files, classifier)
+        # with a 30 s visibility timeout, nothing waited for a redelivery: the batch was finished
+        assert max(r["timings"]["total"] for r in results) < 30  # type: ignore[index]
+        svc.wait_for(lambda: not alive(stopped[0]), timeout=30)
+    finally:
+        svc.stop()
+
+
+def _crashing_model(root: Path) -> Path:
+    """A valid ONNX classifier that fails at run time, as a broken model would: the worker dies."""
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [7, 7])
+    node = helper.make_node("Reshape", ["input", "shape"], ["logits"])
+    graph = helper.make_graph([node], "crash", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                              [None, 3, 8, 8])], [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                              [None, 7])], [shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, root / "crash.onnx")
+    (root / "labels.txt").write_text("\n".join(f"class{i}" for i in range(7)))
+    spec = root / "crash.toml"
+    spec.write_text('onnx = "crash.onnx"\nlabels = "labels.txt"\ninput_size = 8\nresize = 0\n')
+    return spec
+
+
+def test_request_that_crashes_workers_fails_after_three_attempts(tmp_path: Path) -> None:
+    spec = _crashing_model(tmp_path)
+    svc = Service(tmp_path / "data", model=spec, max_workers=1, visibility_s=1, max_receives=3).start()
+    try:
+        r = httpx.post(svc.url + "/v1/recognitions", files={"files": ("x.jpg", PHOTOS[0].read_bytes())}, timeout=120)
+        (entry,) = r.json()
+        assert (entry["status"], entry["error"]) == ("failed", "gave_up"), entry
+        assert "gave up after 3 attempts" in entry["reason"]
+        logs = "".join(p.read_text() for p in (svc.data_dir / "logs").glob("*.log"))
+        assert logs.count("Traceback") >= 3  # three workers died on it
+        course = httpx.post(svc.url + "/", files={"inputFile": ("y.jpg", PHOTOS[1].read_bytes())}, timeout=120)
+        assert course.status_code == 422 and course.json()["error"] == "gave_up"
+    finally:
+        svc.stop()
+
+
+def test_results_survive_a_restart_and_ctrl_c_leaves_no_workers(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    svc = Service(data, max_workers=2).start()
+    resp = httpx.post(svc.url + "/v1/recognitions", params={"wait": "false"},
+                      files={"files": (PHOTOS[0].name, PHOTOS[0].read_bytes())}, timeout=60)
+    location = resp.json()[0]["location"]
+    svc.wait_for(lambda: httpx.get(svc.url + location).json()["status"] == "done")
+    pids = list(svc.worker_pids().values())
+    assert pids
+    assert svc.stop() == 0
+    assert not any(alive(p) for p in pids)  # Ctrl-C stopped every worker process
+    again = Service(data, max_workers=2).start()
+    try:
+        body = httpx.get(again.url + location).json()
+        assert (body["status"], body["label"]) == ("done", "tench")
+    finally:
+        again.stop()
