@@ -169,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
         _add_settings(sp, SERVICE_SETTINGS[name])
         sp.set_defaults(func=_cmd_service)
 
+    from .loadgen.cli import add_parser as add_loadgen
+
+    add_loadgen(sub)
+
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="what", required=True)
     m = bsub.add_parser("model", help="in-process ceiling: decode + preprocess + inference images/s")

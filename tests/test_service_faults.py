@@ -96,9 +96,13 @@ def _crashing_model(root: Path) -> Path:
     """A valid ONNX classifier that fails at run time, as a broken model would: the worker dies."""
     shape = helper.make_tensor("shape", TensorProto.INT64, [2], [7, 7])
     node = helper.make_node("Reshape", ["input", "shape"], ["logits"])
-    graph = helper.make_graph([node], "crash", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                              [None, 3, 8, 8])], [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
-                              [None, 7])], [shape])
+    graph = helper.make_graph(
+        [node],
+        "crash",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 7])],
+        [shape],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, root / "crash.onnx")
@@ -127,8 +131,12 @@ def test_request_that_crashes_workers_fails_after_three_attempts(tmp_path: Path)
 def test_results_survive_a_restart_and_ctrl_c_leaves_no_workers(tmp_path: Path) -> None:
     data = tmp_path / "data"
     svc = Service(data, max_workers=2).start()
-    resp = httpx.post(svc.url + "/v1/recognitions", params={"wait": "false"},
-                      files={"files": (PHOTOS[0].name, PHOTOS[0].read_bytes())}, timeout=60)
+    resp = httpx.post(
+        svc.url + "/v1/recognitions",
+        params={"wait": "false"},
+        files={"files": (PHOTOS[0].name, PHOTOS[0].read_bytes())},
+        timeout=60,
+    )
     location = resp.json()[0]["location"]
     svc.wait_for(lambda: httpx.get(svc.url + location).json()["status"] == "done")
     pids = list(svc.worker_pids().values())

@@ -14,8 +14,15 @@ from .conftest import IMAGENET
 from .service import Service
 
 CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture
@@ -35,8 +42,11 @@ def test_upload_three_images_and_see_three_labels(svc: Service, classifier: Clas
             page.goto(svc.url + "/")
             page.set_input_files("#files", [str(f) for f in files])
             page.wait_for_function("document.querySelectorAll('.card[data-label]').length === 3", timeout=60_000)
-            shown = page.eval_on_selector_all(".card", "cs => cs.map(c => [c.querySelector('.name').textContent, "
-                                                       "c.dataset.label, c.querySelectorAll('li').length])")
+            shown = page.eval_on_selector_all(
+                ".card",
+                "cs => cs.map(c => [c.querySelector('.name').textContent, "
+                "c.dataset.label, c.querySelectorAll('li').length])",
+            )
             assert sorted(shown) == sorted([f.name, label, 5] for f, label in zip(files, labels, strict=True))
             page.wait_for_function("document.getElementById('cluster').textContent.includes('workers')")
         finally:

@@ -1,0 +1,88 @@
+"""`iraas loadgen`: run a plan with a live progress bar, print and save the report."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..bench import image_files
+from .labels import read_labels
+from .report import Record
+from .run import Plan, run
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "loadgen",
+        help="fire a workload at a running service and check every answer",
+        description="Fire a workload at a running iraas (or course-compatible) service, check every "
+        "answer against the labels, and report throughput and latency.",
+    )
+    p.add_argument("url", help="the service, e.g. http://127.0.0.1:8000")
+    p.add_argument("--images", required=True, help="folder of images to send (cycled)")
+    p.add_argument("--labels", help="expected labels: course faces CSV, course ImageNet CSV or labels.csv")
+    p.add_argument("--requests", type=int, default=100, help="requests to send (default 100)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--concurrency", type=int, default=100, help="closed loop: requests in flight (default 100)")
+    mode.add_argument("--rate", type=float, default=0.0, help="open loop: arrivals per second")
+    p.add_argument(
+        "--pattern",
+        choices=["steady", "step", "spike"],
+        default="steady",
+        help="open-loop schedule: steady, step (1/4 → full rate), spike (trickle, burst, trickle)",
+    )
+    p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (default: no limit)")
+    p.add_argument("--api", choices=["course", "v1"], default="course", help="POST / (course) or /v1/recognitions")
+    p.add_argument("--timeout", type=float, default=120.0, help="per-request time-out, seconds (default 120)")
+    p.add_argument("--out", help="write the JSON report here")
+    p.add_argument("--plot", help="write a PNG of latency, workers and queue depth over time")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    images = image_files([Path(args.images)])
+    if not images:
+        raise ValueError(f"no images in {args.images}")
+    labels = read_labels(args.labels) if args.labels else {}
+    concurrency = args.concurrency if not args.rate else max(args.concurrency, 1000)
+    plan = Plan(
+        args.url,
+        images,
+        labels,
+        args.requests,
+        concurrency,
+        args.rate,
+        args.pattern,
+        args.duration,
+        args.api,
+        args.timeout,
+    )
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("requests", total=args.requests, status="")
+        seen = {"ok": 0, "wrong": 0, "err": 0}
+
+        def tick(rec: Record) -> None:
+            seen["err" if rec.error else "wrong" if rec.correct is False else "ok"] += 1
+            bar.update(task, advance=1, status=f"ok {seen['ok']} wrong {seen['wrong']} errors {seen['err']}")
+
+        report = asyncio.run(run(plan, tick))
+    print(report.text())
+    if args.out:
+        Path(args.out).write_text(report.to_json())
+    if args.plot:
+        report.plot(args.plot)
+    s = report.summary()
+    return 0 if s["answered"] == s["sent"] and not s["wrong"] else 1
