@@ -78,7 +78,7 @@ SETTING_HELP = {
     "url_timeout_s": "time-out for fetching an image URL (default 10)",
     "visibility_s": "seconds a received request stays hidden before it is retried (default 30)",
     "max_receives": "deliveries before a request is given up as failed (default 3)",
-    "batch_size": "most requests a worker classifies in one inference call (default 8)",
+    "batch_size": "most requests per inference call (default 4: as fast per image as 8, less memory)",
     "batch_wait_s": "extra wait for a fuller batch once one request arrived (default 0)",
     "threads": "onnxruntime threads per worker process (default 1)",
     "heartbeat_s": "seconds between worker heartbeats (default 1)",

@@ -28,8 +28,8 @@ class Settings:
     visibility_s: int = 30
     max_receives: int = 3
     # worker
-    batch_size: int = 8
-    batch_wait_s: float = 0.02
+    batch_size: int = 4
+    batch_wait_s: float = 0.0
     threads: int = 1
     heartbeat_s: float = 1.0
     worker_max_idle_s: float = 0.0  # 0: run until stopped (the controller scales in)

@@ -56,6 +56,7 @@ class Worker:
         self.state = "starting"
         self.current: list[str] = []
         self._stop = threading.Event()
+        self._beat_now = threading.Event()
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="fetch")
 
     # -- the loop ---------------------------------------------------------------------------
@@ -79,6 +80,7 @@ class Worker:
         finally:
             self.state = "stopping"
             self._stop.set()
+            self._beat_now.set()
             beat.join(timeout=5)
             heartbeat.remove(self.b.blobs, self.id)
             self._pool.shutdown()
@@ -98,7 +100,7 @@ class Worker:
             return 0
         jobs = self._parse(msgs)
         self.state, self.current = "busy", [j.req.id for j in jobs]
-        self._write_beat()
+        self._beat_now.set()  # "running" for status queries, written off the hot path
         extender = _VisibilityExtender(self, [m.receipt for m in msgs])
         try:
             self._process(jobs)
@@ -108,6 +110,8 @@ class Worker:
         for job in jobs:
             self._reply(job)
         self.b.requests.delete_batch([m.receipt for m in msgs])
+        for job in jobs:
+            self._remember(job)
         return len(msgs)
 
     def _parse(self, msgs: list[Message]) -> list[_Job]:
@@ -185,10 +189,14 @@ class Worker:
             return
         if job.result.status == "done":
             self.processed += 1
-            digest = job.req.input_key.rsplit("/", 1)[-1]
-            self.b.blobs.put(dedup_key(job.req.model, digest), job.result.to_json().encode(), if_absent=True)
         else:
             self.failed += 1
+
+    def _remember(self, job: _Job) -> None:
+        """Dedup entry for the same bytes later; after the reply, being only an optimisation."""
+        if job.result is not None and job.result.status == "done" and job.result.worker == self.id:
+            digest = job.req.input_key.rsplit("/", 1)[-1]
+            self.b.blobs.put(dedup_key(job.req.model, digest), job.result.to_json().encode(), if_absent=True)
 
     def _reply(self, job: _Job) -> None:
         if job.req.reply_to and job.result is not None:
@@ -216,8 +224,11 @@ class Worker:
             log.warning("heartbeat write failed", exc_info=True)
 
     def _beat_loop(self) -> None:
-        while not self._stop.wait(self.s.heartbeat_s):
-            self._write_beat()
+        while not self._stop.is_set():
+            self._beat_now.wait(self.s.heartbeat_s)
+            self._beat_now.clear()
+            if not self._stop.is_set():
+                self._write_beat()
 
 
 class _VisibilityExtender:

@@ -5,14 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-from ..bench import image_files
-from .labels import read_labels
-from .report import Record
-from .run import Plan, run
+if TYPE_CHECKING:
+    from .report import Record
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -44,6 +40,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def main(args: argparse.Namespace) -> int:
+    # Imported here: every `iraas` command builds this parser, and workers need not load
+    # rich and httpx.
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..bench import image_files
+    from .labels import read_labels
+    from .run import Plan, run
+
     images = image_files([Path(args.images)])
     if not images:
         raise ValueError(f"no images in {args.images}")
