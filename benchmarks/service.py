@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -57,6 +59,21 @@ def _load(svc: Service, files: list[Path], **plan: object) -> dict[str, object]:
     return report.summary() | {"_report": report}
 
 
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _cpu_split(svc: Service) -> dict[str, float]:
+    assert svc.proc is not None
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "web": _cpu_s(svc.proc.pid),
+        "workers": sum(_cpu_s(p) for p in svc.worker_pids().values()),
+        "load generator": own.ru_utime + own.ru_stime,
+    }
+
+
 def _workers(svc: Service) -> int:
     return len([w for w in svc.cluster()["workers"] if w["state"] != "stopping"])
 
@@ -75,11 +92,19 @@ def ceiling(tmp: Path) -> None:
     svc = _service(tmp, min_workers=2, max_workers=2)
     try:
         svc.wait_for(lambda: _workers(svc) == 2 and len(svc.worker_pids()) == 2, timeout=60)
+        before = _cpu_split(svc)
         s = _load(svc, burst, requests=len(burst), concurrency=64, api="v1")
+        after = _cpu_split(svc)
         rate = float(s["throughput_per_s"])  # type: ignore[arg-type]
         print(
             f"service: {s['answered']}/{s['sent']} answered, {rate:.1f} img/s with 2 warm workers, "
             f"ratio {rate / ceil.images_per_s:.2f}"
+        )
+        per = {k: 1000 * (after[k] - before[k]) / len(burst) for k in after}
+        print(
+            "CPU per image: "
+            + ", ".join(f"{k} {v:.1f} ms" for k, v in per.items())
+            + f"; the ceiling spends {2000 / ceil.images_per_s:.1f} ms of CPU per image"
         )
     finally:
         svc.stop()

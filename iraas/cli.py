@@ -191,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # otherwise a line per request
     try:
         return int(args.func(args))
     except (SpecError, ValueError) as exc:

@@ -57,6 +57,7 @@ class Worker:
         self.current: list[str] = []
         self._stop = threading.Event()
         self._beat_now = threading.Event()
+        self._count_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="fetch")
 
     # -- the loop ---------------------------------------------------------------------------
@@ -110,8 +111,8 @@ class Worker:
         for job in jobs:
             self._reply(job)
         self.b.requests.delete_batch([m.receipt for m in msgs])
-        for job in jobs:
-            self._remember(job)
+        for job in jobs:  # in the background: the next batch need not wait for these
+            self._pool.submit(self._remember, job)
         return len(msgs)
 
     def _parse(self, msgs: list[Message]) -> list[_Job]:
@@ -145,7 +146,8 @@ class Worker:
         for job in todo:
             if job.result is None:
                 job.result = self._failure(job.req, "input_missing", "the uploaded image is no longer stored")
-            self._store(job)
+        # In parallel: each write waits on its own fsync, and the GIL is free meanwhile.
+        list(self._pool.map(self._store, todo))
 
     def _fetch(self, job: _Job) -> bytes | None:
         try:
@@ -187,10 +189,11 @@ class Worker:
             # Someone else finished it first: theirs is the answer.
             job.result = Result.from_json(self.b.blobs.get(result_key(job.req.id)))
             return
-        if job.result.status == "done":
-            self.processed += 1
-        else:
-            self.failed += 1
+        with self._count_lock:
+            if job.result.status == "done":
+                self.processed += 1
+            else:
+                self.failed += 1
 
     def _remember(self, job: _Job) -> None:
         """Dedup entry for the same bytes later; after the reply, being only an optimisation."""
