@@ -3,7 +3,9 @@
 Measure as KEDA's SQS scaler does (backlog = visible + in flight), size as the Kubernetes HPA
 does (ceil(backlog / target per worker), bounded by min and max), scale out at once, and scale
 in only when every recommendation of the last `scale_in_after_s` seconds was lower (HPA's
-scale-down stabilisation window) — so a flapping queue does not flap the fleet.
+scale-down stabilisation window) — so a flapping queue does not flap the fleet. While any
+work is being done the recommendation is at least one worker: the fleet scales to zero only
+after a whole window with no work at all.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class Observation:
     backlog: int  # visible + in flight
     workers: int  # workers the fleet has now (starting ones included)
     busy: int = 0  # workers holding messages: never stopped
+    recent: int = 0  # requests finished since the previous observation
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,10 @@ def recommend(backlog: int, policy: Policy) -> int:
 
 def decide(obs: Observation, policy: Policy, state: State, now: float) -> tuple[Decision, State]:
     rec = recommend(obs.backlog, policy)
+    if obs.recent or obs.busy:
+        # A fast service keeps the queue empty at most ticks; "idle" means no work was done,
+        # not an empty queue, or a steady trickle would scale to zero and cold-start each time.
+        rec = max(rec, min(1, policy.max_workers))
     window = (*((t, r) for t, r in state.history if now - t < policy.scale_in_after_s), (now, rec))
     new_state = State(window)
     if rec >= obs.workers:

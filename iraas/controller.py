@@ -41,6 +41,7 @@ class Controller:
         self.state = State()
         self.decisions: deque[dict[str, Any]] = deque(maxlen=50)
         self._last: tuple[int, int] | None = None
+        self._work_total: int | None = None
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -57,7 +58,7 @@ class Controller:
         active = [i for i in self.fleet.list() if i.state != "stopping"]
         active = self._replace_stale(active, beats, now)
         busy = [i for i in active if i.id in beats and beats[i.id].state == "busy"]
-        obs = Observation(depth.backlog, len(active), len(busy))
+        obs = Observation(depth.backlog, len(active), len(busy), self._recent_work(beats))
         decision, self.state = decide(obs, self.policy, self.state, now)
         self._apply(decision, active, beats)
         self._record(decision, obs, now)
@@ -88,6 +89,14 @@ class Controller:
             if wid not in known and now - beat.at > self.s.heartbeat_stale_s:
                 heartbeat.remove(self.b.blobs, wid)
         return [i for i in active if i.id not in stale]
+
+    def _recent_work(self, beats: dict[str, heartbeat.Heartbeat]) -> int:
+        """Requests finished since the last tick, from the workers' counters (a worker that
+        exits takes its count with it: the delta is clamped at zero)."""
+        total = sum(b.processed + b.failed for b in beats.values())
+        recent = max(total - self._work_total, 0) if self._work_total is not None else 0
+        self._work_total = total
+        return recent
 
     def _apply(self, decision: Decision, active: list[Instance], beats: dict[str, heartbeat.Heartbeat]) -> None:
         diff = decision.desired - len(active)

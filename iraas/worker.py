@@ -113,6 +113,10 @@ class Worker:
         self.b.requests.delete_batch([m.receipt for m in msgs])
         for job in jobs:  # in the background: the next batch need not wait for these
             self._pool.submit(self._remember, job)
+        # Report "idle" now, not at the next periodic beat: the controller stops only idle
+        # workers, and under a trickle a periodic beat would nearly always say "busy".
+        self.state = "idle"
+        self._beat_now.set()
         return len(msgs)
 
     def _parse(self, msgs: list[Message]) -> list[_Job]:

@@ -65,3 +65,23 @@ def test_scale_in_partially_to_what_the_window_wanted() -> None:
 def test_decision_explains_itself() -> None:
     decision, _ = decide(Observation(9, 0), P, State(), 0.0)
     assert "scale out" in decision.reason and "9" in decision.reason
+
+
+def test_a_trickle_keeps_one_worker_although_the_queue_looks_empty() -> None:
+    # 5 requests a second, each done before the next tick: backlog 0, but work every tick
+    steps = [(t / 4, 0, 1, 0) for t in range(0, 80)]
+    state, desired = State(), []
+    for now, backlog, workers, busy in steps:
+        decision, state = decide(Observation(backlog, workers, busy, recent=1), P, state, now)
+        desired.append(decision.desired)
+    assert set(desired) == {1}
+    # the traffic stops: after a whole window with no work, back to zero
+    for t in range(80, 140):
+        decision, state = decide(Observation(0, 1, 0, recent=0), P, state, t / 4)
+    assert decision.desired == 0
+
+
+def test_recent_work_never_exceeds_max_workers() -> None:
+    zero = Policy(min_workers=0, max_workers=0, target_per_worker=8, scale_in_after_s=10)
+    decision, _ = decide(Observation(0, 0, 0, recent=3), zero, State(), 0.0)
+    assert decision.desired == 0

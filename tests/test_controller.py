@@ -160,3 +160,23 @@ def test_status_is_published_with_decisions(setup: tuple[Backends, FakeFleet, Cl
     assert [w["state"] for w in status["workers"]] == ["running"]
     assert status["decisions"][-1]["desired"] == 1 and "scale out" in status["decisions"][-1]["reason"]
     assert dataclasses.asdict(ctl.policy) == status["policy"]
+
+
+def test_finished_work_keeps_a_worker_while_the_queue_is_empty(
+    setup: tuple[Backends, FakeFleet, Clock, Controller],
+) -> None:
+    b, fleet, clock, ctl = setup
+    b.requests.send(_request("f" * 32))
+    ctl.tick()
+    (wid,) = fleet.instances
+    b.requests.purge()
+    for i in range(1, 30):  # 15 s of a worker finishing one request every half second
+        clock.now += 0.5
+        heartbeat.write(b.blobs, heartbeat.Heartbeat(wid, 1, "idle", clock.now, 0.0, processed=i))
+        ctl.tick()
+    assert list(fleet.instances) == [wid] and not fleet.stopped
+    for _ in range(14):  # then no work for 7 s (window 5 s)
+        clock.now += 0.5
+        heartbeat.write(b.blobs, heartbeat.Heartbeat(wid, 1, "idle", clock.now, 0.0, processed=29))
+        ctl.tick()
+    assert fleet.stopped == [wid]
