@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable
