@@ -106,7 +106,7 @@ class _Clients:
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
         self._idle: list[httpx.AsyncClient] = []
         self._all: list[httpx.AsyncClient] = []
-        self._make = lambda: httpx.AsyncClient(timeout=timeout, limits=limits, verify=ssl)
+        self._timeout, self._limits, self._ssl = timeout, limits, ssl
         self._slots = asyncio.Semaphore(size)
 
     @contextlib.asynccontextmanager
@@ -119,7 +119,7 @@ class _Clients:
                 self._idle.append(client)
 
     def _new(self) -> httpx.AsyncClient:
-        client = self._make()
+        client = httpx.AsyncClient(timeout=self._timeout, limits=self._limits, verify=self._ssl)
         self._all.append(client)
         return client
 
