@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -90,10 +91,18 @@ SETTING_HELP = {
     "tick_s": "seconds between controller decisions (default 0.25)",
     "heartbeat_stale_s": "a worker silent this long is replaced (default 15)",
     "start_grace_s": "time a new worker has to send its first heartbeat (default 30)",
+    "backend": "embedded (SQLite + directory, local processes; default) or aws (SQS + S3 + EC2)",
+    "name": "AWS deployment name: queues <name>-requests…, instance tags (default iraas)",
+    "bucket": "AWS: the deployment's S3 bucket (iraas aws status prints it)",
+    "aws_region": "AWS region (default: the AWS SDK's)",
+    "aws_endpoint_url": "AWS endpoint override, for moto or LocalStack",
+    "launch_template": "AWS: worker launch template (default <name>-worker)",
 }
+AWS_SETTINGS = ["backend", "name", "bucket", "aws_region", "aws_endpoint_url"]
 SERVICE_SETTINGS = {
     "up": list(SETTING_HELP),
     "web": [
+        *AWS_SETTINGS,
         "data_dir",
         "host",
         "port",
@@ -107,6 +116,7 @@ SERVICE_SETTINGS = {
         "max_receives",
     ],
     "worker": [
+        *AWS_SETTINGS,
         "data_dir",
         "model",
         "max_pixels",
@@ -138,6 +148,11 @@ def _cmd_service(args: argparse.Namespace) -> int:
 
     names = SERVICE_SETTINGS[args.command]
     settings = load_settings(args.config, **{n: getattr(args, n) for n in names})
+    if settings.backend == "aws" and not settings.bucket:
+        from .aws.deploy import Aws, outputs
+
+        aws = Aws.connect(settings.aws_region or None, settings.aws_endpoint_url or None)
+        settings = dataclasses.replace(settings, bucket=outputs(aws, settings.name)["Bucket"])
     if args.command in ("up", "web"):
         serve.up(settings, with_controller=args.command == "up")
     else:
@@ -172,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .loadgen.cli import add_parser as add_loadgen
 
     add_loadgen(sub)
+
+    from .aws.cli import add_parser as add_aws
+
+    add_aws(sub)
 
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="what", required=True)

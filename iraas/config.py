@@ -17,6 +17,13 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     model: str = "efficientnet-lite0"
+    # backends: "embedded" (SQLite + directory under data_dir) or "aws" (SQS + S3 + EC2)
+    backend: str = "embedded"
+    name: str = "iraas"  # AWS deployment name: queues <name>-requests, <name>-replies-*, tags
+    bucket: str = ""  # AWS: the deployment's S3 bucket
+    aws_region: str = ""
+    aws_endpoint_url: str = ""  # moto, LocalStack; empty for AWS itself
+    launch_template: str = ""  # AWS: worker launch template (default <name>-worker)
     # web tier
     max_file_bytes: int = 20 * 1024 * 1024
     max_files: int = 100
@@ -89,6 +96,9 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     settings = Settings(**values)
     if not 0 <= settings.min_workers <= settings.max_workers:
         raise ValueError("need 0 <= min_workers <= max_workers")
+    if settings.backend not in ("embedded", "aws"):
+        raise ValueError(f"backend must be embedded or aws, not {settings.backend!r}")
+
     return settings
 
 

@@ -184,6 +184,7 @@ class Controller:
                 }
             )
         status = {
+            "fleet_errors": self.fleet.errors[-5:],
             "at": now,
             "queue": {"visible": visible, "in_flight": in_flight, "dead_lettered": dead},
             "workers": workers,

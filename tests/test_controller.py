@@ -22,6 +22,7 @@ class FakeFleet:
         self.instances: dict[str, Instance] = {}
         self.stopped: list[str] = []
         self.killed: list[str] = []
+        self.errors: list[dict[str, object]] = []
         self._n = 0
 
     def launch(self, n: int) -> list[str]:
@@ -45,6 +46,9 @@ class FakeFleet:
 
     def list(self) -> list[Instance]:
         return list(self.instances.values())
+
+    def shutdown(self) -> None:
+        self.stop(list(self.instances))
 
 
 class Clock:

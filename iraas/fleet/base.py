@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -15,6 +15,8 @@ class Instance:
 
 
 class Fleet(Protocol):
+    errors: list[dict[str, Any]]  # recent launch failures, newest last, for /v1/cluster
+
     def launch(self, n: int) -> list[str]:
         """Start n workers; returns their ids. Capacity errors: fewer ids, never an exception."""
         ...
@@ -29,4 +31,8 @@ class Fleet(Protocol):
 
     def list(self) -> list[Instance]:
         """Workers that count as capacity (pending and running), and those stopping."""
+        ...
+
+    def shutdown(self) -> None:
+        """The controller is exiting: end what would otherwise be orphaned."""
         ...

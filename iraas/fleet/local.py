@@ -24,6 +24,7 @@ class LocalFleet:
         self._log_dir = log_dir
         self._procs: dict[str, tuple[subprocess.Popen[bytes], float]] = {}
         self._stopping: set[str] = set()
+        self.errors: list[dict[str, object]] = []
 
     def launch(self, n: int) -> list[str]:
         ids = []
@@ -32,8 +33,9 @@ class LocalFleet:
             env = {**self._env, "IRAAS_WORKER_ID": wid}
             try:
                 proc = self._spawn(wid, env)
-            except OSError:
+            except OSError as exc:
                 log.exception("could not start a worker process")
+                self.errors = [*self.errors[-9:], {"at": self._clock(), "code": "spawn", "message": str(exc)}]
                 break
             self._procs[wid] = (proc, self._clock())
             ids.append(wid)

@@ -8,6 +8,7 @@ same messages as the embedded queue.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -48,13 +49,16 @@ class SqsQueue:
     """Find or create the queue `name` (and `<name>-dlq` with redrive when `max_receives`)."""
 
     def __init__(self, client: Any, name: str, *, max_receives: int | None = None, create: bool = True) -> None:
+        """`create=False`: only find the queues (made by the deployment's stack, whose redrive
+        policy stands); workers need no right to create or configure queues."""
         self.client = client
         self.name = name
         self.max_receives = max_receives
         self.url: str = ""
-        self._dlq = SqsQueue(client, f"{name}-dlq", create=create) if max_receives else None
+        self._dlq: SqsQueue | None = None
         attributes: dict[str, str] = {}
-        if self._dlq is not None:
+        if max_receives and create:
+            self._dlq = SqsQueue(client, f"{name}-dlq")
             arn = client.get_queue_attributes(QueueUrl=self._dlq.url, AttributeNames=["QueueArn"])["Attributes"]
             policy = {"deadLetterTargetArn": arn["QueueArn"], "maxReceiveCount": str(max_receives)}
             attributes["RedrivePolicy"] = json.dumps(policy)
@@ -73,6 +77,9 @@ class SqsQueue:
 
     @property
     def dead_letter(self) -> SqsQueue | None:
+        # Found on first use: workers never touch it and need no rights on it.
+        if self._dlq is None and self.max_receives:
+            self._dlq = SqsQueue(self.client, f"{self.name}-dlq", create=False)
         return self._dlq
 
     def send(self, body: str, delay_s: int = 0) -> str:
@@ -102,7 +109,7 @@ class SqsQueue:
         resp = self.client.receive_message(
             QueueUrl=self.url,
             MaxNumberOfMessages=max_messages,
-            WaitTimeSeconds=round(wait_s),
+            WaitTimeSeconds=math.ceil(wait_s),  # 0.5 must not become a busy short poll
             VisibilityTimeout=visibility_s,
             MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
         )

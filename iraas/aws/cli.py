@@ -1,0 +1,57 @@
+"""`iraas aws deploy | status | destroy`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "aws",
+        help="deploy to AWS (SQS, S3, EC2), show status, tear down",
+        description="One CloudFormation stack per deployment: see docs/aws.md.",
+    )
+    verbs = p.add_subparsers(dest="verb", required=True)
+    for verb, text in (
+        ("deploy", "create or update the deployment's stack and upload this iraas version"),
+        ("status", "the stack's outputs (URL), queue depth and instances"),
+        ("destroy", "empty the bucket, terminate the instances, delete the stack"),
+    ):
+        v = verbs.add_parser(verb, help=text, description=text)
+        v.add_argument("--name", required=True, help="deployment name (lowercase letters, digits, -)")
+        v.add_argument("--region", help="AWS region (default: the AWS SDK's)")
+        v.add_argument("--endpoint-url", help="AWS endpoint override (moto, LocalStack)")
+        if verb == "deploy":
+            v.add_argument("--max-workers", type=int, default=20, help="most worker instances (default 20)")
+            v.add_argument("--min-workers", type=int, default=0, help="always-on workers (default 0)")
+            v.add_argument("--instance-type", help="instance type (default c7i.large)")
+            v.add_argument("--ami", help="AMI id (default: Amazon Linux 2023 from the public SSM parameter)")
+            v.add_argument("--web-port", type=int, default=8000, help="the web tier's port (default 8000)")
+            v.add_argument("--wheel", help="the iraas wheel to install (default: built from this source tree)")
+        v.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from .deploy import Aws, deploy, destroy, status
+
+    aws = Aws.connect(args.region, args.endpoint_url)
+    if args.verb == "deploy":
+        out = deploy(
+            aws,
+            args.name,
+            Path(args.wheel) if args.wheel else None,
+            min_workers=args.min_workers,
+            max_workers=args.max_workers,
+            instance_type=args.instance_type,
+            ami=args.ami,
+            web_port=args.web_port,
+        )
+        print(json.dumps(out, indent=1))
+    elif args.verb == "status":
+        print(json.dumps(status(aws, args.name), indent=1))
+    else:
+        for line in destroy(aws, args.name):
+            print(f"removed {line}")
+    return 0

@@ -1,0 +1,199 @@
+"""`iraas aws deploy | status | destroy`: one CloudFormation stack per deployment.
+
+deploy: create or update the stack from `iraas.yaml` (beside this file; `infra/aws/` links to
+it), then upload the wheel of this very iraas version to the stack's bucket, where the
+instances' user-data installs it from. destroy: empty the bucket, terminate every instance
+tagged with the deployment, delete the reply queues the web processes made, delete the stack.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError, WaiterError
+
+from ..fleet.ec2 import DEPLOYMENT_TAG
+from ..queues.sqs import RETRY_CONFIG
+
+log = logging.getLogger(__name__)
+TEMPLATE = Path(__file__).with_name("iraas.yaml")
+
+
+@dataclass(frozen=True)
+class Aws:
+    cfn: Any
+    ec2: Any
+    s3: Any
+    sqs: Any
+
+    @classmethod
+    def connect(cls, region: str | None = None, endpoint_url: str | None = None) -> Aws:
+        def client(name: str) -> Any:
+            return boto3.client(name, region_name=region, endpoint_url=endpoint_url, config=RETRY_CONFIG)
+
+        return cls(client("cloudformation"), client("ec2"), client("s3"), client("sqs"))
+
+
+def stack_name(name: str) -> str:
+    return f"iraas-{name}"
+
+
+def outputs(aws: Aws, name: str) -> dict[str, str]:
+    stack = aws.cfn.describe_stacks(StackName=stack_name(name))["Stacks"][0]
+    return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+
+
+def build_wheel(out: Path) -> Path:
+    """The wheel of the source tree this iraas runs from (an editable or source install)."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "pyproject.toml").is_file():
+        raise RuntimeError("deploy from a source checkout of iraas, or pass --wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(root)],
+        check=True,
+    )
+    return next(out.glob("iraas-*.whl"))
+
+
+def deploy(
+    aws: Aws,
+    name: str,
+    wheel: Path | None = None,
+    *,
+    min_workers: int = 0,
+    max_workers: int = 20,
+    instance_type: str | None = None,
+    ami: str | None = None,
+    web_port: int = 8000,
+) -> dict[str, str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        wheel = wheel or build_wheel(Path(tmp))
+        key = f"dist/{wheel.name}"
+        params = {
+            "DeploymentName": name,
+            "MinWorkers": str(min_workers),
+            "MaxWorkers": str(max_workers),
+            "WheelKey": key,
+            "WebPort": str(web_port),
+        }
+        if instance_type:
+            params["InstanceType"] = instance_type
+        if ami:
+            params["WorkerAmi"] = ami
+        _create_or_update(aws, name, params)
+        out = outputs(aws, name)
+        aws.s3.upload_file(str(wheel), out["Bucket"], key)
+    log.info("deployed %s: %s", name, out.get("Url"))
+    return out
+
+
+def _create_or_update(aws: Aws, name: str, params: dict[str, str]) -> None:
+    args = {
+        "StackName": stack_name(name),
+        "TemplateBody": TEMPLATE.read_text(),
+        "Parameters": [{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()],
+        "Capabilities": ["CAPABILITY_IAM"],
+        "Tags": [{"Key": DEPLOYMENT_TAG, "Value": name}],
+    }
+    try:
+        aws.cfn.describe_stacks(StackName=stack_name(name))
+        exists = True
+    except ClientError:
+        exists = False
+    if not exists:
+        aws.cfn.create_stack(**args)
+        aws.cfn.get_waiter("stack_create_complete").wait(StackName=stack_name(name))
+        return
+    try:
+        aws.cfn.update_stack(**args)
+    except ClientError as exc:
+        if "No updates are to be performed" in str(exc):
+            return
+        raise
+    aws.cfn.get_waiter("stack_update_complete").wait(StackName=stack_name(name))
+
+
+def _instances(aws: Aws, name: str, states: list[str]) -> list[dict[str, Any]]:
+    filters = [{"Name": f"tag:{DEPLOYMENT_TAG}", "Values": [name]}, {"Name": "instance-state-name", "Values": states}]
+    found = []
+    for page in aws.ec2.get_paginator("describe_instances").paginate(Filters=filters):
+        for res in page["Reservations"]:
+            found.extend(res["Instances"])
+    return found
+
+
+def status(aws: Aws, name: str) -> dict[str, Any]:
+    out = outputs(aws, name)
+    attrs = aws.sqs.get_queue_attributes(
+        QueueUrl=out["RequestsQueueUrl"],
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    live = ["pending", "running", "shutting-down", "stopping"]
+    instances = [
+        {
+            "id": i["InstanceId"],
+            "state": i["State"]["Name"],
+            "role": next((t["Value"] for t in i.get("Tags", []) if t["Key"] == "iraas:role"), "?"),
+        }
+        for i in _instances(aws, name, live)
+    ]
+    return {
+        "outputs": out,
+        "queue": {
+            "visible": int(attrs["ApproximateNumberOfMessages"]),
+            "in_flight": int(attrs["ApproximateNumberOfMessagesNotVisible"]),
+        },
+        "instances": instances,
+    }
+
+
+def destroy(aws: Aws, name: str, wait_s: float = 600) -> list[str]:
+    """Remove everything the deployment made; returns what was removed, for the user."""
+    removed: list[str] = []
+    try:
+        bucket = outputs(aws, name).get("Bucket")
+    except ClientError:
+        bucket = None
+    if bucket:
+        n = _empty_bucket(aws, bucket)
+        removed.append(f"{n} object(s) from bucket {bucket}")
+    live = _instances(aws, name, ["pending", "running", "stopping", "stopped"])
+    if live:
+        ids = [i["InstanceId"] for i in live]
+        aws.ec2.terminate_instances(InstanceIds=ids)
+        removed.append(f"instances {', '.join(ids)}")
+    replies = aws.sqs.list_queues(QueueNamePrefix=f"{name}-replies-").get("QueueUrls", [])
+    for url in replies:
+        aws.sqs.delete_queue(QueueUrl=url)
+        removed.append(f"reply queue {url.rsplit('/', 1)[-1]}")
+    try:
+        aws.cfn.delete_stack(StackName=stack_name(name))
+        aws.cfn.get_waiter("stack_delete_complete").wait(
+            StackName=stack_name(name), WaiterConfig={"Delay": 5, "MaxAttempts": max(int(wait_s / 5), 1)}
+        )
+        removed.append(
+            f"stack {stack_name(name)} (queues, bucket, roles, security groups, launch templates, web instance)"
+        )
+    except WaiterError as exc:
+        raise RuntimeError(f"stack {stack_name(name)} was not deleted in {wait_s:.0f} s: {exc}") from exc
+    return removed
+
+
+def _empty_bucket(aws: Aws, bucket: str) -> int:
+    count = 0
+    for page in aws.s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        objects = [
+            {"Key": v["Key"], "VersionId": v["VersionId"]}
+            for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
+        ]
+        for i in range(0, len(objects), 1000):
+            aws.s3.delete_objects(Bucket=bucket, Delete={"Objects": objects[i : i + 1000], "Quiet": True})
+            count += len(objects[i : i + 1000])
+    return count
