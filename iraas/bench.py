@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
+from .messages import FACES
 from .model.builtin import resolve_model
-from .model.classifier import Classifier, StageTimes
+from .model.classifier import StageTimes
+from .model.recognizer import Recognizer, gallery_from_path, load_recognizer
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif"}
 
@@ -62,8 +64,9 @@ def _worker(
     threads: int,
     barrier: Barrier,
     out: mp.Queue[StageTimes],
+    gallery: bytes | None = None,
 ) -> None:
-    clf = Classifier(resolve_model(model), threads=threads)
+    clf = _recognizer(model, threads, gallery)
     data = [Path(f).read_bytes() for f in files]
     clf.classify(data[:batch])  # warm-up: first run allocates and plans
     clf.times = StageTimes()
@@ -74,17 +77,36 @@ def _worker(
     out.put(clf.times)
 
 
+def _recognizer(model: str | None, threads: int, gallery: bytes | None) -> Recognizer:
+    if gallery is None:
+        return load_recognizer(model, threads=threads)
+    from .model.faces import Gallery
+
+    loaded = Gallery.from_bytes(gallery)
+    return load_recognizer(model, threads=threads, gallery=lambda: loaded)
+
+
 def run_bench(
-    model: str | None, files: list[Path], batch: int = 8, procs: int = 0, threads: int = 1, rounds: int = 1
+    model: str | None,
+    files: list[Path],
+    batch: int = 8,
+    procs: int = 0,
+    threads: int = 1,
+    rounds: int = 1,
+    gallery: str | None = None,
 ) -> BenchResult:
     procs = procs or os.cpu_count() or 1
-    resolve_model(model)  # build the ONNX cache once, before the processes race for it
+    # Build the ONNX cache / enrol the gallery once, before the processes race for it.
+    gallery_bytes = gallery_from_path(gallery).to_bytes() if model == FACES and gallery else None  # type: ignore[attr-defined]
+    if model != FACES:
+        resolve_model(model)
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(procs + 1)
     out: mp.Queue[StageTimes] = ctx.Queue()
     names = [str(f) for f in files]
     workers = [
-        ctx.Process(target=_worker, args=(model, names, batch, rounds, threads, barrier, out)) for _ in range(procs)
+        ctx.Process(target=_worker, args=(model, names, batch, rounds, threads, barrier, out, gallery_bytes))
+        for _ in range(procs)
     ]
     for w in workers:
         w.start()

@@ -14,15 +14,21 @@ from .imaging import ImageError
 from .model.spec import SpecError
 
 DEFAULT_BENCH_DIR = Path("../shared/datasets/imagenet-sample/images")
-MODEL_HELP = "built-in model name (efficientnet-lite0 [default], -lite1, -lite2) or a model spec file (TOML/JSON)"
+MODEL_HELP = (
+    "built-in model name (efficientnet-lite0 [default], -lite1, -lite2), faces (with --gallery), "
+    "or a model spec file (TOML/JSON)"
+)
+GALLERY_HELP = "model faces: a folder per person (GALLERY/<name>/*.jpg, enrolled incrementally) or a gallery file"
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
     from .bench import image_files
-    from .model.builtin import resolve_model
-    from .model.classifier import Classifier
+    from .model.recognizer import gallery_from_path, load_recognizer
 
-    clf = Classifier(resolve_model(args.model), threads=args.threads)
+    gallery = gallery_from_path(args.gallery) if args.gallery else None
+    clf = load_recognizer(
+        args.model, threads=args.threads, gallery=(lambda: gallery) if gallery else None, threshold=args.threshold
+    )
     files = image_files([Path(p) for p in args.paths])
     failed = 0
     for i in range(0, len(files), args.batch):
@@ -54,6 +60,22 @@ def _format(path: Path, res: object, as_json: bool) -> str:
     return f"{path.name}: {res.label} ({res.probability:.2f})"
 
 
+def _cmd_enroll(args: argparse.Namespace) -> int:
+    from .model.faces import FaceEmbedder, Gallery, enroll_dir
+
+    root = Path(args.gallery_dir)
+    out = Path(args.out) if args.out else root / "gallery.npz"
+    gallery = Gallery.from_bytes(out.read_bytes()) if out.is_file() else Gallery()
+    before = len(gallery.names)
+    problems = enroll_dir(root, gallery, FaceEmbedder())
+    out.write_bytes(gallery.to_bytes())
+    for line in problems:
+        print(f"warning: {line}", file=sys.stderr)
+    people = ", ".join(f"{name} ({n})" for name, n in gallery.people().items())
+    print(f"enrolled {len(gallery.names) - before} new image(s) into {out}: {people or 'nobody'}")
+    return 0 if gallery.names else 2
+
+
 def _cmd_bench_model(args: argparse.Namespace) -> int:
     from .bench import image_files, run_bench
 
@@ -61,7 +83,7 @@ def _cmd_bench_model(args: argparse.Namespace) -> int:
     if not files:
         print(f"no images in {args.dir}", file=sys.stderr)
         return 2
-    result = run_bench(args.model, files, args.batch, args.procs, args.threads, args.rounds)
+    result = run_bench(args.model, files, args.batch, args.procs, args.threads, args.rounds, args.gallery)
     print(result.report())
     return 0
 
@@ -97,12 +119,15 @@ SETTING_HELP = {
     "aws_region": "AWS region (default: the AWS SDK's)",
     "aws_endpoint_url": "AWS endpoint override, for moto or LocalStack",
     "launch_template": "AWS: worker launch template (default <name>-worker)",
+    "gallery": GALLERY_HELP,
+    "face_threshold": "faces: answer unknown below this similarity (default 0: off)",
 }
 AWS_SETTINGS = ["backend", "name", "bucket", "aws_region", "aws_endpoint_url"]
 SERVICE_SETTINGS = {
     "up": list(SETTING_HELP),
     "web": [
         *AWS_SETTINGS,
+        "gallery",
         "data_dir",
         "host",
         "port",
@@ -117,6 +142,7 @@ SERVICE_SETTINGS = {
     ],
     "worker": [
         *AWS_SETTINGS,
+        "face_threshold",
         "data_dir",
         "model",
         "max_pixels",
@@ -172,7 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", default=None, help=MODEL_HELP)
     c.add_argument("--batch", type=int, default=8, help="images per inference call (default 8)")
     c.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default 1)")
+    c.add_argument("--gallery", help=GALLERY_HELP)
+    c.add_argument("--threshold", type=float, default=0.0, help="faces: answer unknown below this similarity")
     c.set_defaults(func=_cmd_classify)
+
+    e = sub.add_parser("enroll", help="faces: enrol a folder per person into a gallery file")
+    e.add_argument("gallery_dir", metavar="GALLERY_DIR", help="GALLERY_DIR/<person name>/*.jpg")
+    e.add_argument("--out", help="gallery file (default GALLERY_DIR/gallery.npz); re-running adds only new images")
+    e.set_defaults(func=_cmd_enroll)
 
     for name, text in (
         ("up", "run the service on this machine: web tier + controller + worker processes on demand"),
@@ -201,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--threads", type=int, default=1, help="onnxruntime threads per process (default 1)")
     m.add_argument("--rounds", type=int, default=1, help="passes over the folder per process (default 1)")
     m.add_argument("--model", default=None, help=MODEL_HELP)
+    m.add_argument("--gallery", help=GALLERY_HELP)
     m.set_defaults(func=_cmd_bench_model)
     return p
 

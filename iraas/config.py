@@ -24,6 +24,9 @@ class Settings:
     aws_region: str = ""
     aws_endpoint_url: str = ""  # moto, LocalStack; empty for AWS itself
     launch_template: str = ""  # AWS: worker launch template (default <name>-worker)
+    # faces
+    gallery: str = ""  # model "faces": a folder per person, or a gallery file
+    face_threshold: float = 0.0  # below this similarity the answer is "unknown"; 0 = off
     # web tier
     max_file_bytes: int = 20 * 1024 * 1024
     max_files: int = 100

@@ -21,6 +21,8 @@ class Request:
     model: str
     reply_to: str  # reply queue of the web process that waits ("" when nobody waits)
     submitted_at: float
+    dedup: str = ""  # blob key for the answer to the same bytes later ("" = none); the web decides
+    model_version: str = ""  # faces: the gallery version that key is for
     v: int = VERSION
 
     def to_json(self) -> str:
@@ -76,6 +78,11 @@ def request_key(request_id: str) -> str:
 
 def input_key(digest: str) -> str:
     return f"inputs/{digest}"
+
+
+FACES = "faces"  # the face recognizer's model name
+GALLERY_KEY = "gallery/faces.npz"
+GALLERY_VERSION_KEY = "gallery/faces.version"
 
 
 def dedup_key(model: str, digest: str) -> str:

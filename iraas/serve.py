@@ -10,7 +10,7 @@ import threading
 import time
 import urllib.request
 
-from .backends import build
+from .backends import Backends, build
 from .config import Settings, to_env
 from .controller import Controller
 from .fleet.base import Fleet
@@ -40,6 +40,19 @@ def make_fleet(settings: Settings) -> Fleet:
     return LocalFleet(env, log_dir=str(logs))
 
 
+def publish_gallery_if_given(settings: Settings, backends: Backends) -> None:
+    """Model "faces": enrol `--gallery` and publish it before any worker starts."""
+    from .messages import FACES
+    from .model.recognizer import BlobGallery, gallery_from_path, publish_gallery
+
+    if settings.model != FACES:
+        return
+    if settings.gallery:
+        gallery = gallery_from_path(settings.gallery)
+        publish_gallery(backends.blobs, gallery.to_bytes())  # type: ignore[attr-defined]
+    BlobGallery(backends.blobs)()  # fails now, clearly, if there is none at all
+
+
 def up(settings: Settings, with_controller: bool = True) -> None:
     """The web tier, and (for `up`) the controller and its fleet, in one process."""
     import uvicorn
@@ -47,6 +60,7 @@ def up(settings: Settings, with_controller: bool = True) -> None:
     from .web.app import create_app
 
     backends = build(settings)
+    publish_gallery_if_given(settings, backends)
     background = None
     if with_controller:
         fleet = make_fleet(settings)
@@ -77,13 +91,19 @@ def controller(settings: Settings) -> None:
 
 
 def worker(settings: Settings) -> None:
-    from .model.builtin import resolve_model
-    from .model.classifier import Classifier
+    from .model.recognizer import BlobGallery, load_recognizer
     from .worker import Worker
 
-    clf = Classifier(resolve_model(settings.model), threads=settings.threads, max_pixels=settings.max_pixels)
+    backends = build(settings)
+    clf = load_recognizer(
+        settings.model,
+        threads=settings.threads,
+        max_pixels=settings.max_pixels,
+        gallery=BlobGallery(backends.blobs),
+        threshold=settings.face_threshold,
+    )
     wid = os.environ.get("IRAAS_WORKER_ID") or (_instance_id() if settings.backend == "aws" else None)
-    w = Worker(build(settings), clf, settings, wid)
+    w = Worker(backends, clf, settings, wid)
     signal.signal(signal.SIGTERM, lambda *_: w.stop())
     signal.signal(signal.SIGINT, lambda *_: w.stop())
     parent = os.environ.get("IRAAS_PARENT_PID")

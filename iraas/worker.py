@@ -22,8 +22,9 @@ from .backends import Backends
 from .blobs.base import BlobError, BlobNotFound
 from .config import Settings
 from .imaging import ImageError
-from .messages import MessageError, Request, Result, dedup_key, result_key
-from .model.classifier import Classifier, Prediction
+from .messages import MessageError, Request, Result, result_key
+from .model.classifier import Prediction
+from .model.recognizer import Recognizer
 from .queues.base import Message
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class Worker:
     def __init__(
         self,
         backends: Backends,
-        classifier: Classifier,
+        classifier: Recognizer,
         settings: Settings,
         worker_id: str | None = None,
         clock: Callable[[], float] = time.time,
@@ -201,9 +202,12 @@ class Worker:
 
     def _remember(self, job: _Job) -> None:
         """Dedup entry for the same bytes later; after the reply, being only an optimisation."""
-        if job.result is not None and job.result.status == "done" and job.result.worker == self.id:
-            digest = job.req.input_key.rsplit("/", 1)[-1]
-            self.b.blobs.put(dedup_key(job.req.model, digest), job.result.to_json().encode(), if_absent=True)
+        done = job.result is not None and job.result.status == "done" and job.result.worker == self.id
+        # Only for the model version the web asked about: a worker still on the previous gallery
+        # must not store its answer as the answer for the new one.
+        current = job.req.model_version == getattr(self.clf, "version", "")
+        if done and current and job.req.dedup and job.result is not None:
+            self.b.blobs.put(job.req.dedup, job.result.to_json().encode(), if_absent=True)
 
     def _reply(self, job: _Job) -> None:
         if job.req.reply_to and job.result is not None:

@@ -27,9 +27,9 @@ def backends(tmp_path: Path) -> Backends:
 def _submit(b: Backends, rid: str, data: bytes, reply_to: str = "replies-t") -> None:
     digest = hashlib.sha256(data).hexdigest()
     b.blobs.put(input_key(digest), data)
-    b.requests.send(
-        Request(rid, input_key(digest), f"{rid}.jpg", "efficientnet-lite0", reply_to, time.time()).to_json()
-    )
+    dedup = dedup_key("efficientnet-lite0", digest)
+    req = Request(rid, input_key(digest), f"{rid}.jpg", "efficientnet-lite0", reply_to, time.time(), dedup)
+    b.requests.send(req.to_json())
 
 
 def _worker(b: Backends, clf: Classifier, tmp_path: Path) -> Worker:

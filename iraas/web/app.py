@@ -228,7 +228,60 @@ def create_app(
             metrics.workers.labels(state).set(n)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    if settings.model == "faces":
+        _gallery_routes(app, backends, settings, check_all, gather)
     return app
+
+
+def _gallery_routes(app: FastAPI, backends: Backends, settings: Settings, check_all: Any, gather: Any) -> None:
+    """Model "faces": the people a running service knows, and adding photos of someone."""
+    from ..messages import GALLERY_KEY
+    from ..model.recognizer import publish_gallery
+
+    lock = threading.Lock()  # one enrolment at a time in this process: OpenCV nets are not thread-safe
+    embedder: list[Any] = []
+
+    def current() -> Any:
+        from ..model.faces import Gallery
+
+        try:
+            return Gallery.from_bytes(backends.blobs.get(GALLERY_KEY))
+        except BlobNotFound:
+            return Gallery()
+
+    def enrol(name: str, items: list[Item]) -> dict[str, Any]:
+        import numpy as np
+
+        from ..imaging import decode
+        from ..model.faces import FaceEmbedder
+
+        check_all(items)
+        with lock:
+            if not embedder:
+                embedder.append(FaceEmbedder())
+            emb = embedder[0]
+            gallery, problems = current(), []
+            for item in items:
+                rgb = np.asarray(decode(item.data, min_side=128, max_pixels=settings.max_pixels))
+                faces = emb.detect(rgb)
+                if len(faces) != 1:
+                    problems.append(f"{item.name}: {'no face' if not faces else f'{len(faces)} faces'}")
+                (vec,) = emb.embed([emb.align(rgb, faces[0] if faces else None)])
+                gallery.add(name, vec, f"{name}/{item.name}")
+            publish_gallery(backends.blobs, gallery.to_bytes())
+        return {"person": name, "added": len(items), "images": gallery.people().get(name, 0), "problems": problems}
+
+    @app.get("/v1/gallery", summary="People enrolled, with their number of photos")
+    async def people() -> JSONResponse:
+        gallery = await run_in_threadpool(current)
+        return JSONResponse({"people": gallery.people(), "images": len(gallery.names)})
+
+    @app.post("/v1/gallery/{name}", summary="Add photos (multipart `files`) of a person")
+    async def add(name: str, request: Request) -> JSONResponse:
+        if not re.fullmatch(r"[\w .'-]{1,64}", name):
+            raise InputError(400, "bad_name", "a name is 1-64 letters, digits, spaces, . ' - or _")
+        items = await gather(request, ("files",))
+        return JSONResponse(await run_in_threadpool(enrol, name, items))
 
 
 class _CountRequests:

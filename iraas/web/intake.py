@@ -17,7 +17,17 @@ from ..backends import Backends
 from ..blobs.base import BlobNotFound
 from ..config import Settings
 from ..imaging import ImageError, inspect, looks_complete
-from ..messages import MessageError, Request, Result, dedup_key, input_key, request_key, result_key
+from ..messages import (
+    FACES,
+    GALLERY_VERSION_KEY,
+    MessageError,
+    Request,
+    Result,
+    dedup_key,
+    input_key,
+    request_key,
+    result_key,
+)
 from .errors import InputError
 
 
@@ -54,6 +64,7 @@ class Intake:
     def __init__(self, settings: Settings, backends: Backends, reply_to: str) -> None:
         self.s, self.b, self.reply_to = settings, backends, reply_to
         self.model = model_key(settings.model)
+        self._gallery_version, self._version_at = "", -1e9
 
     def new_ids(self, n: int) -> list[str]:
         return [uuid.uuid4().hex for _ in range(n)]
@@ -65,12 +76,22 @@ class Intake:
         bodies: list[str] = []
         for item, rid in zip(items, ids, strict=True):
             digest = hashlib.sha256(item.data).hexdigest()
-            cached = self._cached(rid, item.name, digest, now)
+            dedup = dedup_key(self._dedup_model(), digest)
+            cached = self._cached(rid, item.name, dedup, now)
             if cached is not None:
                 out.append(Submitted(rid, item.name, cached))
                 continue
             self.b.blobs.put(input_key(digest), item.data, if_absent=True)
-            req = Request(rid, input_key(digest), item.name, self.model, self.reply_to if reply else "", now)
+            req = Request(
+                rid,
+                input_key(digest),
+                item.name,
+                self.model,
+                self.reply_to if reply else "",
+                now,
+                dedup,
+                self._gallery_version if self.model == FACES else "",
+            )
             self.b.blobs.put(request_key(rid), req.to_json().encode())
             bodies.append(req.to_json())
             out.append(Submitted(rid, item.name, None))
@@ -78,9 +99,26 @@ class Intake:
             self.b.requests.send_batch(bodies[i : i + 10])
         return out
 
-    def _cached(self, rid: str, name: str, digest: str, now: float) -> Result | None:
+    def _dedup_model(self) -> str:
+        """The same bytes get the same answer only from the same model: for faces that includes
+        the gallery's version, which changes whenever someone is enrolled."""
+        if self.model != FACES:
+            return self.model
+        return f"{self.model}-{self._current_gallery_version()}"
+
+    def _current_gallery_version(self) -> str:
+        now = time.monotonic()
+        if now - self._version_at > 1.0:
+            try:
+                self._gallery_version = self.b.blobs.get(GALLERY_VERSION_KEY).decode()
+            except BlobNotFound:
+                self._gallery_version = "none"
+            self._version_at = now
+        return self._gallery_version
+
+    def _cached(self, rid: str, name: str, key: str, now: float) -> Result | None:
         try:
-            prior = Result.from_json(self.b.blobs.get(dedup_key(self.model, digest)))
+            prior = Result.from_json(self.b.blobs.get(key))
         except (BlobNotFound, MessageError):
             return None
         result = Result(

