@@ -6,13 +6,22 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..blobs.base import BlobNotFound, BlobStore
 from ..imaging import DEFAULT_MAX_PIXELS, ImageError
 from ..messages import FACES, GALLERY_KEY, GALLERY_VERSION_KEY
 from .classifier import Classifier, Prediction, StageTimes
 from .spec import SpecError
+
+
+def faces_module() -> Any:
+    """The face recognizer, with a clear error when its extra is not installed."""
+    try:
+        from . import faces
+    except ModuleNotFoundError as exc:
+        raise SpecError(f"the faces model needs: pip install 'iraas[faces]' ({exc.name} is missing)") from None
+    return faces
 
 
 class _Named(Protocol):
@@ -38,11 +47,10 @@ def load_recognizer(
     threshold: float = 0.0,
 ) -> Recognizer:
     if model == FACES:
-        from .faces import FaceEmbedder, FaceRecognizer
-
         if gallery is None:
             raise SpecError("the faces model needs a gallery (--gallery DIR or FILE)")
-        return FaceRecognizer(FaceEmbedder(threads), gallery, threshold, max_pixels)  # type: ignore[arg-type]
+        f = faces_module()
+        return f.FaceRecognizer(f.FaceEmbedder(threads), gallery, threshold, max_pixels)  # type: ignore[no-any-return]
     from .builtin import resolve_model
 
     return Classifier(resolve_model(model), threads=threads, max_pixels=max_pixels)
@@ -50,8 +58,8 @@ def load_recognizer(
 
 def gallery_from_path(path: str | Path) -> object:
     """A gallery file, or a folder per person (enrolled now, incrementally into FOLDER/gallery.npz)."""
-    from .faces import FaceEmbedder, Gallery, enroll_dir
-
+    f = faces_module()
+    FaceEmbedder, Gallery, enroll_dir = f.FaceEmbedder, f.Gallery, f.enroll_dir
     path = Path(path)
     if path.is_dir():
         out = path / "gallery.npz"
@@ -85,7 +93,7 @@ class BlobGallery:
         self._lock = threading.Lock()
 
     def __call__(self) -> object:
-        from .faces import Gallery
+        Gallery = faces_module().Gallery
 
         with self._lock:
             now = time.monotonic()
