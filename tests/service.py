@@ -83,6 +83,16 @@ class Service:
         raise AssertionError(f"timed out waiting; log:\n{self.output()[-3000:]}")
 
 
+def course_post(url: str, path: Path) -> str:
+    """One request of the unchanged course workload generator: `requests`, field inputFile."""
+    import requests
+
+    with open(path, "rb") as fh:
+        r = requests.post(url + "/", files={"inputFile": fh}, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.text
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

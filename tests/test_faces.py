@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import shutil
 import subprocess
 import sys
@@ -14,14 +15,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import requests
 from PIL import Image
 
 from iraas.model.faces import UNKNOWN, FaceEmbedder, FaceRecognizer, Gallery, enroll_dir
 
 from .conftest import DATASETS, IMAGENET
 from .images import encode
-from .service import Service
+from .service import Service, course_post
 
 IDS = DATASETS / "faces-identities"
 COURSE = DATASETS / "cse546-faces"
@@ -168,14 +168,8 @@ def test_course_face_workload_100_concurrent(face_svc: Service) -> None:
         truth = {r["Image"]: r["Results"] for r in csv.DictReader(f)}
     files = sorted((COURSE / "face_images_100").iterdir())
 
-    def one(f: Path) -> str:
-        with open(f, "rb") as fh:
-            r = requests.post(face_svc.url + "/", files={"inputFile": fh}, timeout=120)
-        assert r.status_code == 200, r.text
-        return r.text
-
     with ThreadPoolExecutor(100) as pool:
-        answers = list(pool.map(one, files))
+        answers = list(pool.map(functools.partial(course_post, face_svc.url), files))
     assert answers == [f"{f.stem}:{truth[f.stem]}" for f in files]
 
 

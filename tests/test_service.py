@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 import time
@@ -18,7 +19,7 @@ from iraas.model.classifier import Classifier
 from .conftest import DATASETS, IMAGENET
 from .images import png_bomb
 from .imageserver import image_server
-from .service import Service
+from .service import Service, course_post
 
 PHOTOS = sorted((IMAGENET / "images").iterdir())
 COURSE = DATASETS / "cse546-imagenet-100" / "images"
@@ -212,14 +213,8 @@ def test_course_contract_100_concurrent_from_zero(svc: Service, classifier: Clas
     files = sorted(COURSE.iterdir(), key=lambda f: int(f.stem.split("_")[1]))
     assert len(files) == 100
 
-    def one(f: Path) -> str:
-        with open(f, "rb") as fh:
-            r = requests.post(svc.url + "/", files={"inputFile": fh}, timeout=120)
-        assert r.status_code == 200, r.text
-        return r.text
-
     with ThreadPoolExecutor(100) as pool:
-        answers = list(pool.map(one, files))
+        answers = list(pool.map(functools.partial(course_post, svc.url), files))
     labels = expected(classifier, files)
     assert answers == [f"{f.stem}:{label}" for f, label in zip(files, labels, strict=True)]
     # and after the idle period the fleet is back to min_workers (0)

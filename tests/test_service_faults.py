@@ -52,44 +52,37 @@ def _check_all_answered(results: list[dict[str, object]], files: list[Path], cla
     assert len({r["id"] for r in results}) == len(files)
 
 
-def test_kill_9_a_worker_holding_messages_loses_nothing(tmp_path: Path, classifier: Classifier) -> None:
-    svc = Service(tmp_path / "data", max_workers=2, visibility_s=3, batch_size=4, heartbeat_s=0.2).start()
+def _burst_signalling_a_busy_worker(
+    tmp_path: Path, files: list[Path], sig: int, visibility_s: int, classifier: Classifier
+) -> tuple[list[dict[str, object]], int]:
+    """A burst of one request per file; once a worker holds messages, send it `sig`."""
+    svc = Service(tmp_path / "data", max_workers=2, visibility_s=visibility_s, batch_size=4, heartbeat_s=0.2).start()
+    signalled: list[int] = []
+
+    def signal_one(s: Service) -> None:
+        pid = _busy_worker(s)
+        os.kill(pid, sig)
+        signalled.append(pid)
+
     try:
-        files = PHOTOS[100:140]
-        killed: list[int] = []
-
-        def kill_one(s: Service) -> None:
-            pid = _busy_worker(s)
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-
-        results = _burst(svc, files, kill_one)
+        results = _burst(svc, files, signal_one)
         _check_all_answered(results, files, classifier)
-        assert killed and not alive(killed[0])
-        redelivered = [r for r in results if r["timings"]["queued"] > 2]  # type: ignore[index]
-        assert redelivered, "the killed worker's messages should have come back after the visibility timeout"
+        svc.wait_for(lambda: not alive(signalled[0]), timeout=30)
     finally:
         svc.stop()
+    return results, signalled[0]
+
+
+def test_kill_9_a_worker_holding_messages_loses_nothing(tmp_path: Path, classifier: Classifier) -> None:
+    results, _ = _burst_signalling_a_busy_worker(tmp_path, PHOTOS[100:140], signal.SIGKILL, 3, classifier)
+    redelivered = [r for r in results if r["timings"]["queued"] > 2]  # type: ignore[index]
+    assert redelivered, "the killed worker's messages should have come back after the visibility timeout"
 
 
 def test_sigterm_during_a_burst_finishes_what_it_holds(tmp_path: Path, classifier: Classifier) -> None:
-    svc = Service(tmp_path / "data", max_workers=2, visibility_s=30, batch_size=4, heartbeat_s=0.2).start()
-    try:
-        files = PHOTOS[200:230]
-        stopped: list[int] = []
-
-        def term_one(s: Service) -> None:
-            pid = _busy_worker(s)
-            os.kill(pid, signal.SIGTERM)
-            stopped.append(pid)
-
-        results = _burst(svc, files, term_one)
-        _check_all_answered(results, files, classifier)
-        # with a 30 s visibility timeout, nothing waited for a redelivery: the batch was finished
-        assert max(r["timings"]["total"] for r in results) < 30  # type: ignore[index]
-        svc.wait_for(lambda: not alive(stopped[0]), timeout=30)
-    finally:
-        svc.stop()
+    results, _ = _burst_signalling_a_busy_worker(tmp_path, PHOTOS[200:230], signal.SIGTERM, 30, classifier)
+    # with a 30 s visibility timeout, nothing waited for a redelivery: the batch was finished
+    assert max(r["timings"]["total"] for r in results) < 30  # type: ignore[index]
 
 
 def _crashing_model(root: Path) -> Path:
