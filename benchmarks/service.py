@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import resource
 import statistics
@@ -222,7 +221,6 @@ def main() -> None:
                 spike(tmp, args.plot)
             else:
                 SCENARIOS[name](tmp)
-    json.dumps({})
 
 
 if __name__ == "__main__":

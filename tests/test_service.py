@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import socket
 import time
 from collections.abc import Iterator
@@ -254,4 +253,3 @@ def test_operational_endpoints(svc: Service) -> None:
     assert all({"at", "backlog", "desired", "reason"} <= set(d) for d in cluster["decisions"])
     page = httpx.get(svc.url + "/").text
     assert "<input" in page and "/v1/recognitions" in page
-    json.dumps(cluster)
