@@ -34,10 +34,12 @@ lint: install-test
 test: lint /usr/bin/chromium
 	$(BIN)/python -m pytest
 
-bench: install
+# Every benchmark, figures printed (docs/benchmarks.md has the last run's).
+bench: install-test
 	$(BIN)/iraas bench model --procs 2
 	$(BIN)/python benchmarks/decode.py
 	$(BIN)/python benchmarks/queue_sqlite.py
+	$(BIN)/python benchmarks/service.py --plot docs/spike.png
 
 clean:
 	rm -rf $(VENV) build *.egg-info
