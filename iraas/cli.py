@@ -187,10 +187,29 @@ def _cmd_service(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .aws.cli import add_parser as add_aws
+    from .loadgen.cli import add_parser as add_loadgen
+
     p = argparse.ArgumentParser(prog="iraas", description="Image Recognition as a Service")
     p.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_classify(sub)
+    for name, text in (
+        ("up", "run the service on this machine: web tier + controller + worker processes on demand"),
+        ("web", "run the web tier alone (several may share one data dir / queue)"),
+        ("worker", "run one worker (the app tier) until SIGTERM"),
+        ("controller", "run the autoscaling controller alone, with local worker processes"),
+    ):
+        sp = sub.add_parser(name, help=text, description=text + ". Every setting also reads IRAAS_<NAME>.")
+        _add_settings(sp, SERVICE_SETTINGS[name])
+        sp.set_defaults(func=_cmd_service)
+    add_loadgen(sub)
+    add_aws(sub)
+    _add_bench(sub)
+    return p
 
+
+def _add_classify(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c = sub.add_parser("classify", help="classify image files or folders in this process")
     c.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     c.add_argument("--top-k", type=int, default=5, help="how many labels to compute (default 5)")
@@ -201,30 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--gallery", help=GALLERY_HELP)
     c.add_argument("--threshold", type=float, default=0.0, help="faces: answer unknown below this similarity")
     c.set_defaults(func=_cmd_classify)
-
     e = sub.add_parser("enroll", help="faces: enrol a folder per person into a gallery file")
     e.add_argument("gallery_dir", metavar="GALLERY_DIR", help="GALLERY_DIR/<person name>/*.jpg")
     e.add_argument("--out", help="gallery file (default GALLERY_DIR/gallery.npz); re-running adds only new images")
     e.set_defaults(func=_cmd_enroll)
 
-    for name, text in (
-        ("up", "run the service on this machine: web tier + controller + worker processes on demand"),
-        ("web", "run the web tier alone (several may share one data dir / queue)"),
-        ("worker", "run one worker (the app tier) until SIGTERM"),
-        ("controller", "run the autoscaling controller alone, with local worker processes"),
-    ):
-        sp = sub.add_parser(name, help=text, description=text + ". Every setting also reads IRAAS_<NAME>.")
-        _add_settings(sp, SERVICE_SETTINGS[name])
-        sp.set_defaults(func=_cmd_service)
 
-    from .loadgen.cli import add_parser as add_loadgen
-
-    add_loadgen(sub)
-
-    from .aws.cli import add_parser as add_aws
-
-    add_aws(sub)
-
+def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="what", required=True)
     m = bsub.add_parser("model", help="in-process ceiling: decode + preprocess + inference images/s")
@@ -236,7 +238,6 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model", default=None, help=MODEL_HELP)
     m.add_argument("--gallery", help=GALLERY_HELP)
     m.set_defaults(func=_cmd_bench_model)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
