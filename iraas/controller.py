@@ -55,15 +55,17 @@ class Controller:
         now = self.clock()
         depth = self.b.requests.depth()
         beats = heartbeat.read_all(self.b.blobs)
-        active = [i for i in self.fleet.list() if i.state != "stopping"]
-        active = self._replace_stale(active, beats, now)
+        listed = self.fleet.list()
+        live = [i for i in listed if i.state != "stopping"]
+        active = self._replace_stale(live, beats, now)
         busy = [i for i in active if i.id in beats and beats[i.id].state == "busy"]
         obs = Observation(depth.backlog, len(active), len(busy), self._recent_work(beats))
         decision, self.state = decide(obs, self.policy, self.state, now)
-        self._apply(decision, active, beats)
+        changed = self._apply(decision, active, beats) or len(active) != len(live)
         self._record(decision, obs, now)
         dead = self.drain_dead_letters()
-        self._publish(now, depth.visible, depth.in_flight, dead, beats)
+        # List again only when this tick launched, stopped or killed (on EC2 a list is an API call).
+        self._publish(now, depth.visible, depth.in_flight, dead, beats, self.fleet.list() if changed else listed)
         return decision
 
     # -- health and scaling -----------------------------------------------------------------
@@ -98,19 +100,21 @@ class Controller:
         self._work_total = total
         return recent
 
-    def _apply(self, decision: Decision, active: list[Instance], beats: dict[str, heartbeat.Heartbeat]) -> None:
+    def _apply(self, decision: Decision, active: list[Instance], beats: dict[str, heartbeat.Heartbeat]) -> bool:
+        """Launch or stop the difference; True if the fleet was asked to change."""
         diff = decision.desired - len(active)
         if diff > 0:
             launched = self.fleet.launch(diff)
             log.info("launched %d worker(s): %s", len(launched), ", ".join(launched))
-        elif diff < 0:
-            # Idle first, then those that have not reported yet; busy ones never.
-            idle = [i.id for i in active if i.id in beats and beats[i.id].state == "idle"]
-            quiet = [i.id for i in active if i.id not in beats]
-            victims = (idle + quiet)[:-diff]
-            if victims:
-                log.info("stopping idle worker(s): %s", ", ".join(victims))
-                self.fleet.stop(victims)
+            return bool(launched)
+        # Idle first, then those that have not reported yet; busy ones never.
+        idle = [i.id for i in active if i.id in beats and beats[i.id].state == "idle"]
+        quiet = [i.id for i in active if i.id not in beats]
+        victims = (idle + quiet)[:-diff] if diff < 0 else []
+        if victims:
+            log.info("stopping idle worker(s): %s", ", ".join(victims))
+            self.fleet.stop(victims)
+        return bool(victims)
 
     def _record(self, decision: Decision, obs: Observation, now: float) -> None:
         key = (obs.workers, decision.desired)
@@ -168,11 +172,17 @@ class Controller:
     # -- status -----------------------------------------------------------------------------
 
     def _publish(
-        self, now: float, visible: int, in_flight: int, dead: int, beats: dict[str, heartbeat.Heartbeat]
+        self,
+        now: float,
+        visible: int,
+        in_flight: int,
+        dead: int,
+        beats: dict[str, heartbeat.Heartbeat],
+        instances: list[Instance],
     ) -> None:
-        instances = {i.id: i for i in self.fleet.list()}
         workers = []
-        for wid, inst in instances.items():
+        for inst in instances:
+            wid = inst.id
             beat = beats.get(wid)
             workers.append(
                 {
