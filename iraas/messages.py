@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 
 VERSION = 1
 
@@ -13,8 +13,23 @@ class MessageError(ValueError):
     """A message body that is not a request or result of a version we understand."""
 
 
+T = TypeVar("T", bound="_Json")
+
+
+class _Json:
+    """Compact JSON of a message dataclass; unknown fields are ignored when read, so a newer
+    writer may add fields; the version must match."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls: type[T], text: str | bytes) -> T:
+        return cls(**_load(text, cls))
+
+
 @dataclass(frozen=True)
-class Request:
+class Request(_Json):
     id: str
     input_key: str  # blob key of the image bytes (content-addressed)
     name: str  # the client's file name or URL, for answers
@@ -25,16 +40,9 @@ class Request:
     model_version: str = ""  # faces: the gallery version that key is for
     v: int = VERSION
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> Request:
-        return cls(**_load(text, cls))
-
 
 @dataclass(frozen=True)
-class Result:
+class Result(_Json):
     id: str
     name: str
     status: str  # done | failed
@@ -48,13 +56,6 @@ class Result:
     worker: str | None = None
     cached: bool = False
     v: int = VERSION
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> Result:
-        return cls(**_load(text, cls))
 
 
 def _load(text: str | bytes, cls: type) -> dict[str, Any]:
