@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
+from .imaging import IMAGE_SUFFIXES
 from .messages import FACES
 from .model.builtin import resolve_model
 from .model.classifier import StageTimes
 from .model.recognizer import Recognizer, gallery_from_path, load_recognizer
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif"}
 
 
 def image_files(paths: list[Path]) -> list[Path]:

@@ -61,18 +61,15 @@ def _format(path: Path, res: object, as_json: bool) -> str:
 
 
 def _cmd_enroll(args: argparse.Namespace) -> int:
-    from .model.faces import FaceEmbedder, Gallery, enroll_dir
+    from .model.recognizer import faces_module
 
     root = Path(args.gallery_dir)
     out = Path(args.out) if args.out else root / "gallery.npz"
-    gallery = Gallery.from_bytes(out.read_bytes()) if out.is_file() else Gallery()
-    before = len(gallery.names)
-    problems = enroll_dir(root, gallery, FaceEmbedder())
-    out.write_bytes(gallery.to_bytes())
+    gallery, problems, added = faces_module().enroll_folder(root, out)
     for line in problems:
         print(f"warning: {line}", file=sys.stderr)
     people = ", ".join(f"{name} ({n})" for name, n in gallery.people().items())
-    print(f"enrolled {len(gallery.names) - before} new image(s) into {out}: {people or 'nobody'}")
+    print(f"enrolled {added} new image(s) into {out}: {people or 'nobody'}")
     return 0 if gallery.names else 2
 
 

@@ -20,6 +20,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError, features
 _BASE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 ALLOWED_FORMATS: tuple[str, ...] = _BASE_FORMATS + (("AVIF",) if features.check("avif") else ())
 DEFAULT_MAX_PIXELS = 50_000_000
+# File names a folder scan treats as images (decoding still goes by content).
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif"}
 
 
 class ImageError(ValueError):

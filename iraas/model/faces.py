@@ -20,7 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..imaging import DEFAULT_MAX_PIXELS, ImageError, decode
+from ..imaging import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, decode
 from .classifier import Label, Prediction, StageTimes
 from .spec import SpecError
 
@@ -216,7 +216,20 @@ class _FaceSpec:
     input_size: int = 112
 
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+def enroll_image(
+    gallery: Gallery, embedder: FaceEmbedder, name: str, data: bytes, source: str, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> str | None:
+    """Add one photo of `name`; returns a problem to report, or None."""
+    try:
+        rgb = np.asarray(decode(data, min_side=MIN_DETECT_SIDE, max_pixels=max_pixels))
+    except ImageError as err:
+        return f"{source}: {err.reason}"
+    faces = embedder.detect(rgb)
+    (emb,) = embedder.embed([embedder.align(rgb, faces[0] if faces else None)])
+    gallery.add(name, emb, source)
+    if len(faces) != 1:
+        return f"{source}: {'no face' if not faces else f'{len(faces)} faces (the largest used)'}"
+    return None
 
 
 def enroll_dir(root: Path, gallery: Gallery, embedder: FaceEmbedder) -> list[str]:
@@ -226,16 +239,18 @@ def enroll_dir(root: Path, gallery: Gallery, embedder: FaceEmbedder) -> list[str
     for person in sorted(p for p in root.iterdir() if p.is_dir()):
         for f in sorted(p for p in person.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
             source = f"{person.name}/{f.name}"
-            if source in known:
-                continue
-            try:
-                rgb = np.asarray(decode(f.read_bytes(), min_side=MIN_DETECT_SIDE))
-            except ImageError as err:
-                problems.append(f"{source}: {err.reason}")
-                continue
-            faces = embedder.detect(rgb)
-            if len(faces) != 1:
-                problems.append(f"{source}: {'no face' if not faces else f'{len(faces)} faces (the largest used)'}")
-            (emb,) = embedder.embed([embedder.align(rgb, faces[0] if faces else None)])
-            gallery.add(person.name, emb, source)
+            if source not in known:
+                problem = enroll_image(gallery, embedder, person.name, f.read_bytes(), source)
+                problems += [problem] if problem else []
     return problems
+
+
+def enroll_folder(root: Path, out: Path | None = None) -> tuple[Gallery, list[str], int]:
+    """Enrol new images of `root/<person>/` into the gallery file `out` (default
+    root/gallery.npz), creating it if needed: (gallery, problems, images added)."""
+    out = out or root / "gallery.npz"
+    gallery = Gallery.from_bytes(out.read_bytes()) if out.is_file() else Gallery()
+    before = len(gallery.names)
+    problems = enroll_dir(root, gallery, FaceEmbedder())
+    out.write_bytes(gallery.to_bytes())
+    return gallery, problems, len(gallery.names) - before

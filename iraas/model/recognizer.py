@@ -59,15 +59,11 @@ def load_recognizer(
 def gallery_from_path(path: str | Path) -> object:
     """A gallery file, or a folder per person (enrolled now, incrementally into FOLDER/gallery.npz)."""
     f = faces_module()
-    FaceEmbedder, Gallery, enroll_dir = f.FaceEmbedder, f.Gallery, f.enroll_dir
     path = Path(path)
     if path.is_dir():
-        out = path / "gallery.npz"
-        gallery = Gallery.from_bytes(out.read_bytes()) if out.is_file() else Gallery()
-        enroll_dir(path, gallery, FaceEmbedder())
-        out.write_bytes(gallery.to_bytes())
+        gallery, _, _ = f.enroll_folder(path)
     elif path.is_file():
-        gallery = Gallery.from_bytes(path.read_bytes())
+        gallery = f.Gallery.from_bytes(path.read_bytes())
     else:
         raise SpecError(f"gallery {path} not found")
     if not gallery.names:

@@ -174,7 +174,7 @@ class _Enroller:
         self._embedder: Any = None
 
     def current(self) -> Any:
-        from ..model.recognizer import faces_module
+        from ..model.recognizer import faces_module  # here: the web tier loads no model otherwise
 
         try:
             return faces_module().Gallery.from_bytes(self.svc.backends.blobs.get(GALLERY_KEY))
@@ -182,22 +182,20 @@ class _Enroller:
             return faces_module().Gallery()
 
     def enrol(self, name: str, items: list[Item]) -> dict[str, Any]:
-        import numpy as np
-
-        from ..imaging import decode
         from ..model.recognizer import faces_module, publish_gallery
 
         self.svc.check_all(items)
+        faces = faces_module()
         with self._lock:
-            self._embedder = self._embedder or faces_module().FaceEmbedder()
-            emb, gallery, problems = self._embedder, self.current(), []
-            for item in items:
-                rgb = np.asarray(decode(item.data, min_side=128, max_pixels=self.svc.settings.max_pixels))
-                faces = emb.detect(rgb)
-                if len(faces) != 1:
-                    problems.append(f"{item.name}: {'no face' if not faces else f'{len(faces)} faces'}")
-                (vec,) = emb.embed([emb.align(rgb, faces[0] if faces else None)])
-                gallery.add(name, vec, f"{name}/{item.name}")
+            self._embedder = self._embedder or faces.FaceEmbedder()
+            gallery = self.current()
+            found = (
+                faces.enroll_image(
+                    gallery, self._embedder, name, item.data, f"{name}/{item.name}", self.svc.settings.max_pixels
+                )
+                for item in items
+            )
+            problems = [p for p in found if p]
             publish_gallery(self.svc.backends.blobs, gallery.to_bytes())
         return {"person": name, "added": len(items), "images": gallery.people().get(name, 0), "problems": problems}
 
