@@ -24,8 +24,8 @@ def make_fleet(settings: Settings) -> Fleet:
     if settings.backend == "aws":
         import boto3
 
+        from ._aws import RETRY_CONFIG
         from .fleet.ec2 import Ec2Fleet
-        from .queues.sqs import RETRY_CONFIG
 
         ec2 = boto3.client(
             "ec2",

@@ -19,8 +19,8 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError, WaiterError
 
+from .._aws import RETRY_CONFIG
 from ..fleet.ec2 import DEPLOYMENT_TAG
-from ..queues.sqs import RETRY_CONFIG
 
 log = logging.getLogger(__name__)
 TEMPLATE = Path(__file__).with_name("iraas.yaml")

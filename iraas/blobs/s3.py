@@ -9,21 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 import boto3
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from .._aws import RETRY_CONFIG, error_code
 from .base import BlobError, BlobNotFound, check_key
 
-RETRY_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5})
 _LOST_RACE = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 
 
 def s3_client(region: str | None = None, endpoint_url: str | None = None) -> Any:
     return boto3.client("s3", region_name=region, endpoint_url=endpoint_url, config=RETRY_CONFIG)
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 class S3BlobStore:
@@ -40,7 +35,7 @@ class S3BlobStore:
         try:
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
         except ClientError as exc:
-            if if_absent and _code(exc) in _LOST_RACE:
+            if if_absent and error_code(exc) in _LOST_RACE:
                 return False
             raise BlobError(f"S3 put {key}: {exc}") from exc
         return True
@@ -50,7 +45,7 @@ class S3BlobStore:
             body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
             return bytes(body.read())
         except ClientError as exc:
-            if _code(exc) in ("NoSuchKey", "404"):
+            if error_code(exc) in ("NoSuchKey", "404"):
                 raise BlobNotFound(key) from None
             raise BlobError(f"S3 get {key}: {exc}") from exc
 
@@ -59,7 +54,7 @@ class S3BlobStore:
             self.client.head_object(Bucket=self.bucket, Key=self._key(key))
             return True
         except ClientError as exc:
-            if _code(exc) in ("NoSuchKey", "404", "NotFound"):
+            if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
                 return False
             raise BlobError(f"S3 head {key}: {exc}") from exc
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from .._aws import error_code
 from .base import Instance
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class Ec2Fleet:
         return [i["InstanceId"] for i in resp.get("Instances", [])]
 
     def _failed(self, exc: ClientError, now: float) -> None:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
+        code = error_code(exc)
         if code not in _RETRYABLE:
             log.error("RunInstances failed: %s", exc)
         self._backoff_s = min(max(self._backoff_s * 2, 1.0), self.max_backoff_s)

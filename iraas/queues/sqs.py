@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import boto3
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from .._aws import RETRY_CONFIG, error_code
 from .base import (
     Depth,
     Message,
@@ -33,16 +33,10 @@ _STALE_RECEIPT = {
     "InvalidParameterValue",
     "AWS.SimpleQueueService.NonExistentQueue",
 }
-RETRY_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)
 
 
 def sqs_client(region: str | None = None, endpoint_url: str | None = None) -> Any:
-    # read_timeout must exceed the 20 s long poll.
     return boto3.client("sqs", region_name=region, endpoint_url=endpoint_url, config=RETRY_CONFIG)
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 class SqsQueue:
@@ -71,7 +65,7 @@ class SqsQueue:
                 self.client.set_queue_attributes(QueueUrl=url, Attributes=attributes)
             return url
         except ClientError as exc:
-            if ("NonExistentQueue" not in _code(exc) and _code(exc) != "QueueDoesNotExist") or not create:
+            if ("NonExistentQueue" not in error_code(exc) and error_code(exc) != "QueueDoesNotExist") or not create:
                 raise QueueError(f"SQS queue {self.name}: {exc}") from exc
         return str(self.client.create_queue(QueueName=self.name, Attributes=attributes)["QueueUrl"])
 
@@ -143,7 +137,7 @@ class SqsQueue:
                 QueueUrl=self.url, ReceiptHandle=receipt, VisibilityTimeout=visibility_s
             )
         except ClientError as exc:
-            if _code(exc) in _STALE_RECEIPT:
+            if error_code(exc) in _STALE_RECEIPT:
                 return False
             raise
         return True
