@@ -1,55 +1,67 @@
-"""Build the queue and blob-store clients once, at start-up, from the settings."""
+"""The one factory: queues, blob stores, reply channels, fleets and AWS clients, built once at
+start-up from the settings and passed in explicitly."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import lru_cache
+import os
+from typing import Any
 
-from .blobs.base import BlobStore
 from .blobs.local import DirectoryBlobStore
-from .config import Settings
-from .queues.base import Queue
+from .config import Settings, to_env
+from .fleet.base import Fleet
 from .queues.sqlite import SqliteQueue
+from .replies import SocketReplies
+from .store import Store
 
 REQUESTS = "requests"
 
 
-@dataclass(frozen=True)
-class Backends:
-    requests: Queue  # with its dead-letter queue
-    blobs: BlobStore
-    queue: Callable[[str], Queue]  # any other queue by name: reply queues
+def aws_client(service: str, settings: Settings) -> Any:
+    """A boto3 client for the deployment's region and endpoint."""
+    from ._aws import client
+
+    return client(service, settings.aws_region or None, settings.aws_endpoint_url or None)
 
 
-def build(settings: Settings) -> Backends:
+def build(settings: Settings) -> Store:
     return aws(settings) if settings.backend == "aws" else embedded(settings)
 
 
-def aws(settings: Settings) -> Backends:
-    """SQS queues named after the deployment, found (not created) as the stack made them; the
-    deployment's S3 bucket. Reply queues are created on demand by the web process that owns one."""
-    from .blobs.s3 import S3BlobStore, s3_client
-    from .queues.sqs import SqsQueue, sqs_client
+def aws(settings: Settings) -> Store:
+    """The deployment's SQS queues, found (not created) as its stack made them, its S3
+    bucket, and reply queues `<name>-replies-*` created by the web process that owns one."""
+    from .blobs.s3 import S3BlobStore
+    from .queues.sqs import SqsQueue
+    from .replies import SqsReplies
 
-    region, endpoint = settings.aws_region or None, settings.aws_endpoint_url or None
-    sqs = sqs_client(region, endpoint)
-
-    @lru_cache(maxsize=64)
-    def queue(name: str) -> Queue:
-        return SqsQueue(sqs, f"{settings.name}-{name}")
-
+    sqs = aws_client("sqs", settings)
     requests = SqsQueue(sqs, f"{settings.name}-{REQUESTS}", max_receives=settings.max_receives, create=False)
-    return Backends(requests, S3BlobStore(s3_client(region, endpoint), settings.bucket), queue)
+    return Store(
+        requests=requests,
+        blobs=S3BlobStore(aws_client("s3", settings), settings.bucket),
+        replies=SqsReplies(sqs, f"{settings.name}-replies"),
+    )
 
 
-def embedded(settings: Settings) -> Backends:
-    """SQLite queue file and a directory store under `settings.data_dir`."""
-    path = settings.queue_path
+def embedded(settings: Settings) -> Store:
+    """SQLite queue file, a directory store and reply sockets, all under `settings.data_dir`."""
+    return Store(
+        requests=SqliteQueue(settings.queue_path, REQUESTS, max_receives=settings.max_receives),
+        blobs=DirectoryBlobStore(settings.blob_root),
+        replies=SocketReplies(settings.data_dir),
+    )
 
-    @lru_cache(maxsize=64)
-    def queue(name: str) -> Queue:
-        return SqliteQueue(path, name)
 
-    requests = SqliteQueue(path, REQUESTS, max_receives=settings.max_receives)
-    return Backends(requests, DirectoryBlobStore(settings.blob_root), queue)
+def make_fleet(settings: Settings) -> Fleet:
+    """EC2 instances from the deployment's launch template, or local worker processes."""
+    if settings.backend == "aws":
+        from .fleet.ec2 import Ec2Fleet
+
+        template = settings.launch_template or f"{settings.name}-worker"
+        return Ec2Fleet(aws_client("ec2", settings), settings.name, template)
+    from .fleet.local import LocalFleet
+
+    logs = settings.data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = to_env(settings) | {"IRAAS_PARENT_PID": str(os.getpid())}
+    return LocalFleet(env, log_dir=str(logs))

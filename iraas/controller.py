@@ -4,12 +4,11 @@ Each tick reads the queue depth, the fleet and the worker heartbeats; replaces w
 heartbeat went stale; asks the pure `decide()` how many workers there should be; launches or
 stops only the difference (stopping only idle workers, never one holding messages); turns
 dead-lettered requests into `failed` results so no client waits forever; and publishes what it
-saw and did to the blob store (`cluster/status.json`) for `/v1/cluster`.
+saw and did through the store, for `/v1/cluster` and status queries.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -17,15 +16,14 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from . import heartbeat
 from .autoscale import Decision, Observation, Policy, State, decide
-from .backends import Backends
 from .config import Settings
 from .fleet.base import Fleet, Instance
-from .messages import MessageError, Request, Result, result_key
+from .heartbeat import Heartbeat
+from .messages import MessageError, Request, Result
+from .store import Store
 
 log = logging.getLogger(__name__)
-STATUS_KEY = "cluster/status.json"
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -33,10 +31,8 @@ def policy_from(settings: Settings) -> Policy:
 
 
 class Controller:
-    def __init__(
-        self, backends: Backends, fleet: Fleet, settings: Settings, clock: Callable[[], float] = time.time
-    ) -> None:
-        self.b, self.fleet, self.s, self.clock = backends, fleet, settings, clock
+    def __init__(self, store: Store, fleet: Fleet, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+        self.store, self.fleet, self.s, self.clock = store, fleet, settings, clock
         self.policy = policy_from(settings)
         self.state = State()
         self.decisions: deque[dict[str, Any]] = deque(maxlen=50)
@@ -53,8 +49,8 @@ class Controller:
 
     def tick(self) -> Decision:
         now = self.clock()
-        depth = self.b.requests.depth()
-        beats = heartbeat.read_all(self.b.blobs)
+        depth = self.store.requests.depth()
+        beats = self.store.heartbeats()
         listed = self.fleet.list()
         live = [i for i in listed if i.state != "stopping"]
         active = self._replace_stale(live, beats, now)
@@ -70,9 +66,7 @@ class Controller:
 
     # -- health and scaling -----------------------------------------------------------------
 
-    def _replace_stale(
-        self, active: list[Instance], beats: dict[str, heartbeat.Heartbeat], now: float
-    ) -> list[Instance]:
+    def _replace_stale(self, active: list[Instance], beats: dict[str, Heartbeat], now: float) -> list[Instance]:
         stale = []
         for inst in active:
             beat = beats.get(inst.id)
@@ -85,14 +79,14 @@ class Controller:
             log.warning("replacing worker(s) with stale heartbeats: %s", ", ".join(stale))
             self.fleet.kill(stale)
             for wid in stale:
-                heartbeat.remove(self.b.blobs, wid)
+                self.store.remove_heartbeat(wid)
         known = {i.id for i in active}
         for wid, beat in beats.items():  # heartbeats of workers that died unseen
             if wid not in known and now - beat.at > self.s.heartbeat_stale_s:
-                heartbeat.remove(self.b.blobs, wid)
+                self.store.remove_heartbeat(wid)
         return [i for i in active if i.id not in stale]
 
-    def _recent_work(self, beats: dict[str, heartbeat.Heartbeat]) -> int:
+    def _recent_work(self, beats: dict[str, Heartbeat]) -> int:
         """Requests finished since the last tick, from the workers' counters (a worker that
         exits takes its count with it: the delta is clamped at zero)."""
         total = sum(b.processed + b.failed for b in beats.values())
@@ -100,7 +94,7 @@ class Controller:
         self._work_total = total
         return recent
 
-    def _apply(self, decision: Decision, active: list[Instance], beats: dict[str, heartbeat.Heartbeat]) -> bool:
+    def _apply(self, decision: Decision, active: list[Instance], beats: dict[str, Heartbeat]) -> bool:
         """Launch or stop the difference; True if the fleet was asked to change."""
         diff = decision.desired - len(active)
         if diff > 0:
@@ -135,7 +129,7 @@ class Controller:
     # -- dead letters -----------------------------------------------------------------------
 
     def drain_dead_letters(self) -> int:
-        dlq = self.b.requests.dead_letter
+        dlq = self.store.requests.dead_letter
         if dlq is None:
             return 0
         handled = 0
@@ -153,21 +147,15 @@ class Controller:
             log.error("unreadable dead letter dropped: %.200s", body)
             return
         attempts = self.s.max_receives
-        failed = Result(
-            req.id,
-            req.name,
-            "failed",
-            req.model,
-            error="gave_up",
-            reason=f"gave up after {attempts} attempts: the worker failed or timed out each time",
+        failed = Result.failure(
+            req,
+            "gave_up",
+            f"gave up after {attempts} attempts: the worker failed or timed out each time",
             timings={"total": round(self.clock() - req.submitted_at, 4)},
         )
-        key = result_key(req.id)
-        if not self.b.blobs.put(key, failed.to_json().encode(), if_absent=True):
-            failed = Result.from_json(self.b.blobs.get(key))  # a late worker finished after all
-        log.warning("request %s (%s) %s", req.id, req.name, failed.reason or failed.status)
-        if req.reply_to:
-            self.b.queue(req.reply_to).send(failed.to_json())
+        final = self.store.publish_result(failed)  # a late worker may have finished after all
+        log.warning("request %s (%s) %s", req.id, req.name, final.reason or final.status)
+        self.store.reply(req.reply_to, final)
 
     # -- status -----------------------------------------------------------------------------
 
@@ -177,7 +165,7 @@ class Controller:
         visible: int,
         in_flight: int,
         dead: int,
-        beats: dict[str, heartbeat.Heartbeat],
+        beats: dict[str, Heartbeat],
         instances: list[Instance],
     ) -> None:
         workers = []
@@ -194,6 +182,9 @@ class Controller:
                 }
             )
         status = {
+            # Ids in workers' hands: what a status query calls "running" (one read, not one
+            # per worker).
+            "running": sorted({rid for beat in beats.values() for rid in beat.current}),
             "fleet_errors": self.fleet.errors[-5:],
             "at": now,
             "queue": {"visible": visible, "in_flight": in_flight, "dead_lettered": dead},
@@ -201,4 +192,4 @@ class Controller:
             "policy": self.policy.__dict__,
             "decisions": list(self.decisions),
         }
-        self.b.blobs.put(STATUS_KEY, json.dumps(status).encode())
+        self.store.publish_status(status)

@@ -1,13 +1,9 @@
-"""Worker heartbeats, stored as blobs so that any controller or web process can read them."""
+"""A worker's heartbeat: its state, as any controller or web process reads it (the store keeps it)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-
-from .blobs.base import BlobError, BlobStore
-
-PREFIX = "heartbeats/"
 
 
 @dataclass(frozen=True)
@@ -24,21 +20,6 @@ class Heartbeat:
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()
 
-
-def write(blobs: BlobStore, beat: Heartbeat) -> None:
-    blobs.put(PREFIX + beat.worker + ".json", beat.to_json())
-
-
-def read_all(blobs: BlobStore) -> dict[str, Heartbeat]:
-    beats = {}
-    for key in blobs.list(PREFIX):
-        try:
-            beat = Heartbeat(**json.loads(blobs.get(key)))
-        except (BlobError, ValueError, TypeError):
-            continue  # deleted meanwhile, or half a format change: skip, the next tick sees it
-        beats[beat.worker] = beat
-    return beats
-
-
-def remove(blobs: BlobStore, worker: str) -> None:
-    blobs.delete(PREFIX + worker + ".json")
+    @classmethod
+    def from_json(cls, data: bytes) -> Heartbeat:
+        return cls(**json.loads(data))

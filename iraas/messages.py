@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from typing import Any, TypeVar
 
 VERSION = 1
@@ -57,6 +58,31 @@ class Result(_Json):
     cached: bool = False
     v: int = VERSION
 
+    @classmethod
+    def failure(
+        cls, req: Request, code: str, reason: str, *, timings: dict[str, float], worker: str | None = None
+    ) -> Result:
+        """The final answer for a request that cannot be recognised."""
+        return cls(
+            id=req.id,
+            name=req.name,
+            status="failed",
+            model=req.model,
+            error=code,
+            reason=reason,
+            timings=timings,
+            worker=worker,
+        )
+
+    @cached_property
+    def encoded(self) -> str:
+        """The JSON, made once however many places (store, reply, dedup) send it."""
+        return self.to_json()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields an API answer shows (no format version)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "v"}
+
 
 def _load(text: str | bytes, cls: type) -> dict[str, Any]:
     try:
@@ -69,22 +95,4 @@ def _load(text: str | bytes, cls: type) -> dict[str, Any]:
     return {k: v for k, v in raw.items() if k in known}
 
 
-def result_key(request_id: str) -> str:
-    return f"results/{request_id}.json"
-
-
-def request_key(request_id: str) -> str:
-    return f"requests/{request_id}.json"
-
-
-def input_key(digest: str) -> str:
-    return f"inputs/{digest}"
-
-
 FACES = "faces"  # the face recognizer's model name
-GALLERY_KEY = "gallery/faces.npz"
-GALLERY_VERSION_KEY = "gallery/faces.version"
-
-
-def dedup_key(model: str, digest: str) -> str:
-    return f"dedup/{model}/{digest}.json"

@@ -10,47 +10,25 @@ import threading
 import time
 import urllib.request
 
-from .backends import Backends, build
-from .config import Settings, to_env
+from .backends import build, make_fleet
+from .config import Settings
 from .controller import Controller
-from .fleet.base import Fleet
-from .fleet.local import LocalFleet
+from .store import Store
 
 log = logging.getLogger(__name__)
 
 
-def make_fleet(settings: Settings) -> Fleet:
-    """EC2 instances from the deployment's launch template, or local worker processes."""
-    if settings.backend == "aws":
-        import boto3
-
-        from ._aws import RETRY_CONFIG
-        from .fleet.ec2 import Ec2Fleet
-
-        ec2 = boto3.client(
-            "ec2",
-            region_name=settings.aws_region or None,
-            endpoint_url=settings.aws_endpoint_url or None,
-            config=RETRY_CONFIG,
-        )
-        return Ec2Fleet(ec2, settings.name, settings.launch_template or f"{settings.name}-worker")
-    logs = settings.data_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    env = to_env(settings) | {"IRAAS_PARENT_PID": str(os.getpid())}
-    return LocalFleet(env, log_dir=str(logs))
-
-
-def publish_gallery_if_given(settings: Settings, backends: Backends) -> None:
+def publish_gallery_if_given(settings: Settings, store: Store) -> None:
     """Model "faces": enrol `--gallery` and publish it before any worker starts."""
     from .messages import FACES
-    from .model.recognizer import BlobGallery, gallery_from_path, publish_gallery
+    from .model.recognizer import BlobGallery, gallery_from_path
 
     if settings.model != FACES:
         return
     if settings.gallery:
         gallery = gallery_from_path(settings.gallery)
-        publish_gallery(backends.blobs, gallery.to_bytes())  # type: ignore[attr-defined]
-    BlobGallery(backends.blobs)()  # fails now, clearly, if there is none at all
+        store.publish_gallery(gallery.to_bytes())  # type: ignore[attr-defined]
+    BlobGallery(store)()  # fails now, clearly, if there is none at all
 
 
 def up(settings: Settings, with_controller: bool = True) -> None:
@@ -59,12 +37,12 @@ def up(settings: Settings, with_controller: bool = True) -> None:
 
     from .web.app import create_app
 
-    backends = build(settings)
-    publish_gallery_if_given(settings, backends)
+    store = build(settings)
+    publish_gallery_if_given(settings, store)
     background = None
     if with_controller:
         fleet = make_fleet(settings)
-        controller = Controller(backends, fleet, settings)
+        controller = Controller(store, fleet, settings)
 
         def background(stop: threading.Event) -> None:
             try:
@@ -72,20 +50,20 @@ def up(settings: Settings, with_controller: bool = True) -> None:
             finally:
                 fleet.shutdown()
 
-    app = create_app(settings, backends, background=background)
+    app = create_app(settings, store, background=background)
     where = settings.data_dir if settings.backend == "embedded" else f"AWS deployment {settings.name}"
     print(f"iraas serving on http://{settings.host}:{settings.port}  ({where})", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=5)
 
 
 def controller(settings: Settings) -> None:
-    backends = build(settings)
+    store = build(settings)
     fleet = make_fleet(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        Controller(backends, fleet, settings).run(stop)
+        Controller(store, fleet, settings).run(stop)
     finally:
         fleet.shutdown()
 
@@ -94,16 +72,16 @@ def worker(settings: Settings) -> None:
     from .model.recognizer import BlobGallery, load_recognizer
     from .worker import Worker
 
-    backends = build(settings)
+    store = build(settings)
     clf = load_recognizer(
         settings.model,
         threads=settings.threads,
         max_pixels=settings.max_pixels,
-        gallery=BlobGallery(backends.blobs),
+        gallery=BlobGallery(store),
         threshold=settings.face_threshold,
     )
     wid = os.environ.get("IRAAS_WORKER_ID") or (_instance_id() if settings.backend == "aws" else None)
-    w = Worker(backends, clf, settings, wid)
+    w = Worker(store, clf, settings, wid)
     signal.signal(signal.SIGTERM, lambda *_: w.stop())
     signal.signal(signal.SIGINT, lambda *_: w.stop())
     parent = os.environ.get("IRAAS_PARENT_PID")

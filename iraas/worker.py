@@ -1,9 +1,10 @@
 """The app tier: take a batch of requests, classify it, store and send the results.
 
 Order matters for at-least-once delivery: results are written (first write wins) and replies
-sent *before* the messages are deleted, so a worker dying anywhere loses nothing — the
-messages come back after the visibility timeout and a redelivered request whose result exists
-is answered from it without inference.
+handed over *before* the messages are deleted, so a worker dying anywhere loses nothing — the
+messages come back after the visibility timeout, and a redelivered request whose result exists
+is answered (and replied to) from it without inference. Only a redelivery can find a result:
+a first delivery goes straight to inference.
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from . import heartbeat
-from .backends import Backends
-from .blobs.base import BlobError, BlobNotFound
+from .blobs.base import BlobError
 from .config import Settings
+from .heartbeat import Heartbeat
 from .imaging import ImageError
-from .messages import MessageError, Request, Result, result_key
+from .messages import MessageError, Request, Result
 from .model.classifier import Prediction
 from .model.recognizer import Recognizer
 from .queues.base import Message
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +42,13 @@ class _Job:
 class Worker:
     def __init__(
         self,
-        backends: Backends,
+        store: Store,
         classifier: Recognizer,
         settings: Settings,
         worker_id: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.b = backends
+        self.store = store
         self.clf = classifier
         self.s = settings
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -57,7 +58,6 @@ class Worker:
         self.state = "starting"
         self.current: list[str] = []
         self._stop = threading.Event()
-        self._beat_now = threading.Event()
         self._count_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="fetch")
 
@@ -82,42 +82,41 @@ class Worker:
         finally:
             self.state = "stopping"
             self._stop.set()
-            self._beat_now.set()
             beat.join(timeout=5)
-            heartbeat.remove(self.b.blobs, self.id)
+            self.store.remove_heartbeat(self.id)
             self._pool.shutdown()
 
     def run_once(self, wait_s: float = 0.0) -> int:
         """Handle at most one batch; returns how many requests it handled."""
         self.state = "idle"
-        msgs = self.b.requests.receive(self.s.batch_size, wait_s=wait_s, visibility_s=self.s.visibility_s)
+        queue, vis = self.store.requests, self.s.visibility_s
+        msgs = queue.receive(self.s.batch_size, wait_s=wait_s, visibility_s=vis)
         if msgs and len(msgs) < self.s.batch_size and self.s.batch_wait_s > 0:
             time.sleep(self.s.batch_wait_s)
-            msgs += self.b.requests.receive(self.s.batch_size - len(msgs), 0, self.s.visibility_s)
+            msgs += queue.receive(self.s.batch_size - len(msgs), 0, vis)
         if not msgs:
             return 0
         if self._stop.is_set():  # stopping: give back what we have not started
             for m in msgs:
-                self.b.requests.change_visibility(m.receipt, 0)
+                queue.change_visibility(m.receipt, 0)
             return 0
         jobs = self._parse(msgs)
+        # Heartbeats report this state on their own period: a beat forced per batch would cost
+        # two writes an image under light load, for a "running" that lasts ~15 ms.
         self.state, self.current = "busy", [j.req.id for j in jobs]
-        self._beat_now.set()  # "running" for status queries, written off the hot path
         extender = _VisibilityExtender(self, [m.receipt for m in msgs])
         try:
             self._process(jobs)
         finally:
             extender.stop()
             self.current = []
-        for job in jobs:
-            self._reply(job)
-        self.b.requests.delete_batch([m.receipt for m in msgs])
+        kept = {j.msg.receipt for j in jobs if not self._reply(j)}
+        done = [m.receipt for m in msgs if m.receipt not in kept]
+        if done:
+            queue.delete_batch(done)
         for job in jobs:  # in the background: the next batch need not wait for these
             self._pool.submit(self._remember, job)
-        # Report "idle" now, not at the next periodic beat: the controller stops only idle
-        # workers, and under a trickle a periodic beat would nearly always say "busy".
         self.state = "idle"
-        self._beat_now.set()
         return len(msgs)
 
     def _parse(self, msgs: list[Message]) -> list[_Job]:
@@ -136,9 +135,9 @@ class Worker:
     def _process(self, jobs: list[_Job]) -> None:
         todo = []
         for job in jobs:
-            try:  # redelivered after another worker finished it: answer from the stored result
-                job.result = Result.from_json(self.b.blobs.get(result_key(job.req.id)))
-            except (BlobNotFound, MessageError):
+            if job.msg.receive_count > 1:  # a redelivery: another worker may have finished it
+                job.result = self.store.load_result(job.req.id)
+            if job.result is None:
                 todo.append(job)
         for job, data in zip(todo, self._pool.map(self._fetch, todo), strict=True):
             job.data = data
@@ -155,10 +154,7 @@ class Worker:
         list(self._pool.map(self._store, todo))
 
     def _fetch(self, job: _Job) -> bytes | None:
-        try:
-            return self.b.blobs.get(job.req.input_key)
-        except BlobNotFound:
-            return None
+        return self.store.load_input(job.req)
 
     def _result(self, job: _Job, outcome: Prediction | ImageError, per_image: float, batch: int) -> Result:
         req, now = job.req, self.clock()
@@ -172,74 +168,73 @@ class Worker:
             return self._failure(req, outcome.code, outcome.reason, timings)
         top5 = [{"label": t.label, "index": t.index, "probability": round(t.probability, 6)} for t in outcome.top]
         return Result(
-            req.id,
-            req.name,
-            "done",
-            req.model,
-            outcome.label,
-            round(outcome.probability, 6),
-            top5,
+            id=req.id,
+            name=req.name,
+            status="done",
+            model=req.model,
+            label=outcome.label,
+            confidence=round(outcome.probability, 6),
+            top5=top5,
             timings=timings,
             worker=self.id,
         )
 
     def _failure(self, req: Request, code: str, reason: str, timings: dict[str, float] | None = None) -> Result:
-        return Result(
-            req.id, req.name, "failed", req.model, error=code, reason=reason, timings=timings or {}, worker=self.id
-        )
+        return Result.failure(req, code, reason, timings=timings or {}, worker=self.id)
 
     def _store(self, job: _Job) -> None:
         assert job.result is not None
-        if not self.b.blobs.put(result_key(job.req.id), job.result.to_json().encode(), if_absent=True):
-            # Someone else finished it first: theirs is the answer.
-            job.result = Result.from_json(self.b.blobs.get(result_key(job.req.id)))
-            return
-        with self._count_lock:
-            if job.result.status == "done":
-                self.processed += 1
-            else:
-                self.failed += 1
+        mine = job.result
+        job.result = self.store.publish_result(mine)  # someone else's, if they finished first
+        if job.result is mine:
+            with self._count_lock:
+                if mine.status == "done":
+                    self.processed += 1
+                else:
+                    self.failed += 1
 
     def _remember(self, job: _Job) -> None:
         """Dedup entry for the same bytes later; after the reply, being only an optimisation."""
-        done = job.result is not None and job.result.status == "done" and job.result.worker == self.id
+        result = job.result
         # Only for the model version the web asked about: a worker still on the previous gallery
         # must not store its answer as the answer for the new one.
-        current = job.req.model_version == getattr(self.clf, "version", "")
-        if done and current and job.req.dedup and job.result is not None:
-            self.b.blobs.put(job.req.dedup, job.result.to_json().encode(), if_absent=True)
+        if result is not None and result.worker == self.id and job.req.model_version == self.clf.version:
+            self.store.remember(job.req, result)
 
-    def _reply(self, job: _Job) -> None:
-        if job.req.reply_to and job.result is not None:
-            try:
-                self.b.queue(job.req.reply_to).send(job.result.to_json())
-            except Exception:  # the web process falls back to the stored result
-                log.exception("reply to %s failed", job.req.reply_to)
+    def _reply(self, job: _Job) -> bool:
+        """False when the reply could not be handed over: keep the message, so that its
+        redelivery replies from the stored result."""
+        if job.result is None:
+            return True
+        try:
+            self.store.reply(job.req.reply_to, job.result)
+        except Exception:
+            log.warning("reply to %s failed: the request will be answered again", job.req.reply_to, exc_info=True)
+            return False
+        return True
 
     # -- heartbeats -------------------------------------------------------------------------
 
     def _write_beat(self) -> None:
-        beat = heartbeat.Heartbeat(
-            self.id,
-            os.getpid(),
-            self.state,
-            self.clock(),
-            self.started_at,
-            self.processed,
-            self.failed,
-            list(self.current),
+        beat = Heartbeat(
+            worker=self.id,
+            pid=os.getpid(),
+            state=self.state,
+            at=self.clock(),
+            started_at=self.started_at,
+            processed=self.processed,
+            failed=self.failed,
+            current=list(self.current),
         )
         try:
-            heartbeat.write(self.b.blobs, beat)
+            self.store.write_heartbeat(beat)
         except BlobError:
             log.warning("heartbeat write failed", exc_info=True)
 
     def _beat_loop(self) -> None:
-        while not self._stop.is_set():
-            self._beat_now.wait(self.s.heartbeat_s)
-            self._beat_now.clear()
-            if not self._stop.is_set():
-                self._write_beat()
+        self._write_beat()
+        while not self._stop.wait(self.s.heartbeat_s):
+            self._write_beat()
 
 
 class _VisibilityExtender:
@@ -255,7 +250,7 @@ class _VisibilityExtender:
         vis = self._w.s.visibility_s
         while not self._done.wait(max(vis / 3, 0.5)):
             for r in self._receipts:
-                self._w.b.requests.change_visibility(r, vis)
+                self._w.store.requests.change_visibility(r, vis)
 
     def stop(self) -> None:
         self._done.set()

@@ -8,7 +8,6 @@ worker exits by itself (shutdown behaviour "terminate").
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -243,7 +242,7 @@ def test_controller_survives_a_throttled_describe_and_reports_fleet_errors(
 ) -> None:
     from iraas.backends import aws as aws_backends
     from iraas.config import Settings
-    from iraas.controller import STATUS_KEY, Controller
+    from iraas.controller import Controller
 
     aws, out = deployed
     settings = Settings(
@@ -275,5 +274,5 @@ def test_controller_survives_a_throttled_describe_and_reports_fleet_errors(
     _wait(lambda: calls["n"] >= 3, 30, "ticks after the throttled one")
     stop.set()
     thread.join()
-    status = json.loads(b.blobs.get(STATUS_KEY))
+    status = b.cluster_status()
     assert status["fleet_errors"][-1]["code"] == "InsufficientInstanceCapacity"

@@ -15,9 +15,10 @@ Factory = Callable[[], BlobStore]
 
 
 def _s3_factory(url: str, bucket: str) -> Factory:
-    from iraas.blobs.s3 import S3BlobStore, s3_client
+    from iraas._aws import client
+    from iraas.blobs.s3 import S3BlobStore
 
-    return lambda: S3BlobStore(s3_client("us-east-1", url), bucket, prefix="deploy")
+    return lambda: S3BlobStore(client("s3", "us-east-1", url), bucket, prefix="deploy")
 
 
 @pytest.fixture(params=["directory", "s3"])
@@ -25,10 +26,10 @@ def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
     if request.param == "directory":
         root = tmp_path / "blobs"
         return lambda: DirectoryBlobStore(root)
-    from iraas.blobs.s3 import s3_client
+    from iraas._aws import client
 
     url = request.getfixturevalue("moto")
-    s3_client("us-east-1", url).create_bucket(Bucket="iraas-test")
+    client("s3", "us-east-1", url).create_bucket(Bucket="iraas-test")
     return _s3_factory(url, "iraas-test")
 
 
@@ -54,11 +55,14 @@ def test_if_absent_keeps_the_first_write(factory: Factory) -> None:
 
 def test_list_by_prefix(factory: Factory) -> None:
     store = factory()
-    for key in ("inputs/ab", "inputs/cd", "results/1.json", "heartbeats/w1"):
-        store.put(key, b"x")
+    for key in ("inputs/ab", "inputs/cd", "results/1.json", "heartbeats/w1", "dedup/m/ab.json", "dedup/m2/ab.json"):
+        store.put(key, b"x", durable=not key.startswith("heartbeats/"))
     assert store.list("inputs/") == ["inputs/ab", "inputs/cd"]
     assert store.list("res") == ["results/1.json"]
-    assert len(store.list()) == 4
+    assert store.list("dedup/m/a") == ["dedup/m/ab.json"]
+    assert store.list("dedup/m") == ["dedup/m/ab.json", "dedup/m2/ab.json"]
+    assert store.list("nothing/here/") == []
+    assert len(store.list()) == 6
 
 
 @pytest.mark.parametrize("key", ["", "/etc/passwd", "../x", "a/../../x", "a//b", "a/./b", "a\\b", "a b", ".tmp-x"])

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from iraas import heartbeat
-from iraas.backends import Backends, embedded
+from iraas.backends import embedded
 from iraas.config import Settings
-from iraas.controller import STATUS_KEY, Controller
+from iraas.controller import Controller
 from iraas.fleet.base import Instance
-from iraas.messages import Request, Result, result_key
+from iraas.heartbeat import Heartbeat
+from iraas.messages import Request, Result
+from iraas.store import Store
 
 
 class FakeFleet:
@@ -60,7 +60,7 @@ class Clock:
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> tuple[Backends, FakeFleet, Clock, Controller]:
+def setup(tmp_path: Path) -> tuple[Store, FakeFleet, Clock, Controller]:
     settings = Settings(
         data_dir=tmp_path,
         max_workers=3,
@@ -74,15 +74,16 @@ def setup(tmp_path: Path) -> tuple[Backends, FakeFleet, Clock, Controller]:
     return b, fleet, clock, Controller(b, fleet, settings, clock=clock)
 
 
-def _beat(b: Backends, wid: str, state: str, at: float) -> None:
-    heartbeat.write(b.blobs, heartbeat.Heartbeat(wid, 1, state, at, at))
+def _beat(b: Store, wid: str, state: str, at: float, processed: int = 0) -> None:
+    b.write_heartbeat(Heartbeat(worker=wid, pid=1, state=state, at=at, started_at=at, processed=processed))
 
 
 def _request(rid: str, reply_to: str = "") -> str:
-    return Request(rid, "inputs/x", f"{rid}.jpg", "m", reply_to, 0.0).to_json()
+    req = Request(id=rid, input_key="inputs/x", name=f"{rid}.jpg", model="m", reply_to=reply_to, submitted_at=0.0)
+    return req.to_json()
 
 
-def test_scales_out_from_zero_then_in_only_idle_workers(setup: tuple[Backends, FakeFleet, Clock, Controller]) -> None:
+def test_scales_out_from_zero_then_in_only_idle_workers(setup: tuple[Store, FakeFleet, Clock, Controller]) -> None:
     b, fleet, clock, ctl = setup
     assert ctl.tick().desired == 0 and not fleet.instances
     b.requests.send_batch([_request(f"{i:032x}") for i in range(5)])
@@ -102,7 +103,7 @@ def test_scales_out_from_zero_then_in_only_idle_workers(setup: tuple[Backends, F
     assert set(fleet.stopped) == {ids[1], ids[2]}
 
 
-def test_stale_worker_is_replaced(setup: tuple[Backends, FakeFleet, Clock, Controller]) -> None:
+def test_stale_worker_is_replaced(setup: tuple[Store, FakeFleet, Clock, Controller]) -> None:
     b, fleet, clock, ctl = setup
     b.requests.send(_request("a" * 32))
     ctl.tick()
@@ -115,11 +116,11 @@ def test_stale_worker_is_replaced(setup: tuple[Backends, FakeFleet, Clock, Contr
     ctl.tick()
     assert fleet.killed == [first]
     assert list(fleet.instances) != [first] and len(fleet.instances) == 1  # replaced in the same tick
-    assert first not in heartbeat.read_all(b.blobs)
+    assert first not in b.heartbeats()
 
 
 def test_worker_that_never_reports_is_replaced_after_grace(
-    setup: tuple[Backends, FakeFleet, Clock, Controller],
+    setup: tuple[Store, FakeFleet, Clock, Controller],
 ) -> None:
     b, fleet, clock, ctl = setup
     b.requests.send(_request("b" * 32))
@@ -129,37 +130,39 @@ def test_worker_that_never_reports_is_replaced_after_grace(
     assert len(fleet.killed) == 1 and len(fleet.instances) == 1
 
 
-def test_dead_letters_become_failed_results_and_replies(setup: tuple[Backends, FakeFleet, Clock, Controller]) -> None:
+def test_dead_letters_become_failed_results_and_replies(setup: tuple[Store, FakeFleet, Clock, Controller]) -> None:
     b, _, _, ctl = setup
     rid = "c" * 32
-    b.requests.send(_request(rid, reply_to="replies-test"))
+    inbox = b.inbox("test")
+    b.requests.send(_request(rid, reply_to="test"))
     for _ in range(2):  # two deliveries that never finish (max_receives = 2)
         assert b.requests.receive(1, visibility_s=0)
     assert b.requests.receive(1) == []  # moved to the dead-letter queue
     ctl.tick()
-    result = Result.from_json(b.blobs.get(result_key(rid)))
-    assert (result.status, result.error) == ("failed", "gave_up")
+    result = b.load_result(rid)
+    assert result is not None and (result.status, result.error) == ("failed", "gave_up")
     assert "gave up after 2 attempts" in (result.reason or "")
-    (reply,) = b.queue("replies-test").receive(1)
-    assert Result.from_json(reply.body) == result
+    (reply,) = inbox.receive(1)
+    inbox.close()
+    assert Result.from_json(reply) == result
 
 
-def test_dead_letter_does_not_overwrite_a_late_success(setup: tuple[Backends, FakeFleet, Clock, Controller]) -> None:
+def test_dead_letter_does_not_overwrite_a_late_success(setup: tuple[Store, FakeFleet, Clock, Controller]) -> None:
     b, _, _, ctl = setup
     rid = "d" * 32
-    done = Result(rid, "x.jpg", "done", "m", "tench", 0.9)
-    b.blobs.put(result_key(rid), done.to_json().encode())
+    done = Result(id=rid, name="x.jpg", status="done", model="m", label="tench", confidence=0.9)
+    b.publish_result(done)
     assert b.requests.dead_letter is not None
     b.requests.dead_letter.send(_request(rid))
     ctl.tick()
-    assert Result.from_json(b.blobs.get(result_key(rid))).status == "done"
+    assert b.load_result(rid) == done
 
 
-def test_status_is_published_with_decisions(setup: tuple[Backends, FakeFleet, Clock, Controller]) -> None:
+def test_status_is_published_with_decisions(setup: tuple[Store, FakeFleet, Clock, Controller]) -> None:
     b, _, _, ctl = setup
     b.requests.send(_request("e" * 32))
     ctl.tick()
-    status = json.loads(b.blobs.get(STATUS_KEY))
+    status = b.cluster_status()
     assert status["queue"]["visible"] == 1
     assert [w["state"] for w in status["workers"]] == ["running"]
     assert status["decisions"][-1]["desired"] == 1 and "scale out" in status["decisions"][-1]["reason"]
@@ -167,7 +170,7 @@ def test_status_is_published_with_decisions(setup: tuple[Backends, FakeFleet, Cl
 
 
 def test_finished_work_keeps_a_worker_while_the_queue_is_empty(
-    setup: tuple[Backends, FakeFleet, Clock, Controller],
+    setup: tuple[Store, FakeFleet, Clock, Controller],
 ) -> None:
     b, fleet, clock, ctl = setup
     b.requests.send(_request("f" * 32))
@@ -176,11 +179,11 @@ def test_finished_work_keeps_a_worker_while_the_queue_is_empty(
     b.requests.purge()
     for i in range(1, 30):  # 15 s of a worker finishing one request every half second
         clock.now += 0.5
-        heartbeat.write(b.blobs, heartbeat.Heartbeat(wid, 1, "idle", clock.now, 0.0, processed=i))
+        _beat(b, wid, "idle", clock.now, processed=i)
         ctl.tick()
     assert list(fleet.instances) == [wid] and not fleet.stopped
     for _ in range(14):  # then no work for 7 s (window 5 s)
         clock.now += 0.5
-        heartbeat.write(b.blobs, heartbeat.Heartbeat(wid, 1, "idle", clock.now, 0.0, processed=29))
+        _beat(b, wid, "idle", clock.now, processed=29)
         ctl.tick()
     assert fleet.stopped == [wid]

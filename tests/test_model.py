@@ -63,6 +63,35 @@ def test_graph_equals_pytorch_forward(classifier: Classifier, imagenet_rows: lis
     assert same == len(imagenet_rows)
 
 
+def _reference_pixels(img: Image.Image, resize: int, crop: int) -> np.ndarray:  # type: ignore[type-arg]
+    """torchvision's `Resize(resize)` then `CenterCrop(crop)` on a PIL image, step by step as
+    torchvision computes them (`_compute_resized_output_size`, `center_crop`)."""
+    w, h = img.size
+    short, long = min(w, h), max(w, h)
+    new_short, new_long = resize, int(resize * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    top, left = round((new_h - crop) / 2.0), round((new_w - crop) / 2.0)
+    return np.asarray(img.crop((left, top, left + crop, top + crop)))
+
+
+def test_preprocessing_is_the_reference_pipeline(classifier: Classifier, imagenet_rows: list[dict[str, str]]) -> None:
+    spec, exact, ours_right, ref_right = classifier.spec, 0, 0, 0
+    for row in imagenet_rows:
+        data = (IMAGENET / "images" / row["filename"]).read_bytes()
+        full = decode(data)
+        ref = _reference_pixels(full, spec.resize, spec.input_size)
+        ours = crop_to_input(decode(data, min_side=spec.resize), spec)
+        if min(full.size) < 2 * spec.resize:  # no JPEG draft scaling: every pixel the same
+            assert np.array_equal(ours, ref), row["filename"]
+            exact += 1
+        want = int(row["class_index"])
+        ours_right += int(classifier.logits(to_tensor(ours[None], spec)).argmax()) == want
+        ref_right += int(classifier.logits(to_tensor(ref[None], spec)).argmax()) == want
+    assert exact >= 450
+    assert ours_right == ref_right  # drafted large JPEGs too: the same top-1 as the reference
+
+
 def test_onnx_is_built_once_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IRAAS_CACHE_DIR", str(tmp_path))
     first = builtin_spec("efficientnet-lite0")

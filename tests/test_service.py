@@ -16,7 +16,6 @@ import requests
 from iraas.model.classifier import Classifier
 
 from .conftest import DATASETS, IMAGENET
-from .images import png_bomb
 from .imageserver import image_server
 from .service import Service, course_post
 
@@ -94,74 +93,7 @@ def test_url_intake_from_an_allowed_local_server(svc: Service, classifier: Class
     assert [e["label"] for e in both.json()] == expected(classifier, files)
 
 
-@pytest.mark.parametrize(
-    "target",
-    [
-        "http://127.0.0.1:{port}/{name}",
-        "http://169.254.169.254/latest/meta-data/",
-        "http://[::ffff:127.0.0.1]:{port}/{name}",
-        "http://localhost:{port}/redirect?to=http://127.0.0.1:{port}/{name}",
-    ],
-    ids=["loopback", "metadata", "ipv4-mapped", "redirect-to-loopback"],
-)
-def test_ssrf_refusals(svc: Service, target: str) -> None:
-    with image_server(IMAGENET / "images") as port:
-        url = target.format(port=port, name=PHOTOS[0].name)
-        resp = httpx.post(svc.url + "/v1/recognitions", json={"url": url}, timeout=60)
-    assert resp.status_code == 403, resp.text
-    assert resp.json()["error"] == "refused_address"
-
-
 JPEG = PHOTOS[0].read_bytes()
-EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
-
-
-@pytest.mark.parametrize(
-    ("files", "status", "code"),
-    [
-        ([("big.jpg", JPEG + b"\0" * MAX_FILE)], 413, "too_large"),
-        ([(f"f{i}.jpg", JPEG) for i in range(21)], 413, "too_many_files"),
-        ([("page.jpg", b"<!doctype html><html></html>")], 415, "unsupported_format"),
-        ([("noise.jpg", bytes(range(256)) * 8)], 415, "not_an_image"),
-        ([("doc.eps", EPS)], 415, "unsupported_format"),
-        ([("cut.jpg", JPEG[: len(JPEG) // 2])], 422, "truncated"),
-        ([("bomb.png", png_bomb())], 422, "too_many_pixels"),
-        ([("empty.jpg", b"")], 400, "empty"),
-        ([("ok.jpg", JPEG), ("bad.jpg", b"GIF89a-not-really")], 415, "not_an_image"),
-    ],
-    ids=["too-large", "too-many", "html", "random", "eps", "truncated", "bomb", "empty", "one-bad-of-two"],
-)
-def test_bad_uploads(svc: Service, files: list[tuple[str, bytes]], status: int, code: str) -> None:
-    requests_dir = svc.data_dir / "blobs" / "requests"
-    before = set(requests_dir.glob("*.json")) if requests_dir.exists() else set()
-    resp = httpx.post(svc.url + "/v1/recognitions", files=[("files", f) for f in files], timeout=60)
-    assert resp.status_code == status, resp.text
-    body = resp.json()
-    assert body["error"] == code and body["detail"]
-    if code not in ("too_many_files",):
-        assert body["file"] == files[-1][0]
-    # nothing was queued: every queued request leaves a record, and there is no new one
-    # (queue depth could not show it: a worker may already have taken it)
-    after = set(requests_dir.glob("*.json")) if requests_dir.exists() else set()
-    assert after == before
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "status", "code"),
-    [
-        ({"files": [("wrong", ("a.jpg", JPEG))]}, 400, "missing_field"),
-        ({"json": {"nothing": 1}}, 400, "missing_field"),
-        ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "bad_json"),
-        ({"json": {"url": "ftp://example.com/a.jpg"}}, 400, "bad_url"),
-        ({"json": {"url": "http://localhost:1/a.jpg"}}, 422, "unreachable_url"),
-        ({"content": b"raw", "headers": {"content-type": "image/jpeg"}}, 415, "bad_content_type"),
-    ],
-    ids=["missing-field", "missing-url", "bad-json", "bad-url", "unreachable", "not-multipart"],
-)
-def test_bad_requests(svc: Service, kwargs: dict[str, object], status: int, code: str) -> None:
-    resp = httpx.post(svc.url + "/v1/recognitions", timeout=60, **kwargs)  # type: ignore[arg-type]
-    assert resp.status_code == status, resp.text
-    assert resp.json()["error"] == code
 
 
 def _read_response(s: socket.socket) -> str:
@@ -236,23 +168,10 @@ def test_myfile_field_and_course_errors(svc: Service) -> None:
     assert bad.status_code == 415 and bad.json()["file"] == "x.jpg"
 
 
-def test_operational_endpoints(svc: Service) -> None:
-    assert httpx.get(svc.url + "/healthz").json() == {"status": "ok"}
-    assert httpx.get(svc.url + "/readyz").json()["status"] == "ready"
-    assert "/v1/recognitions" in httpx.get(svc.url + "/openapi.json").json()["paths"]
-    assert httpx.get(svc.url + "/docs").status_code == 200
+def test_metrics_and_cluster_after_real_work(svc: Service) -> None:
     metrics = httpx.get(svc.url + "/metrics").text
-    for name in (
-        "iraas_http_requests_total",
-        "iraas_image_latency_seconds_bucket",
-        "iraas_queue_depth",
-        "iraas_workers",
-        "iraas_batch_size_bucket",
-        "iraas_dedup_hits_total",
-    ):
+    for name in ("iraas_image_latency_seconds_bucket", "iraas_batch_size_bucket", "iraas_inference_seconds_bucket"):
         assert name in metrics, name
     cluster = svc.cluster()
-    assert set(cluster["queue"]) >= {"visible", "in_flight"} and cluster["policy"]["max_workers"] == 2
+    assert cluster["policy"]["max_workers"] == 2
     assert all({"at", "backlog", "desired", "reason"} <= set(d) for d in cluster["decisions"])
-    page = httpx.get(svc.url + "/").text
-    assert "<input" in page and "/v1/recognitions" in page

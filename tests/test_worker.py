@@ -1,92 +1,143 @@
-"""The worker loop in process, on the real embedded queue and blob store."""
+"""The worker loop in process, on the real embedded queue, blob store and reply sockets."""
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from iraas.backends import Backends, embedded
+from iraas.backends import embedded
 from iraas.config import Settings
-from iraas.messages import Request, Result, dedup_key, input_key, result_key
+from iraas.messages import Result
 from iraas.model.classifier import Classifier
+from iraas.replies import Inbox
+from iraas.store import Store
 from iraas.worker import Worker
 
 from .conftest import IMAGENET
 
 TENCH = (IMAGENET / "images" / "n01440764_tench.JPEG").read_bytes()
+MODEL = "efficientnet-lite0"
 
 
 @pytest.fixture
-def backends(tmp_path: Path) -> Backends:
+def store(tmp_path: Path) -> Store:
     return embedded(Settings(data_dir=tmp_path, heartbeat_s=0.2))
 
 
-def _submit(b: Backends, rid: str, data: bytes, reply_to: str = "replies-t") -> None:
+@pytest.fixture
+def inbox(store: Store) -> Iterator[Inbox]:
+    box = store.inbox("t")
+    yield box
+    box.close()
+
+
+def _submit(store: Store, data: bytes, reply_to: str = "t") -> str:
+    (rid,) = store.new_ids(1)
     digest = hashlib.sha256(data).hexdigest()
-    b.blobs.put(input_key(digest), data)
-    dedup = dedup_key("efficientnet-lite0", digest)
-    req = Request(rid, input_key(digest), f"{rid}.jpg", "efficientnet-lite0", reply_to, time.time(), dedup)
-    b.requests.send(req.to_json())
+    store.put_input(data, digest)
+    req = store.request(
+        rid=rid, digest=digest, name=f"{rid}.jpg", model=MODEL, reply_to=reply_to, submitted_at=time.time()
+    )
+    store.enqueue([req])
+    return rid
 
 
-def _worker(b: Backends, clf: Classifier, tmp_path: Path) -> Worker:
-    return Worker(b, clf, Settings(data_dir=tmp_path, heartbeat_s=0.2, visibility_s=5), "w-test")
+def _worker(store: Store, clf: Any, tmp_path: Path) -> Worker:
+    return Worker(store, clf, Settings(data_dir=tmp_path, heartbeat_s=0.2, visibility_s=5), "w-test")
 
 
-def test_classifies_stores_replies_and_deletes(backends: Backends, classifier: Classifier, tmp_path: Path) -> None:
-    _submit(backends, "a" * 32, TENCH)
-    assert _worker(backends, classifier, tmp_path).run_once(wait_s=1) == 1
-    stored = Result.from_json(backends.blobs.get(result_key("a" * 32)))
-    assert (stored.status, stored.label, stored.worker) == ("done", "tench", "w-test")
-    (reply,) = backends.queue("replies-t").receive(1)
-    assert Result.from_json(reply.body) == stored
-    assert backends.requests.depth().backlog == 0
-    digest = hashlib.sha256(TENCH).hexdigest()
+def test_classifies_stores_replies_and_deletes(
+    store: Store, inbox: Inbox, classifier: Classifier, tmp_path: Path
+) -> None:
+    rid = _submit(store, TENCH)
+    assert _worker(store, classifier, tmp_path).run_once(wait_s=1) == 1
+    stored = store.load_result(rid)
+    assert stored is not None and (stored.status, stored.label, stored.worker) == ("done", "tench", "w-test")
+    (reply,) = inbox.receive(1)
+    assert Result.from_json(reply) == stored
+    assert store.requests.depth().backlog == 0
     time.sleep(0.2)  # the dedup entry is written in the background
-    assert backends.blobs.exists(dedup_key("efficientnet-lite0", digest))
+    (rid2,) = store.new_ids(1)
+    digest = hashlib.sha256(TENCH).hexdigest()
+    cached = store.answer_from_cache(rid=rid2, name="again.jpg", model=MODEL, digest=digest, now=time.time())
+    assert cached is not None and (cached.label, cached.cached) == ("tench", True)
 
 
 def test_redelivered_request_is_answered_from_the_stored_result(
-    backends: Backends, classifier: Classifier, tmp_path: Path
+    store: Store, inbox: Inbox, classifier: Classifier, tmp_path: Path
 ) -> None:
-    first = Result("b" * 32, "b.jpg", "done", "efficientnet-lite0", "goldfish", 0.5)
-    backends.blobs.put(result_key("b" * 32), first.to_json().encode())
-    _submit(backends, "b" * 32, TENCH)
+    rid = _submit(store, TENCH)
+    assert store.requests.receive(1, visibility_s=1)  # a first worker took it and died...
+    first = Result(id=rid, name="b.jpg", status="done", model=MODEL, label="goldfish", confidence=0.5)
+    store.publish_result(first)  # ...after storing its result, before replying
+    time.sleep(1.1)
     before = classifier.times.images
-    _worker(backends, classifier, tmp_path).run_once(wait_s=1)
+    assert _worker(store, classifier, tmp_path).run_once(wait_s=1) == 1
     assert classifier.times.images == before  # no inference
-    assert Result.from_json(backends.blobs.get(result_key("b" * 32))) == first  # unchanged
-    (reply,) = backends.queue("replies-t").receive(1)
-    assert Result.from_json(reply.body).label == "goldfish"
+    assert store.load_result(rid) == first  # unchanged
+    (reply,) = inbox.receive(1)
+    assert Result.from_json(reply).label == "goldfish"
 
 
-def test_bad_image_is_a_final_failed_result_not_a_retry(
-    backends: Backends, classifier: Classifier, tmp_path: Path
+class _CountingBlobs:
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.gets = inner, []
+
+    def get(self, key: str) -> bytes:
+        self.gets.append(key)
+        return bytes(self.inner.get(key))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_first_delivery_reads_its_input_and_no_result(store: Store, classifier: Classifier, tmp_path: Path) -> None:
+    _submit(store, TENCH, reply_to="")
+    counting = _CountingBlobs(store.blobs)
+    store.blobs = counting  # type: ignore[assignment]
+    assert _worker(store, classifier, tmp_path).run_once(wait_s=1) == 1
+    assert [k.split("/")[0] for k in counting.gets] == ["inputs"]
+
+
+def test_a_reply_that_cannot_be_handed_over_keeps_the_message(
+    store: Store, classifier: Classifier, tmp_path: Path
 ) -> None:
-    _submit(backends, "c" * 32, TENCH[:2000])
-    _worker(backends, classifier, tmp_path).run_once(wait_s=1)
-    result = Result.from_json(backends.blobs.get(result_key("c" * 32)))
-    assert (result.status, result.error) == ("failed", "truncated")
-    assert backends.requests.depth().backlog == 0  # deleted, not left to come back
+    rid = _submit(store, TENCH)
+
+    def refuse(to: str, body: str) -> bool:
+        raise OSError("buffer full")
+
+    store.replies.send = refuse  # type: ignore[method-assign]
+    assert _worker(store, classifier, tmp_path).run_once(wait_s=1) == 1
+    assert store.load_result(rid) is not None
+    assert store.requests.depth().in_flight == 1  # comes back, and its redelivery replies
 
 
-def test_stopping_worker_releases_what_it_has_not_started(
-    backends: Backends, classifier: Classifier, tmp_path: Path
-) -> None:
-    _submit(backends, "d" * 32, TENCH)
-    w = _worker(backends, classifier, tmp_path)
+def test_bad_image_is_a_final_failed_result_not_a_retry(store: Store, classifier: Classifier, tmp_path: Path) -> None:
+    rid = _submit(store, TENCH[:2000])
+    _worker(store, classifier, tmp_path).run_once(wait_s=1)
+    result = store.load_result(rid)
+    assert result is not None and (result.status, result.error) == ("failed", "truncated")
+    assert store.requests.depth().backlog == 0  # deleted, not left to come back
+
+
+def test_stopping_worker_releases_what_it_has_not_started(store: Store, classifier: Classifier, tmp_path: Path) -> None:
+    _submit(store, TENCH)
+    w = _worker(store, classifier, tmp_path)
     w.stop()
     assert w.run_once(wait_s=1) == 0
-    depth = backends.requests.depth()
+    depth = store.requests.depth()
     assert (depth.visible, depth.in_flight) == (1, 0)  # back at once, not after the visibility timeout
 
 
-def test_exits_by_itself_after_max_idle(backends: Backends, classifier: Classifier, tmp_path: Path) -> None:
-    w = _worker(backends, classifier, tmp_path)
+def test_exits_by_itself_after_max_idle(store: Store, classifier: Classifier, tmp_path: Path) -> None:
+    w = _worker(store, classifier, tmp_path)
     start = time.monotonic()
     w.run(max_idle_s=1.0)
     assert 1.0 <= time.monotonic() - start < 10
-    assert backends.blobs.list("heartbeats/") == []  # it says goodbye
+    assert store.heartbeats() == {}  # it says goodbye

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 from botocore.exceptions import ClientError, WaiterError
 
-from .._aws import RETRY_CONFIG
+from .._aws import client
 from ..fleet.ec2 import DEPLOYMENT_TAG
 
 log = logging.getLogger(__name__)
@@ -35,10 +34,10 @@ class Aws:
 
     @classmethod
     def connect(cls, region: str | None = None, endpoint_url: str | None = None) -> Aws:
-        def client(name: str) -> Any:
-            return boto3.client(name, region_name=region, endpoint_url=endpoint_url, config=RETRY_CONFIG)
+        def connect(name: str) -> Any:
+            return client(name, region, endpoint_url)
 
-        return cls(client("cloudformation"), client("ec2"), client("s3"), client("sqs"))
+        return cls(connect("cloudformation"), connect("ec2"), connect("s3"), connect("sqs"))
 
 
 def stack_name(name: str) -> str:

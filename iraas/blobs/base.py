@@ -34,9 +34,11 @@ def check_key(key: str) -> str:
 
 
 class BlobStore(Protocol):
-    def put(self, key: str, data: bytes, if_absent: bool = False) -> bool:
+    def put(self, key: str, data: bytes, if_absent: bool = False, durable: bool = True) -> bool:
         """Store `data` under `key` atomically (readers see all or nothing). With `if_absent`,
-        store only if no blob exists there and return False (changing nothing) if one does."""
+        store only if no blob exists there and return False (changing nothing) if one does.
+        `durable=False`: the blob may be lost in a power cut (never in a process crash); for
+        state that is rewritten every second anyway."""
         ...
 
     def get(self, key: str) -> bytes:
@@ -50,5 +52,6 @@ class BlobStore(Protocol):
         ...
 
     def list(self, prefix: str = "") -> list[str]:
-        """Keys starting with `prefix` (a plain string prefix, as S3), sorted."""
+        """Keys starting with `prefix` (a plain string prefix, as S3), sorted. Reads only
+        what lies under the prefix's folder, not the whole store."""
         ...

@@ -8,17 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import boto3
 from botocore.exceptions import ClientError
 
-from .._aws import RETRY_CONFIG, error_code
+from .._aws import error_code
 from .base import BlobError, BlobNotFound, check_key
 
 _LOST_RACE = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
-
-
-def s3_client(region: str | None = None, endpoint_url: str | None = None) -> Any:
-    return boto3.client("s3", region_name=region, endpoint_url=endpoint_url, config=RETRY_CONFIG)
 
 
 class S3BlobStore:
@@ -30,7 +25,8 @@ class S3BlobStore:
     def _key(self, key: str) -> str:
         return self.prefix + check_key(key)
 
-    def put(self, key: str, data: bytes, if_absent: bool = False) -> bool:
+    def put(self, key: str, data: bytes, if_absent: bool = False, durable: bool = True) -> bool:
+        del durable  # S3 acknowledges a put only once it is stored durably
         extra = {"IfNoneMatch": "*"} if if_absent else {}
         try:
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra)

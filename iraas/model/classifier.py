@@ -54,17 +54,21 @@ class StageTimes:
 
 
 def crop_to_input(img: Image.Image, spec: ModelSpec) -> np.ndarray[Any, Any]:
-    """Resize the short side to `spec.resize` and take the centre `input_size` square, in one
-    resampling pass (the crop box is mapped back onto the source image)."""
+    """The reference preprocessing (torchvision's `Resize(resize)` + `CenterCrop(input_size)`
+    on a PIL image): the short side to `spec.resize` with PIL's antialiased bilinear, the long
+    side truncated as torchvision does, then the centre square. A one-pass box resize to the
+    crop looks equivalent but is not, and cost 1.2 points of top-1 on held-out photos."""
     size = spec.input_size
-    w, h = img.size
     if spec.resize == 0:
-        box = (0.0, 0.0, float(w), float(h))
-    else:
-        side = min(w, h) * size / spec.resize  # crop side in source pixels
-        box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
-    out = img.resize((size, size), Image.Resampling.BILINEAR, box=box)
-    return np.asarray(out, dtype=np.uint8)
+        return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    other = int(spec.resize * long / short)
+    new = (spec.resize, other) if w <= h else (other, spec.resize)
+    if new != (w, h):
+        img = img.resize(new, Image.Resampling.BILINEAR)
+    top, left = round((new[1] - size) / 2.0), round((new[0] - size) / 2.0)
+    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
 def to_tensor(batch: np.ndarray[Any, Any], spec: ModelSpec) -> np.ndarray[Any, Any]:
@@ -102,6 +106,14 @@ class Classifier:
         self._session = ort.InferenceSession(str(spec.onnx_path), opts, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
         self.times = StageTimes()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def version(self) -> str:
+        return ""  # the weights never change under a running classifier
 
     def logits(self, tensor: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         out = self._session.run(None, {self._input: tensor})[0]

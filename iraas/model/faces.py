@@ -174,6 +174,7 @@ class FaceRecognizer:
         self.embedder, self._gallery, self.threshold, self.max_pixels = embedder, gallery, threshold, max_pixels
         self.spec = _FaceSpec()
         self.times = StageTimes()
+        self.name = "faces"
         self.version = ""  # of the gallery used last: dedup entries are kept per gallery version
 
     def classify(self, images: Sequence[bytes], top_k: int = 5) -> list[Prediction | ImageError]:

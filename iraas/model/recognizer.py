@@ -8,9 +8,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..blobs.base import BlobNotFound, BlobStore
 from ..imaging import DEFAULT_MAX_PIXELS, ImageError
-from ..messages import FACES, GALLERY_KEY, GALLERY_VERSION_KEY
+from ..messages import FACES
 from .classifier import Classifier, Prediction, StageTimes
 from .spec import SpecError
 
@@ -30,10 +29,20 @@ class _Named(Protocol):
 
 
 class Recognizer(Protocol):
+    """What a worker runs. `name` is the model's name in messages and keys; `version` is the
+    part of its identity that changes while it serves (the face gallery's version; "" for a
+    fixed model): an answer is remembered for the same bytes only under the same version."""
+
     times: StageTimes
 
     @property
     def spec(self) -> _Named: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
 
     def classify(self, images: Sequence[bytes], top_k: int = 5) -> list[Prediction | ImageError]: ...
 
@@ -71,18 +80,17 @@ def gallery_from_path(path: str | Path) -> object:
     return gallery
 
 
-def publish_gallery(blobs: BlobStore, data: bytes) -> None:
-    """Store a gallery for the workers; they reload it when the version changes."""
-    blobs.put(GALLERY_KEY, data)
-    blobs.put(GALLERY_VERSION_KEY, str(time.time_ns()).encode())
+class _GalleryStore(Protocol):
+    def gallery_version(self) -> str: ...
+
+    def load_gallery(self) -> bytes | None: ...
 
 
 class BlobGallery:
-    """The published gallery, re-read when its version blob changes (checked every `every_s`)."""
+    """The published gallery, re-read when its version changes (checked every `every_s`)."""
 
-    def __init__(self, blobs: BlobStore, every_s: float = 1.0) -> None:
-        self.blobs, self.every_s = blobs, every_s
-        self._version: bytes | None = None
+    def __init__(self, store: _GalleryStore, every_s: float = 1.0) -> None:
+        self.store, self.every_s = store, every_s
         self.version = ""  # of the gallery last returned
         self._gallery: object | None = None
         self._checked = 0.0
@@ -96,12 +104,11 @@ class BlobGallery:
             if self._gallery is not None and now - self._checked < self.every_s:
                 return self._gallery
             self._checked = now
-            try:
-                version = self.blobs.get(GALLERY_VERSION_KEY)
-                if version != self._version or self._gallery is None:
-                    self._gallery, self._version = Gallery.from_bytes(self.blobs.get(GALLERY_KEY)), version
-                    self.version = version.decode()
-            except BlobNotFound:
-                if self._gallery is None:
-                    raise SpecError("no gallery has been published: start with --gallery") from None
+            version = self.store.gallery_version()
+            if version and (version != self.version or self._gallery is None):
+                data = self.store.load_gallery()
+                if data is not None:
+                    self._gallery, self.version = Gallery.from_bytes(data), version
+            if self._gallery is None:
+                raise SpecError("no gallery has been published: start with --gallery")
             return self._gallery

@@ -1,6 +1,6 @@
 """The AWS queue: an SQS standard queue, with a dead-letter queue through a redrive policy.
 
-The boto3 client is made by the caller (`sqs_client`), so the endpoint (AWS, moto's server,
+The boto3 client is made by the caller (`iraas._aws.client`), so the endpoint (AWS, moto's server,
 LocalStack) and credentials are explicit. Parameters are checked before any call, with the
 same messages as the embedded queue.
 """
@@ -13,10 +13,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import boto3
 from botocore.exceptions import ClientError
 
-from .._aws import RETRY_CONFIG, error_code
+from .._aws import error_code
 from .base import (
     Depth,
     Message,
@@ -33,10 +32,6 @@ _STALE_RECEIPT = {
     "InvalidParameterValue",
     "AWS.SimpleQueueService.NonExistentQueue",
 }
-
-
-def sqs_client(region: str | None = None, endpoint_url: str | None = None) -> Any:
-    return boto3.client("sqs", region_name=region, endpoint_url=endpoint_url, config=RETRY_CONFIG)
 
 
 class SqsQueue:

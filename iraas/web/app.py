@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import threading
@@ -17,18 +16,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from .. import heartbeat
-from ..backends import Backends
-from ..blobs.base import BlobNotFound
 from ..config import Settings
-from ..controller import STATUS_KEY
-from ..messages import FACES, GALLERY_KEY, MessageError, Result, request_key, result_key
-from ..messages import Request as QueuedRequest
+from ..messages import FACES
+from ..store import Store
 from .errors import InputError
 from .fetch import Resolver, system_resolver
-from .intake import Item, Submitted
+from .intake import Item
 from .metrics import Metrics
-from .service import WebService, entry
+from .service import WebService
 
 log = logging.getLogger(__name__)
 _ID = re.compile(r"^[0-9a-f]{32}$")
@@ -38,12 +33,12 @@ COURSE_FIELDS = ("inputFile", "myfile")
 
 def create_app(
     settings: Settings,
-    backends: Backends,
+    store: Store,
     resolver: Resolver = system_resolver,
     background: Callable[[threading.Event], None] | None = None,
 ) -> FastAPI:
     """`background(stop)` runs in a thread for the app's lifetime (the controller, in `iraas up`)."""
-    svc = WebService(settings, backends, resolver)
+    svc = WebService(settings, store, resolver)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -93,7 +88,10 @@ def _recognition_routes(app: FastAPI, svc: WebService) -> None:
     async def recognition(rid: str) -> JSONResponse:
         if not _ID.match(rid):
             raise InputError(400, "bad_id", "an id is 32 lowercase hex digits")
-        return JSONResponse(await run_in_threadpool(_status, svc.backends, rid))
+        status = await run_in_threadpool(svc.store.status, rid)
+        if status is None:
+            raise InputError(404, "not_found", f"no recognition with id {rid}")
+        return JSONResponse(status | {"location": f"/v1/recognitions/{rid}"})
 
     @app.post(
         "/",
@@ -124,18 +122,18 @@ def _operations_routes(app: FastAPI, svc: WebService) -> None:
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         try:
-            depth = await run_in_threadpool(svc.backends.requests.depth)
+            depth = await run_in_threadpool(svc.store.requests.depth)
         except Exception as exc:
             return JSONResponse({"status": "unavailable", "detail": str(exc)}, status_code=503)
         return JSONResponse({"status": "ready", "queue": depth.__dict__})
 
     @app.get("/v1/cluster", summary="Queue depth, workers and recent scaling decisions")
     async def cluster() -> JSONResponse:
-        return JSONResponse(await run_in_threadpool(_cluster, svc.backends))
+        return JSONResponse(await run_in_threadpool(_cluster, svc.store))
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:
-        info = await run_in_threadpool(_cluster, svc.backends)
+        info = await run_in_threadpool(_cluster, svc.store)
         m = svc.metrics
         for state in ("visible", "in_flight", "delayed"):
             m.queue.labels(state).set(info["queue"].get(state, 0))
@@ -176,13 +174,11 @@ class _Enroller:
     def current(self) -> Any:
         from ..model.recognizer import faces_module  # here: the web tier loads no model otherwise
 
-        try:
-            return faces_module().Gallery.from_bytes(self.svc.backends.blobs.get(GALLERY_KEY))
-        except BlobNotFound:
-            return faces_module().Gallery()
+        data = self.svc.store.load_gallery()
+        return faces_module().Gallery.from_bytes(data) if data else faces_module().Gallery()
 
     def enrol(self, name: str, items: list[Item]) -> dict[str, Any]:
-        from ..model.recognizer import faces_module, publish_gallery
+        from ..model.recognizer import faces_module
 
         self.svc.check_all(items)
         faces = faces_module()
@@ -196,7 +192,7 @@ class _Enroller:
                 for item in items
             )
             problems = [p for p in found if p]
-            publish_gallery(self.svc.backends.blobs, gallery.to_bytes())
+            self.svc.store.publish_gallery(gallery.to_bytes())
         return {"person": name, "added": len(items), "images": gallery.people().get(name, 0), "problems": problems}
 
 
@@ -224,34 +220,13 @@ class _CountRequests:
             self.metrics.requests.labels(getattr(route, "path", "other"), str(status["code"])).inc()
 
 
-def _status(backends: Backends, rid: str) -> dict[str, Any]:
-    try:
-        return entry(Submitted(rid, "", None), Result.from_json(backends.blobs.get(result_key(rid))))
-    except (BlobNotFound, MessageError):
-        pass
-    try:
-        req = QueuedRequest.from_json(backends.blobs.get(request_key(rid)))
-    except (BlobNotFound, MessageError):
-        raise InputError(404, "not_found", f"no recognition with id {rid}") from None
-    running = any(rid in beat.current for beat in heartbeat.read_all(backends.blobs).values())
-    return {
-        "id": rid,
-        "name": req.name,
-        "status": "running" if running else "queued",
-        "location": f"/v1/recognitions/{rid}",
-    }
-
-
-def _cluster(backends: Backends) -> dict[str, Any]:
-    depth = backends.requests.depth()
-    try:
-        status = json.loads(backends.blobs.get(STATUS_KEY))
-    except BlobNotFound:
-        status = {"workers": [], "decisions": [], "policy": None, "at": None}
+def _cluster(store: Store) -> dict[str, Any]:
+    depth = store.requests.depth()
+    status = {k: v for k, v in store.cluster_status().items() if k != "running"}
     status["queue"] = {
         "visible": depth.visible,
         "in_flight": depth.in_flight,
         "delayed": depth.delayed,
         **{k: v for k, v in status.get("queue", {}).items() if k == "dead_lettered"},
     }
-    return status  # type: ignore[no-any-return]
+    return status

@@ -9,25 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..backends import Backends
-from ..blobs.base import BlobNotFound
 from ..config import Settings
 from ..imaging import ImageError, inspect, looks_complete
-from ..messages import (
-    FACES,
-    GALLERY_VERSION_KEY,
-    MessageError,
-    Request,
-    Result,
-    dedup_key,
-    input_key,
-    request_key,
-    result_key,
-)
+from ..messages import Result
+from ..store import Store
 from .errors import InputError
 
 
@@ -61,77 +49,31 @@ def check(item: Item, settings: Settings) -> None:
 
 
 class Intake:
-    def __init__(self, settings: Settings, backends: Backends, reply_to: str) -> None:
-        self.s, self.b, self.reply_to = settings, backends, reply_to
+    def __init__(self, settings: Settings, store: Store, reply_to: str) -> None:
+        self.s, self.store, self.reply_to = settings, store, reply_to
         self.model = model_key(settings.model)
-        self._gallery_version, self._version_at = "", -1e9
-
-    def new_ids(self, n: int) -> list[str]:
-        return [uuid.uuid4().hex for _ in range(n)]
 
     def submit(self, items: list[Item], ids: list[str], reply: bool = True) -> list[Submitted]:
-        """Store and enqueue `items` under `ids` (blocking I/O: call from a thread)."""
+        """Store the inputs of `items` and enqueue them under `ids` (blocking I/O: call from a
+        thread). Same bytes and model as an earlier request: answered from its result."""
         now = time.time()
         out: list[Submitted] = []
-        bodies: list[str] = []
+        queued = []
         for item, rid in zip(items, ids, strict=True):
             digest = hashlib.sha256(item.data).hexdigest()
-            dedup = dedup_key(self._dedup_model(), digest)
-            cached = self._cached(rid, item.name, dedup, now)
-            if cached is not None:
-                out.append(Submitted(rid, item.name, cached))
-                continue
-            self.b.blobs.put(input_key(digest), item.data, if_absent=True)
-            req = Request(
-                rid,
-                input_key(digest),
-                item.name,
-                self.model,
-                self.reply_to if reply else "",
-                now,
-                dedup,
-                self._gallery_version if self.model == FACES else "",
-            )
-            self.b.blobs.put(request_key(rid), req.to_json().encode())
-            bodies.append(req.to_json())
-            out.append(Submitted(rid, item.name, None))
-        for i in range(0, len(bodies), 10):
-            self.b.requests.send_batch(bodies[i : i + 10])
+            cached = self.store.answer_from_cache(rid=rid, name=item.name, model=self.model, digest=digest, now=now)
+            out.append(Submitted(rid, item.name, cached))
+            if cached is None:
+                self.store.put_input(item.data, digest)
+                queued.append(
+                    self.store.request(
+                        rid=rid,
+                        digest=digest,
+                        name=item.name,
+                        model=self.model,
+                        reply_to=self.reply_to if reply else "",
+                        submitted_at=now,
+                    )
+                )
+        self.store.enqueue(queued)
         return out
-
-    def _dedup_model(self) -> str:
-        """The same bytes get the same answer only from the same model: for faces that includes
-        the gallery's version, which changes whenever someone is enrolled."""
-        if self.model != FACES:
-            return self.model
-        return f"{self.model}-{self._current_gallery_version()}"
-
-    def _current_gallery_version(self) -> str:
-        now = time.monotonic()
-        if now - self._version_at > 1.0:
-            try:
-                self._gallery_version = self.b.blobs.get(GALLERY_VERSION_KEY).decode()
-            except BlobNotFound:
-                self._gallery_version = "none"
-            self._version_at = now
-        return self._gallery_version
-
-    def _cached(self, rid: str, name: str, key: str, now: float) -> Result | None:
-        try:
-            prior = Result.from_json(self.b.blobs.get(key))
-        except (BlobNotFound, MessageError):
-            return None
-        result = Result(
-            rid,
-            name,
-            prior.status,
-            prior.model,
-            prior.label,
-            prior.confidence,
-            prior.top5,
-            timings={"queued": 0.0, "inference": 0.0, "total": round(time.time() - now, 4)},
-            worker=None,
-            cached=True,
-        )
-        self.b.blobs.put(result_key(rid), result.to_json().encode(), if_absent=True)
-        return result

@@ -10,9 +10,9 @@ from typing import Any
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from ..backends import Backends
 from ..config import Settings
 from ..messages import Result
+from ..store import Store
 from .errors import InputError
 from .fetch import Resolver, UrlPolicy, fetch_url
 from .intake import Intake, Item, Submitted, check
@@ -37,21 +37,20 @@ def entry(sub: Submitted, result: Result | None) -> dict[str, Any]:
     location = f"/v1/recognitions/{sub.id}"
     if result is None:
         return {"id": sub.id, "name": sub.name, "status": "queued", "location": location}
-    body: dict[str, Any] = json.loads(result.to_json())
-    body.pop("v", None)
-    return body | {"location": location}
+    return result.as_dict() | {"location": location}
 
 
 @dataclass
 class WebService:
     settings: Settings
-    backends: Backends
+    store: Store
     resolver: Resolver
 
     def __post_init__(self) -> None:
         s = self.settings
-        self.waiter = ReplyWaiter(self.backends)
-        self.intake = Intake(s, self.backends, self.waiter.name)
+        self.waiter = ReplyWaiter(self.store)
+        self.intake = Intake(s, self.store, self.waiter.name)
+        self.store.new_ids(1)  # reads (or makes) the id-signing key now, not on the event loop
         self.metrics = Metrics()
         self.url_policy = UrlPolicy(s.url_allow, s.url_timeout_s, s.max_file_bytes)
 
@@ -100,7 +99,7 @@ class WebService:
         return self.intake.submit(items, ids, reply)
 
     async def submit_and_wait(self, items: list[Item], wait: bool, timeout: float) -> list[dict[str, Any]]:
-        ids = self.intake.new_ids(len(items))
+        ids = self.store.new_ids(len(items))
         futures = {rid: self.waiter.expect(rid) for rid in ids} if wait else {}
         try:
             subs = await run_in_threadpool(self._check_and_submit, items, ids, wait)

@@ -1,0 +1,185 @@
+"""iraas against a plain FastAPI server without a queue, side by side in one run.
+
+    python benchmarks/versus.py [--rounds 3] [--requests 500]
+
+Both serve the same ONNX model with the same preprocessing in 2 model processes: iraas with 2
+always-on workers (`iraas up --min-workers 2 --max-workers 2`), the baseline as
+`uvicorn benchmarks.baseline:app --workers 2`. Rounds are interleaved (baseline, iraas,
+baseline, iraas, ...) and every request is byte-distinct (a unique trailer after the image),
+so no cache answers one. Printed: medians over the rounds and the ratios iraas / baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from iraas.bench import image_files, run_bench  # noqa: E402
+from iraas.loadgen.run import Plan, run  # noqa: E402
+from tests.service import Service, free_port  # noqa: E402
+
+SAMPLE = ROOT.parent / "shared" / "datasets" / "imagenet-sample" / "images"
+_unique = itertools.count()
+
+
+class Baseline:
+    def __init__(self, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log, "ab")  # noqa: SIM115
+        cmd = [sys.executable, "-m", "uvicorn", "benchmarks.baseline:app", "--workers", "2", "--port", str(self.port)]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(self.url + "/docs", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+        self.log.close()
+
+
+def _tree(root: int) -> list[int]:
+    """`root` and every process below it (uvicorn's and iraas's workers are children)."""
+    parents: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(f"/proc/{entry.name}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    out, frontier = [root], [root]
+    while frontier:
+        frontier = [p for p, pp in parents.items() if pp in frontier]
+        out += frontier
+    return out
+
+
+def _cpu_s(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _rss_mb(pids: list[int]) -> float:
+    kb = 0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        kb += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
+    return kb / 1024
+
+
+def _distinct(files: list[Path], n: int, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for f in itertools.islice(itertools.cycle(files), n):
+        target = folder / f"{f.stem}-{next(_unique)}{f.suffix}"
+        target.write_bytes(f.read_bytes() + next(_unique).to_bytes(8, "big"))
+        out.append(target)
+    return out
+
+
+def _measure(url: str, root: int, files: list[Path], n: int, tmp: Path) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for c in (32, 100):
+        batch = _distinct(files, n, tmp / f"c{c}-{next(_unique)}")
+        pids = _tree(root)
+        before = _cpu_s(pids)
+        report = asyncio.run(run(Plan(url, batch, {}, requests=n, concurrency=c, api="v1")))
+        s = report.summary()
+        assert s["answered"] == n, s
+        out[f"c{c}"] = float(s["throughput_per_s"])  # type: ignore[arg-type]
+        if c == 32:
+            out["cpu_ms"] = 1000 * (_cpu_s(pids) - before) / n
+    single = _distinct(files, 50, tmp / f"one-{next(_unique)}")
+    lat = []
+    with httpx.Client() as client:
+        for i, f in enumerate(single):
+            t = time.perf_counter()
+            r = client.post(url + "/v1/recognitions", files={"files": (f.name, f.read_bytes())}, timeout=60)
+            assert r.status_code == 200 and r.json()[0]["status"] == "done", r.text
+            if i >= 10:  # warm-up
+                lat.append(time.perf_counter() - t)
+    out["p50_ms"] = 1000 * statistics.median(lat)
+    out["rss_mb"] = _rss_mb(_tree(root))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--requests", type=int, default=500, help="per throughput run")
+    args = ap.parse_args()
+    files = image_files([SAMPLE])
+    ceiling = run_bench(None, files, batch=8, procs=2).images_per_s
+    print(f"in-process ceiling (iraas bench model, 2 processes): {ceiling:.1f} img/s", flush=True)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        base = Baseline(tmp / "baseline.log")
+        svc = Service(tmp / "iraas", min_workers=2, max_workers=2).start()
+        try:
+            svc.wait_for(lambda: len(svc.worker_pids()) == 2, timeout=60)
+            svc.wait_for(base.ready, timeout=60)
+            assert svc.proc is not None
+            servers: dict[str, tuple[str, Callable[[], int]]] = {
+                "baseline": (base.url, lambda: base.proc.pid),
+                "iraas": (svc.url, lambda: svc.proc.pid),  # type: ignore[union-attr]
+            }
+            rows: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+            for r in range(args.rounds):
+                for name, (url, pid) in servers.items():
+                    m = _measure(url, pid(), files, args.requests, tmp)
+                    rows[name].append(m)
+                    print(f"round {r + 1} {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in m.items()), flush=True)
+        finally:
+            svc.stop()
+            base.stop()
+    _report(rows, ceiling)
+
+
+def _report(rows: dict[str, list[dict[str, float]]], ceiling: float) -> None:
+    med = {name: {k: statistics.median(m[k] for m in ms) for k in ms[0]} for name, ms in rows.items()}
+    b, i = med["baseline"], med["iraas"]
+    print(f"\nmedians over {len(rows['iraas'])} interleaved rounds      baseline      iraas    iraas/baseline")
+    for key, label in (
+        ("c32", "throughput c=32 (img/s)"),
+        ("c100", "throughput c=100 (img/s)"),
+        ("p50_ms", "one at a time, p50 (ms)"),
+        ("cpu_ms", "server CPU per image, c=32 (ms)"),
+        ("rss_mb", "RSS, all server processes (MB)"),
+    ):
+        print(f"{label:<36} {b[key]:>9.1f} {i[key]:>10.1f} {i[key] / b[key]:>12.2f}")
+    print(
+        f"throughput ÷ ceiling: baseline {b['c32'] / ceiling:.2f} / {b['c100'] / ceiling:.2f}, "
+        f"iraas {i['c32'] / ceiling:.2f} / {i['c100'] / ceiling:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

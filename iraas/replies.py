@@ -1,0 +1,149 @@
+"""Reply channels: how a worker hands a result to the web process that waits for it.
+
+A reply is a hint that saves a wait, never the record: the result is stored first (the store
+layer does that), so a reply that cannot be delivered costs only latency. What matters is
+telling "nobody waits there any more" (the web process is gone: drop it) from "try again"
+(raise: the worker keeps the message, whose redelivery replies again from the stored result).
+
+Embedded: one Unix datagram socket per web process — a send is one system call, no SQLite
+transaction per image. AWS: one SQS queue per web process (`<name>-replies-<id>`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import select
+import socket
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
+
+from .queues.base import QueueError
+
+
+class Inbox(Protocol):
+    name: str
+
+    def receive(self, wait_s: float) -> list[str]:
+        """Replies that arrived, waiting up to `wait_s` for the first; [] when none came."""
+        ...
+
+    def close(self) -> None:
+        """Stop receiving; later sends to this inbox return False."""
+        ...
+
+
+class Replies(Protocol):
+    def send(self, to: str, body: str) -> bool:
+        """Deliver `body` to the inbox `to`; False when no such inbox exists (nobody waits).
+        Raises OSError or QueueError when the inbox exists but the reply could not be handed
+        over (a full buffer, a throttled API): the caller may try again later."""
+        ...
+
+    def inbox(self, name: str) -> Inbox:
+        """Open the inbox `name` for this process."""
+        ...
+
+
+# -- embedded: Unix datagram sockets -------------------------------------------------------
+
+_MAX_DATAGRAM = 256 * 1024
+
+
+class SocketReplies:
+    """Inboxes are sockets in a directory derived from the data directory (under the temp
+    directory: socket paths are limited to ~100 bytes)."""
+
+    def __init__(self, data_dir: Path, send_timeout_s: float = 5.0) -> None:
+        digest = hashlib.sha1(str(Path(data_dir).resolve()).encode()).hexdigest()[:16]
+        self.dir = Path(tempfile.gettempdir()) / f"iraas-replies-{digest}"
+        self.send_timeout_s = send_timeout_s
+
+    def _path(self, name: str) -> str:
+        if not name.replace("-", "").isalnum():
+            raise ValueError(f"bad inbox name {name!r}")
+        return str(self.dir / name)
+
+    def send(self, to: str, body: str) -> bool:
+        # A socket per send (microseconds): nothing to close, nothing to cross a fork().
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as out:
+            out.settimeout(self.send_timeout_s)  # a full inbox blocks the sender, this long at most
+            try:
+                out.sendto(body.encode(), self._path(to))
+            except (FileNotFoundError, ConnectionRefusedError):
+                return False  # no such inbox, or its process died without unlinking it
+        return True
+
+    def inbox(self, name: str) -> SocketInbox:
+        self.dir.mkdir(mode=0o700, exist_ok=True)
+        return SocketInbox(name, self._path(name))
+
+
+class SocketInbox:
+    def __init__(self, name: str, path: str) -> None:
+        self.name, self._path = name, path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        self._sock.bind(path)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        self._sock.setblocking(False)
+
+    def receive(self, wait_s: float) -> list[str]:
+        ready, _, _ = select.select([self._sock], [], [], max(wait_s, 0.0))
+        out: list[str] = []
+        if not ready:
+            return out
+        with contextlib.suppress(BlockingIOError):
+            while len(out) < 1000:
+                out.append(self._sock.recv(_MAX_DATAGRAM).decode())
+        return out
+
+    def close(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path)
+        self._sock.close()
+
+
+# -- AWS: one SQS queue per web process ------------------------------------------------------
+
+
+class SqsReplies:
+    def __init__(self, client: Any, prefix: str) -> None:
+        self.client, self.prefix = client, prefix
+        self._find = lru_cache(maxsize=64)(self._queue)
+
+    def _queue(self, name: str, create: bool = False) -> Any:
+        from .queues.sqs import SqsQueue
+
+        return SqsQueue(self.client, f"{self.prefix}-{name}", create=create)
+
+    def send(self, to: str, body: str) -> bool:
+        try:
+            queue = self._find(to)
+        except QueueError:
+            return False  # the web process stopped and its queue was deleted
+        queue.send(body)
+        return True
+
+    def inbox(self, name: str) -> SqsInbox:
+        return SqsInbox(name, self._queue(name, create=True))
+
+
+class SqsInbox:
+    def __init__(self, name: str, queue: Any) -> None:
+        self.name, self._queue = name, queue
+
+    def receive(self, wait_s: float) -> list[str]:
+        msgs = self._queue.receive(10, wait_s=wait_s, visibility_s=30)
+        if msgs:
+            self._queue.delete_batch([m.receipt for m in msgs])
+        return [m.body for m in msgs]
+
+    def close(self) -> None:
+        # Purged, not deleted: SQS forbids re-creating a deleted name for 60 s, and
+        # `iraas aws destroy` deletes every reply queue of the deployment.
+        self._queue.purge()

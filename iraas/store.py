@@ -1,0 +1,258 @@
+"""The store layer: every key and the whole life of a request, over a queue and a blob store.
+
+Web tier, worker and controller call these verbs and never format a key or parse a stored
+result themselves (dramatiq's results backend is the model: the lifecycle written once).
+
+    inputs/<sha256>            the image bytes, content-addressed (many requests share one)
+    results/<id>.json          the final Result: the first write wins, every reader sees it
+    dedup/<model>/<sha256>.json the answer for the same bytes later
+    heartbeats/<worker>.json   each worker's state (not fsynced: a lost beat is the next one)
+    cluster/status.json        what the controller saw and did, ids in hand included
+    gallery/faces.npz, .version the face gallery and its version
+    config/id-key              the key that signs request ids
+
+A request id is 16 bytes, 32 hex digits: issue time (4), random (6), HMAC (6). The signature
+lets any web process tell an id it issued (queued, running or done) from one it never did
+(404) without a request record written per image; the time lets it expire.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from .blobs.base import BlobNotFound, BlobStore
+from .heartbeat import Heartbeat
+from .messages import FACES, MessageError, Request, Result
+from .queues.base import Queue
+from .queues.group import GroupSender
+from .replies import Inbox, Replies
+
+log = logging.getLogger(__name__)
+
+_HEARTBEATS = "heartbeats/"
+_STATUS = "cluster/status.json"
+_GALLERY = "gallery/faces.npz"
+_GALLERY_VERSION = "gallery/faces.version"
+_ID_KEY = "config/id-key"
+
+
+def _result_key(rid: str) -> str:
+    return f"results/{rid}.json"
+
+
+class Store:
+    def __init__(
+        self,
+        *,
+        requests: Queue,
+        blobs: BlobStore,
+        replies: Replies,
+        clock: Callable[[], float] = time.time,
+        status_ttl_s: float = 0.25,
+    ) -> None:
+        self.requests, self.blobs, self.replies, self.clock = requests, blobs, replies, clock
+        self.status_ttl_s = status_ttl_s
+        self._sender = GroupSender(requests)
+        self._id_key: bytes | None = None
+        self._status: tuple[float, dict[str, Any]] | None = None
+        self._gallery_version: tuple[float, str] | None = None
+        self._lock = threading.Lock()
+
+    # -- request ids -------------------------------------------------------------------------
+
+    def _key(self) -> bytes:
+        if self._id_key is None:
+            fresh = secrets.token_bytes(32)
+            # Every web process must sign with the same key: the first one written wins.
+            if not self.blobs.put(_ID_KEY, fresh, if_absent=True):
+                fresh = self.blobs.get(_ID_KEY)
+            self._id_key = fresh
+        return self._id_key
+
+    def new_ids(self, n: int) -> list[str]:
+        stamp = int(self.clock()).to_bytes(4, "big")
+        out = []
+        for _ in range(n):
+            body = stamp + secrets.token_bytes(6)
+            out.append((body + hmac.new(self._key(), body, hashlib.sha256).digest()[:6]).hex())
+        return out
+
+    def issued_at(self, rid: str) -> float | None:
+        """When this deployment issued `rid`, or None if it never did."""
+        try:
+            raw = bytes.fromhex(rid)
+        except ValueError:
+            return None
+        if len(raw) != 16:
+            return None
+        mac = hmac.new(self._key(), raw[:10], hashlib.sha256).digest()[:6]
+        return float(int.from_bytes(raw[:4], "big")) if hmac.compare_digest(mac, raw[10:]) else None
+
+    # -- intake (web tier) -------------------------------------------------------------------
+
+    def put_input(self, data: bytes, digest: str) -> None:
+        """Store the image bytes (whose SHA-256 is `digest`) once, whoever sends them."""
+        self.blobs.put(f"inputs/{digest}", data, if_absent=True)
+
+    def request(
+        self, *, rid: str, digest: str, name: str, model: str, reply_to: str, submitted_at: float, dedup: bool = True
+    ) -> Request:
+        version = self.model_version(model)
+        return Request(
+            id=rid,
+            input_key=f"inputs/{digest}",
+            name=name,
+            model=model,
+            reply_to=reply_to,
+            submitted_at=submitted_at,
+            dedup=self._dedup_key(model, version, digest) if dedup else "",
+            model_version=version,
+        )
+
+    def enqueue(self, reqs: list[Request]) -> None:
+        """Send the requests, sharing queue calls with other threads sending at the same time."""
+        self._sender.send([r.to_json() for r in reqs])
+
+    def answer_from_cache(self, *, rid: str, name: str, model: str, digest: str, now: float) -> Result | None:
+        """The stored answer for the same bytes and model, published as `rid`'s result."""
+        prior = self._load(self._dedup_key(model, self.model_version(model), digest))
+        if prior is None:
+            return None
+        result = replace(
+            prior,
+            id=rid,
+            name=name,
+            timings={"queued": 0.0, "inference": 0.0, "total": round(self.clock() - now, 4)},
+            worker=None,
+            cached=True,
+        )
+        return self.publish_result(result)
+
+    @staticmethod
+    def _dedup_key(model: str, version: str, digest: str) -> str:
+        return f"dedup/{model}-{version}/{digest}.json" if version else f"dedup/{model}/{digest}.json"
+
+    def model_version(self, model: str) -> str:
+        """The part of a model's identity that changes while it serves: the face gallery.
+        Cached for a second (enrolments reach answers within about that)."""
+        if model != FACES:
+            return ""
+        now = time.monotonic()
+        cached = self._gallery_version
+        if cached is None or now - cached[0] > 1.0:
+            cached = (now, self.gallery_version() or "none")
+            self._gallery_version = cached
+        return cached[1]
+
+    # -- results -----------------------------------------------------------------------------
+
+    def load_input(self, req: Request) -> bytes | None:
+        try:
+            return self.blobs.get(req.input_key)
+        except BlobNotFound:
+            return None
+
+    def load_result(self, rid: str) -> Result | None:
+        return self._load(_result_key(rid))
+
+    def _load(self, key: str) -> Result | None:
+        try:
+            return Result.from_json(self.blobs.get(key))
+        except BlobNotFound:
+            return None
+        except MessageError:
+            log.error("unreadable result at %s: treated as absent", key)
+            return None
+
+    def publish_result(self, result: Result) -> Result:
+        """Store the final result unless one exists; returns the one that stands."""
+        key = _result_key(result.id)
+        if self.blobs.put(key, result.encoded.encode(), if_absent=True):
+            return result
+        return self._load(key) or result
+
+    def remember(self, req: Request, result: Result) -> None:
+        """The answer for the same bytes later (an optimisation: after the reply)."""
+        if req.dedup and result.status == "done":
+            self.blobs.put(req.dedup, result.encoded.encode(), if_absent=True)
+
+    def reply(self, to: str, result: Result) -> bool:
+        """Hand `result` to the web process that waits; False if none does any more."""
+        return bool(to) and self.replies.send(to, result.encoded)
+
+    def inbox(self, name: str) -> Inbox:
+        return self.replies.inbox(name)
+
+    def status(self, rid: str) -> dict[str, Any] | None:
+        """`rid`'s result, or where it is ("queued" | "running"); None if never issued."""
+        result = self.load_result(rid)
+        if result is not None:
+            return result.as_dict()
+        if self.issued_at(rid) is None:
+            return None
+        running = rid in self.cluster_status().get("running", ())
+        return {"id": rid, "status": "running" if running else "queued"}
+
+    # -- heartbeats and cluster status -------------------------------------------------------
+
+    def write_heartbeat(self, beat: Heartbeat) -> None:
+        self.blobs.put(_HEARTBEATS + beat.worker + ".json", beat.to_json(), durable=False)
+
+    def heartbeats(self) -> dict[str, Heartbeat]:
+        beats = {}
+        for key in self.blobs.list(_HEARTBEATS):
+            try:
+                beat = Heartbeat.from_json(self.blobs.get(key))
+            except (BlobNotFound, ValueError, TypeError):
+                continue  # deleted meanwhile, or half a format change: the next tick sees it
+            beats[beat.worker] = beat
+        return beats
+
+    def remove_heartbeat(self, worker: str) -> None:
+        self.blobs.delete(_HEARTBEATS + worker + ".json")
+
+    def publish_status(self, status: dict[str, Any]) -> None:
+        self.blobs.put(_STATUS, json.dumps(status).encode(), durable=False)
+
+    def cluster_status(self) -> dict[str, Any]:
+        """The controller's last published view, re-read at most every `status_ttl_s`."""
+        now = time.monotonic()
+        with self._lock:
+            if self._status is not None and now - self._status[0] < self.status_ttl_s:
+                return self._status[1]
+        try:
+            status: dict[str, Any] = json.loads(self.blobs.get(_STATUS))
+        except BlobNotFound:
+            status = {"workers": [], "decisions": [], "policy": None, "at": None, "running": []}
+        with self._lock:
+            self._status = (now, status)
+        return status
+
+    # -- face gallery ------------------------------------------------------------------------
+
+    def publish_gallery(self, data: bytes) -> None:
+        """Store a gallery for the workers; they reload it when the version changes."""
+        self.blobs.put(_GALLERY, data)
+        self.blobs.put(_GALLERY_VERSION, str(time.time_ns()).encode())
+        self._gallery_version = None
+
+    def gallery_version(self) -> str:
+        try:
+            return self.blobs.get(_GALLERY_VERSION).decode()
+        except BlobNotFound:
+            return ""
+
+    def load_gallery(self) -> bytes | None:
+        try:
+            return self.blobs.get(_GALLERY)
+        except BlobNotFound:
+            return None

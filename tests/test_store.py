@@ -1,0 +1,89 @@
+"""The store layer's own promises: signed ids, group-committed sends, reply channels."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from iraas.backends import embedded
+from iraas.config import Settings
+from iraas.queues.group import GroupSender
+from iraas.queues.sqlite import SqliteQueue
+from iraas.replies import SocketReplies
+
+
+def test_ids_are_recognised_by_every_process_of_the_deployment_and_carry_their_time(tmp_path: Path) -> None:
+    one, two = embedded(Settings(data_dir=tmp_path)), embedded(Settings(data_dir=tmp_path))
+    ids = one.new_ids(100)
+    assert len(set(ids)) == 100 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    at = two.issued_at(ids[0])  # another process, the same key from the store
+    assert at is not None and abs(at - one.clock()) < 2
+    other = embedded(Settings(data_dir=tmp_path / "elsewhere"))
+    assert other.issued_at(ids[0]) is None  # another deployment's key
+    assert two.issued_at("0" * 32) is None and two.issued_at("xyz") is None
+
+
+class _CountingQueue(SqliteQueue):
+    calls = 0
+
+    def send_batch(self, bodies: Sequence[str]) -> list[str]:
+        self.calls += 1
+        return super().send_batch(bodies)
+
+
+def test_concurrent_sends_share_queue_calls_and_each_message_is_sent_once(tmp_path: Path) -> None:
+    queue = _CountingQueue(tmp_path / "q.db", "requests")
+    sender = GroupSender(queue)
+    barrier = threading.Barrier(32)
+
+    def send(i: int) -> None:
+        barrier.wait()
+        assert len(sender.send([f"m{i}"])) == 1
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    got = []
+    while msgs := queue.receive(10):
+        got += [m.body for m in msgs]
+        queue.delete_batch([m.receipt for m in msgs])
+    assert sorted(got) == sorted(f"m{i}" for i in range(32))
+    assert queue.calls < 32  # shared: one call carried several senders' messages
+
+
+def test_a_failed_group_send_fails_its_senders(tmp_path: Path) -> None:
+    queue = SqliteQueue(tmp_path / "q.db", "requests")
+    sender = GroupSender(queue)
+    try:
+        sender.send(["x" * 300_000])  # over the message size limit
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("the send should have failed")
+    assert queue.depth().visible == 0
+
+
+def test_socket_replies_reach_an_open_inbox_and_say_when_nobody_listens(tmp_path: Path) -> None:
+    replies = SocketReplies(tmp_path)
+    assert replies.send("nobody", "{}") is False
+    inbox = replies.inbox("web1")
+    got: list[str] = []
+
+    def receive() -> None:
+        while len(got) < 200 and (batch := inbox.receive(5.0)):
+            got.extend(batch)
+
+    receiver = threading.Thread(target=receive)
+    receiver.start()
+    try:
+        # more than the kernel queues for one socket (net.unix.max_dgram_qlen): senders wait
+        assert all(replies.send("web1", f'{{"n":{i}}}') for i in range(200))
+        receiver.join()
+        assert got == [f'{{"n":{i}}}' for i in range(200)]
+        assert inbox.receive(0.05) == []
+    finally:
+        inbox.close()
+    assert replies.send("web1", "{}") is False  # closed: nobody waits there any more

@@ -1,0 +1,182 @@
+"""The web tier in process: Starlette's TestClient over `create_app` with the embedded store,
+no worker. What the web tier alone decides — refusals, ids, status, 202s, cache answers,
+operational routes — is checked here, and that a refused request stored and queued nothing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from iraas.backends import embedded
+from iraas.config import Settings
+from iraas.heartbeat import Heartbeat
+from iraas.messages import Result
+from iraas.store import Store
+from iraas.web.app import create_app
+
+from .conftest import IMAGENET
+from .images import png_bomb
+from .imageserver import image_server
+
+PHOTOS = sorted((IMAGENET / "images").iterdir())
+JPEG = PHOTOS[0].read_bytes()
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+MAX_FILE = 1_000_000
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return embedded(_settings(tmp_path))
+
+
+def _settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path, max_file_bytes=MAX_FILE, max_files=20, url_allow=("localhost",))
+
+
+@pytest.fixture
+def client(tmp_path: Path, store: Store) -> Iterator[TestClient]:
+    with TestClient(create_app(_settings(tmp_path), store)) as c:
+        yield c
+
+
+def _nothing_stored_or_queued(store: Store) -> None:
+    assert store.requests.depth().backlog == 0
+    assert store.blobs.list("inputs/") == []
+    assert store.blobs.list("results/") == []
+
+
+@pytest.mark.parametrize(
+    ("files", "status", "code"),
+    [
+        ([("big.jpg", JPEG + b"\0" * MAX_FILE)], 413, "too_large"),
+        ([(f"f{i}.jpg", JPEG) for i in range(21)], 413, "too_many_files"),
+        ([("page.jpg", b"<!doctype html><html></html>")], 415, "unsupported_format"),
+        ([("noise.jpg", bytes(range(256)) * 8)], 415, "not_an_image"),
+        ([("doc.eps", EPS)], 415, "unsupported_format"),
+        ([("cut.jpg", JPEG[: len(JPEG) // 2])], 422, "truncated"),
+        ([("bomb.png", png_bomb())], 422, "too_many_pixels"),
+        ([("empty.jpg", b"")], 400, "empty"),
+        ([("ok.jpg", JPEG), ("bad.jpg", b"GIF89a-not-really")], 415, "not_an_image"),
+    ],
+    ids=["too-large", "too-many", "html", "random", "eps", "truncated", "bomb", "empty", "one-bad-of-two"],
+)
+def test_bad_uploads(client: TestClient, store: Store, files: list[tuple[str, bytes]], status: int, code: str) -> None:
+    resp = client.post("/v1/recognitions", files=[("files", f) for f in files])
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert body["error"] == code and body["detail"]
+    if code != "too_many_files":
+        assert body["file"] == files[-1][0]
+    _nothing_stored_or_queued(store)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"files": [("wrong", ("a.jpg", JPEG))]}, 400, "missing_field"),
+        ({"json": {"nothing": 1}}, 400, "missing_field"),
+        ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "bad_json"),
+        ({"json": {"url": "ftp://example.com/a.jpg"}}, 400, "bad_url"),
+        ({"json": {"url": "http://localhost:1/a.jpg"}}, 422, "unreachable_url"),
+        ({"content": b"raw", "headers": {"content-type": "image/jpeg"}}, 415, "bad_content_type"),
+    ],
+    ids=["missing-field", "missing-url", "bad-json", "bad-url", "unreachable", "not-multipart"],
+)
+def test_bad_requests(client: TestClient, store: Store, kwargs: dict[str, object], status: int, code: str) -> None:
+    resp = client.post("/v1/recognitions", **kwargs)  # type: ignore[arg-type]
+    assert resp.status_code == status, resp.text
+    assert resp.json()["error"] == code
+    _nothing_stored_or_queued(store)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://127.0.0.1:{port}/{name}",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::ffff:127.0.0.1]:{port}/{name}",
+        "http://localhost:{port}/redirect?to=http://127.0.0.1:{port}/{name}",
+    ],
+    ids=["loopback", "metadata", "ipv4-mapped", "redirect-to-loopback"],
+)
+def test_ssrf_refusals(client: TestClient, store: Store, target: str) -> None:
+    with image_server(IMAGENET / "images") as port:
+        url = target.format(port=port, name=PHOTOS[0].name)
+        resp = client.post("/v1/recognitions", json={"url": url})
+    assert resp.status_code == 403, resp.text
+    assert resp.json()["error"] == "refused_address"
+    _nothing_stored_or_queued(store)
+
+
+def test_async_submit_is_queued_once_and_its_status_follows_the_store(client: TestClient, store: Store) -> None:
+    resp = client.post("/v1/recognitions?wait=false", files=[("files", ("a.jpg", JPEG)), ("files", ("b.jpg", JPEG))])
+    assert resp.status_code == 202
+    entries = resp.json()
+    assert [e["status"] for e in entries] == ["queued", "queued"]
+    assert store.requests.depth().visible == 2
+    assert len(store.blobs.list("inputs/")) == 1  # the same bytes are stored once
+    first, second = (e["id"] for e in entries)
+    assert client.get(f"/v1/recognitions/{first}").json()["status"] == "queued"
+    # a worker holds it: the controller's published view says so
+    beat = Heartbeat(worker="w", pid=1, state="busy", at=time.time(), started_at=0.0, current=[first])
+    store.publish_status({"workers": [], "decisions": [], "running": [beat.current[0]]})
+    time.sleep(store.status_ttl_s)
+    assert client.get(f"/v1/recognitions/{first}").json()["status"] == "running"
+    done = Result(id=second, name="b.jpg", status="done", model="efficientnet-lite0", label="tench", confidence=0.9)
+    store.publish_result(done)
+    got = client.get(f"/v1/recognitions/{second}").json()
+    assert (got["status"], got["label"], got["location"]) == ("done", "tench", f"/v1/recognitions/{second}")
+
+
+def test_ids_this_deployment_never_issued_are_404_and_malformed_ones_400(client: TestClient, store: Store) -> None:
+    (real,) = store.new_ids(1)
+    forged = real[:-1] + ("0" if real[-1] != "0" else "1")
+    for rid in ("0" * 32, forged):
+        resp = client.get(f"/v1/recognitions/{rid}")
+        assert resp.status_code == 404 and resp.json()["error"] == "not_found"
+    assert client.get(f"/v1/recognitions/{real}").json()["status"] == "queued"
+    assert client.get("/v1/recognitions/nope").status_code == 400
+
+
+def test_the_same_image_is_answered_from_the_stored_answer_without_queueing(client: TestClient, store: Store) -> None:
+    import hashlib
+
+    (rid,) = store.new_ids(1)
+    digest = hashlib.sha256(JPEG).hexdigest()
+    req = store.request(
+        rid=rid, digest=digest, name="a.jpg", model="efficientnet-lite0", reply_to="", submitted_at=time.time()
+    )
+    answer = Result(id=rid, name="a.jpg", status="done", model="efficientnet-lite0", label="tench", confidence=0.8)
+    store.remember(req, answer)
+    resp = client.post("/v1/recognitions", files=[("files", ("again.jpg", JPEG))])
+    (entry,) = resp.json()
+    assert (entry["status"], entry["label"], entry["cached"], entry["name"]) == ("done", "tench", True, "again.jpg")
+    assert entry["id"] != rid and store.requests.depth().backlog == 0
+    assert client.get(entry["location"]).json()["label"] == "tench"
+
+
+def test_a_sync_request_with_no_answer_in_time_says_where_to_look(client: TestClient, store: Store) -> None:
+    resp = client.post("/v1/recognitions?timeout=0.2", files=[("files", ("a.jpg", JPEG))])
+    (entry,) = resp.json()
+    assert entry["status"] == "queued" and client.get(entry["location"]).json()["status"] == "queued"
+    assert client.post("/v1/recognitions?timeout=soon", files=[("files", ("a.jpg", JPEG))]).status_code == 400
+
+
+def test_operational_endpoints(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json()["status"] == "ready"
+    assert "/v1/recognitions" in client.get("/openapi.json").json()["paths"]
+    assert client.get("/docs").status_code == 200
+    client.post("/v1/recognitions", files=[("files", ("x.jpg", b""))])
+    metrics = client.get("/metrics").text
+    for name in ("iraas_http_requests_total", "iraas_queue_depth", "iraas_workers", "iraas_dedup_hits_total"):
+        assert name in metrics, name
+    assert 'route="/v1/recognitions",status="400"' in metrics
+    cluster = client.get("/v1/cluster").json()
+    assert set(cluster["queue"]) >= {"visible", "in_flight"} and "running" not in cluster
+    page = client.get("/").text
+    assert "<input" in page and "/v1/recognitions" in page
