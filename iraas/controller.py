@@ -27,7 +27,12 @@ log = logging.getLogger(__name__)
 
 
 def policy_from(settings: Settings) -> Policy:
-    return Policy(settings.min_workers, settings.max_workers, settings.target_per_worker, settings.scale_in_after_s)
+    return Policy(
+        min_workers=settings.min_workers,
+        max_workers=settings.max_workers,
+        target_per_worker=settings.target_per_worker,
+        scale_in_after_s=settings.scale_in_after_s,
+    )
 
 
 class Controller:
@@ -55,7 +60,7 @@ class Controller:
         live = [i for i in listed if i.state != "stopping"]
         active = self._replace_stale(live, beats, now)
         busy = [i for i in active if i.id in beats and beats[i.id].state == "busy"]
-        obs = Observation(depth.backlog, len(active), len(busy), self._recent_work(beats))
+        obs = Observation(backlog=depth.backlog, workers=len(active), busy=len(busy), recent=self._recent_work(beats))
         decision, self.state = decide(obs, self.policy, self.state, now)
         changed = self._apply(decision, active, beats) or len(active) != len(live)
         self._record(decision, obs, now)

@@ -100,8 +100,11 @@ class Store:
     # -- intake (web tier) -------------------------------------------------------------------
 
     def put_input(self, data: bytes, digest: str) -> None:
-        """Store the image bytes (whose SHA-256 is `digest`) once, whoever sends them."""
-        self.blobs.put(f"inputs/{digest}", data, if_absent=True)
+        """Store the image bytes (whose SHA-256 is `digest`) once, whoever sends them. Not
+        fsynced, like the queue's own commits (SQLite synchronous=NORMAL): both survive any
+        process crash; a power cut may cost the last moments, and a request that outlives its
+        input is answered `failed: input_missing`, never lost."""
+        self.blobs.put(f"inputs/{digest}", data, if_absent=True, durable=False)
 
     def request(
         self, *, rid: str, digest: str, name: str, model: str, reply_to: str, submitted_at: float, dedup: bool = True
@@ -183,7 +186,7 @@ class Store:
     def remember(self, req: Request, result: Result) -> None:
         """The answer for the same bytes later (an optimisation: after the reply)."""
         if req.dedup and result.status == "done":
-            self.blobs.put(req.dedup, result.encoded.encode(), if_absent=True)
+            self.blobs.put(req.dedup, result.encoded.encode(), if_absent=True, durable=False)
 
     def reply(self, to: str, result: Result) -> bool:
         """Hand `result` to the web process that waits; False if none does any more."""

@@ -58,6 +58,8 @@ class Worker:
         self.state = "starting"
         self.current: list[str] = []
         self._stop = threading.Event()
+        self._closed = threading.Event()  # the loop has ended (a stop still finishes its batch)
+        self._held: list[str] = []  # receipts of the batch in hand, kept hidden while it runs
         self._count_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="fetch")
 
@@ -71,6 +73,8 @@ class Worker:
         """Until stopped; `burst`: until the queue is empty; `max_idle_s`: until idle that long."""
         beat = threading.Thread(target=self._beat_loop, daemon=True, name="heartbeat")
         beat.start()
+        # One thread for the worker's life, not one per batch (a thread start costs ~0.1 ms).
+        threading.Thread(target=self._extend_loop, daemon=True, name="visibility").start()
         idle_since = time.monotonic()
         try:
             while not self._stop.is_set():
@@ -82,6 +86,7 @@ class Worker:
         finally:
             self.state = "stopping"
             self._stop.set()
+            self._closed.set()
             beat.join(timeout=5)
             self.store.remove_heartbeat(self.id)
             self._pool.shutdown()
@@ -104,12 +109,11 @@ class Worker:
         # Heartbeats report this state on their own period: a beat forced per batch would cost
         # two writes an image under light load, for a "running" that lasts ~15 ms.
         self.state, self.current = "busy", [j.req.id for j in jobs]
-        extender = _VisibilityExtender(self, [m.receipt for m in msgs])
+        self._held = [m.receipt for m in msgs]
         try:
             self._process(jobs)
         finally:
-            extender.stop()
-            self.current = []
+            self._held, self.current = [], []
         kept = {j.msg.receipt for j in jobs if not self._reply(j)}
         done = [m.receipt for m in msgs if m.receipt not in kept]
         if done:
@@ -139,7 +143,8 @@ class Worker:
                 job.result = self.store.load_result(job.req.id)
             if job.result is None:
                 todo.append(job)
-        for job, data in zip(todo, self._pool.map(self._fetch, todo), strict=True):
+        fetched = [self._fetch(todo[0])] if len(todo) == 1 else self._pool.map(self._fetch, todo)
+        for job, data in zip(todo, fetched, strict=True):
             job.data = data
         runnable = [j for j in todo if j.data is not None]
         t0 = self.clock()
@@ -151,7 +156,10 @@ class Worker:
             if job.result is None:
                 job.result = self._failure(job.req, "input_missing", "the uploaded image is no longer stored")
         # In parallel: each write waits on its own fsync, and the GIL is free meanwhile.
-        list(self._pool.map(self._store, todo))
+        if len(todo) == 1:
+            self._store(todo[0])  # a trip through the pool costs more than it saves
+        else:
+            list(self._pool.map(self._store, todo))
 
     def _fetch(self, job: _Job) -> bytes | None:
         return self.store.load_input(job.req)
@@ -231,27 +239,15 @@ class Worker:
         except BlobError:
             log.warning("heartbeat write failed", exc_info=True)
 
+    def _extend_loop(self) -> None:
+        """Keeps the batch in hand hidden however long inference takes: every third of the
+        visibility timeout, its messages get a full timeout again."""
+        vis = self.s.visibility_s
+        while not self._closed.wait(max(vis / 3, 0.5)):
+            for receipt in self._held:
+                self.store.requests.change_visibility(receipt, vis)
+
     def _beat_loop(self) -> None:
         self._write_beat()
         while not self._stop.wait(self.s.heartbeat_s):
             self._write_beat()
-
-
-class _VisibilityExtender:
-    """Keeps a batch's messages hidden while it is worked on, however long inference takes."""
-
-    def __init__(self, worker: Worker, receipts: list[str]) -> None:
-        self._done = threading.Event()
-        self._w, self._receipts = worker, receipts
-        self._t = threading.Thread(target=self._loop, daemon=True, name="visibility")
-        self._t.start()
-
-    def _loop(self) -> None:
-        vis = self._w.s.visibility_s
-        while not self._done.wait(max(vis / 3, 0.5)):
-            for r in self._receipts:
-                self._w.store.requests.change_visibility(r, vis)
-
-    def stop(self) -> None:
-        self._done.set()
-        self._t.join()

@@ -141,3 +141,31 @@ def test_exits_by_itself_after_max_idle(store: Store, classifier: Classifier, tm
     w.run(max_idle_s=1.0)
     assert 1.0 <= time.monotonic() - start < 10
     assert store.heartbeats() == {}  # it says goodbye
+
+
+class _Slow:
+    """The real classifier, taking 2.5 s a batch (a big model on a slow machine)."""
+
+    def __init__(self, inner: Classifier) -> None:
+        self.inner, self.spec, self.times, self.name, self.version = inner, inner.spec, inner.times, "slow", ""
+
+    def classify(self, images: Any, top_k: int = 5) -> Any:
+        time.sleep(2.5)
+        return self.inner.classify(images, top_k)
+
+
+def test_a_batch_longer_than_the_visibility_timeout_stays_hidden(
+    store: Store, classifier: Classifier, tmp_path: Path
+) -> None:
+    import threading
+
+    rid = _submit(store, TENCH, reply_to="")
+    w = Worker(store, _Slow(classifier), Settings(data_dir=tmp_path, heartbeat_s=0.2, visibility_s=1), "w-slow")
+    runner = threading.Thread(target=w.run, kwargs={"burst": True})
+    runner.start()
+    time.sleep(1.8)  # past the 1 s timeout: without extension the message would be visible again
+    assert store.requests.receive(1, wait_s=0) == []
+    runner.join()
+    result = store.load_result(rid)
+    assert result is not None and result.label == "tench"
+    assert store.requests.depth().backlog == 0

@@ -15,9 +15,7 @@ from pathlib import Path
 
 from platformdirs import user_cache_dir
 
-from .efficientnet import build_onnx
 from .spec import ModelSpec, SpecError, load_spec, read_labels
-from .weights import load_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +58,10 @@ def _build_cached(name: str, weights: Path, size: int, digest: str) -> Path:
     if target.is_file():
         return target
     log.info("building %s from %s (first start only)", target.name, weights)
+    # Imported here: only a cache miss builds a graph, and `onnx` costs a worker ~20 MB of RSS.
+    from .efficientnet import build_onnx
+    from .weights import load_state_dict
+
     model = build_onnx(load_state_dict(weights), size, name)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Several workers may build at once on first start: write aside, then rename atomically.
@@ -76,7 +78,16 @@ def builtin_spec(name: str) -> ModelSpec:
     digest = _sha256(weights)
     path = _build_cached(name, weights, size, digest)
     scale, offset = (1 / 128.0,) * 3, (-127 / 128.0,) * 3  # (x - 127) / 128, as the model was trained
-    return ModelSpec(name, path, read_labels(_LABELS), size, round(size / 0.875), scale, offset, weights_sha256=digest)
+    return ModelSpec(
+        name=name,
+        onnx_path=path,
+        labels=read_labels(_LABELS),
+        input_size=size,
+        resize=round(size / 0.875),
+        scale=scale,
+        offset=offset,
+        weights_sha256=digest,
+    )
 
 
 def resolve_model(model: str | None) -> ModelSpec:

@@ -146,7 +146,7 @@ class Classifier:
             t_prep += t2 - t1
             tops = iter(self._top(probs, top_k))
             results = [next(tops) if isinstance(r, Prediction) else r for r in results]
-        self.times.add(StageTimes(t_decode, t_prep, t_infer, len(images), 1))
+        self.times.add(StageTimes(decode=t_decode, preprocess=t_prep, inference=t_infer, images=len(images), batches=1))
         return results
 
     def predict(self, images: Sequence[bytes], top_k: int = 5) -> list[Prediction]:

@@ -199,7 +199,10 @@ class FaceRecognizer:
         embs = iter(self.embedder.embed(aligned)) if aligned else iter(())
         result = [self._answer(gallery, next(embs), top_k) if isinstance(r, Prediction) else r for r in out]
         # stages: decode; detection + alignment (as "preprocess"); embedding (as "inference")
-        self.times.add(StageTimes(t1 - t0 - detect, detect, time.perf_counter() - t1, len(images), 1))
+        embed = time.perf_counter() - t1
+        self.times.add(
+            StageTimes(decode=t1 - t0 - detect, preprocess=detect, inference=embed, images=len(images), batches=1)
+        )
         return result
 
     def _answer(self, gallery: Gallery, emb: Array, top_k: int) -> Prediction:

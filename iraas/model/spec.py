@@ -93,4 +93,14 @@ def load_spec(path: str | Path) -> ModelSpec:
         raise SpecError(f"{path}: ONNX file {onnx_path} not found")
     labels = read_labels((path.parent / str(raw["labels"])).resolve())
     name = str(raw.get("name", path.stem))
-    return ModelSpec(name, onnx_path, labels, size, resize, scale, offset, order, layout)
+    return ModelSpec(
+        name=name,
+        onnx_path=onnx_path,
+        labels=labels,
+        input_size=size,
+        resize=resize,
+        scale=scale,
+        offset=offset,
+        channel_order=order,
+        layout=layout,
+    )

@@ -179,7 +179,7 @@ class SqliteQueue:
                         "UPDATE messages SET receipt = ?, receive_count = ?, visible_at = ? WHERE id = ?",
                         (receipt, count + 1, now + visibility_s, msg_id),
                     )
-                    out.append(Message(msg_id, body, receipt, count + 1, sent_at))
+                    out.append(Message(id=msg_id, body=body, receipt=receipt, receive_count=count + 1, sent_at=sent_at))
         if moved and self._dlq is not None:
             log.info(
                 "moved %d message(s) from %s to %s after %s receives",

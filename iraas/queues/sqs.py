@@ -104,11 +104,11 @@ class SqsQueue:
         )
         return [
             Message(
-                m["MessageId"],
-                m["Body"],
-                m["ReceiptHandle"],
-                int(m["Attributes"]["ApproximateReceiveCount"]),
-                int(m["Attributes"]["SentTimestamp"]) / 1000.0,
+                id=m["MessageId"],
+                body=m["Body"],
+                receipt=m["ReceiptHandle"],
+                receive_count=int(m["Attributes"]["ApproximateReceiveCount"]),
+                sent_at=int(m["Attributes"]["SentTimestamp"]) / 1000.0,
             )
             for m in resp.get("Messages", [])
         ]
