@@ -40,6 +40,8 @@ bench: install-test
 	$(BIN)/python benchmarks/decode.py
 	$(BIN)/python benchmarks/queue_sqlite.py
 	$(BIN)/python benchmarks/service.py --plot docs/spike.png
+	$(BIN)/python benchmarks/versus.py
+	$(BIN)/python benchmarks/trips.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
