@@ -39,6 +39,8 @@ class Request(_Json):
     submitted_at: float
     dedup: str = ""  # blob key for the answer to the same bytes later ("" = none); the web decides
     model_version: str = ""  # faces: the gallery version that key is for
+    task: str = "recognize"  # recognize | enroll (faces: add the image to the gallery as `person`)
+    person: str = ""
     v: int = VERSION
 
 

@@ -8,7 +8,9 @@ result themselves (dramatiq's results backend is the model: the lifecycle writte
     dedup/<model>/<sha256>.json the answer for the same bytes later
     heartbeats/<worker>.json   each worker's state (not fsynced: a lost beat is the next one)
     cluster/status.json        what the controller saw and did, ids in hand included
-    gallery/faces.npz, .version the face gallery and its version
+    gallery/faces.npz, .version the face gallery (from --gallery) and its version
+    gallery/enrolments/<id>.npz each photo enrolled through the API: kept apart, so that a restart
+                               or two enrolments at once lose none
     config/id-key              the key that signs request ids
 
 A request id is 16 bytes, 32 hex digits: issue time (4), random (6), HMAC (6). The signature
@@ -42,6 +44,7 @@ _HEARTBEATS = "heartbeats/"
 _STATUS = "cluster/status.json"
 _GALLERY = "gallery/faces.npz"
 _GALLERY_VERSION = "gallery/faces.version"
+_ENROLMENTS = "gallery/enrolments/"
 _ID_KEY = "config/id-key"
 
 
@@ -107,9 +110,19 @@ class Store:
         self.blobs.put(f"inputs/{digest}", data, if_absent=True, durable=False)
 
     def request(
-        self, *, rid: str, digest: str, name: str, model: str, reply_to: str, submitted_at: float, dedup: bool = True
+        self,
+        *,
+        rid: str,
+        digest: str,
+        name: str,
+        model: str,
+        reply_to: str,
+        submitted_at: float,
+        task: str = "recognize",
+        person: str = "",
     ) -> Request:
         version = self.model_version(model)
+        dedup = task == "recognize"
         return Request(
             id=rid,
             input_key=f"inputs/{digest}",
@@ -119,6 +132,8 @@ class Store:
             submitted_at=submitted_at,
             dedup=self._dedup_key(model, version, digest) if dedup else "",
             model_version=version,
+            task=task,
+            person=person,
         )
 
     def enqueue(self, reqs: list[Request]) -> None:
@@ -243,9 +258,19 @@ class Store:
     # -- face gallery ------------------------------------------------------------------------
 
     def publish_gallery(self, data: bytes) -> None:
-        """Store a gallery for the workers; they reload it when the version changes."""
+        """Store the base gallery (`--gallery`) for the workers; enrolments stay beside it."""
         self.blobs.put(_GALLERY, data)
-        self.blobs.put(_GALLERY_VERSION, str(time.time_ns()).encode())
+        self._bump_gallery()
+
+    def add_enrolment(self, rid: str, data: bytes) -> None:
+        """One enrolled photo (a one-row gallery), kept under its request id: first write wins."""
+        self.blobs.put(f"{_ENROLMENTS}{rid}.npz", data, if_absent=True)
+        self._bump_gallery()
+
+    def _bump_gallery(self) -> None:
+        # Workers reload when the version changes; a lost race between two writers still
+        # changes it, and a reload reads every part, whoever wrote the version.
+        self.blobs.put(_GALLERY_VERSION, f"{time.time_ns()}-{secrets.token_hex(4)}".encode())
         self._gallery_version = None
 
     def gallery_version(self) -> str:
@@ -254,8 +279,13 @@ class Store:
         except BlobNotFound:
             return ""
 
-    def load_gallery(self) -> bytes | None:
-        try:
-            return self.blobs.get(_GALLERY)
-        except BlobNotFound:
-            return None
+    def load_gallery(self) -> list[bytes]:
+        """The base gallery, then every enrolment in the order they were issued; [] if none."""
+        keys = ([_GALLERY] if self.blobs.exists(_GALLERY) else []) + self.blobs.list(_ENROLMENTS)
+        parts = []
+        for key in keys:
+            try:
+                parts.append(self.blobs.get(key))
+            except BlobNotFound:
+                continue
+        return parts

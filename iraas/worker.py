@@ -25,6 +25,7 @@ from .imaging import ImageError
 from .messages import MessageError, Request, Result
 from .model.classifier import Prediction
 from .model.recognizer import Recognizer
+from .model.spec import SpecError
 from .queues.base import Message
 from .store import Store
 
@@ -146,7 +147,10 @@ class Worker:
         fetched = [self._fetch(todo[0])] if len(todo) == 1 else self._pool.map(self._fetch, todo)
         for job, data in zip(todo, fetched, strict=True):
             job.data = data
-        runnable = [j for j in todo if j.data is not None]
+        for job in todo:
+            if job.req.task == "enroll" and job.data is not None:
+                job.result = self._enroll(job.req, job.data)
+        runnable = [j for j in todo if j.data is not None and j.result is None]
         t0 = self.clock()
         outcomes = self.clf.classify([j.data or b"" for j in runnable]) if runnable else []
         per_image = (self.clock() - t0) / max(len(runnable), 1)
@@ -183,6 +187,27 @@ class Worker:
             label=outcome.label,
             confidence=round(outcome.probability, 6),
             top5=top5,
+            timings=timings,
+            worker=self.id,
+        )
+
+    def _enroll(self, req: Request, data: bytes) -> Result:
+        """Faces: add the photo to the gallery as `req.person`; the answer says what was added."""
+        timings = {"total": round(self.clock() - req.submitted_at, 4)}
+        try:
+            part, problem = self.clf.enroll(req.person, data, f"{req.person}/{req.name}")
+        except ImageError as err:
+            return self._failure(req, err.code, err.reason, timings)
+        except SpecError as err:
+            return self._failure(req, "not_supported", str(err), timings)
+        self.store.add_enrolment(req.id, part)
+        return Result(
+            id=req.id,
+            name=req.name,
+            status="done",
+            model=req.model,
+            label=req.person,
+            reason=problem,
             timings=timings,
             worker=self.id,
         )

@@ -87,3 +87,16 @@ def test_socket_replies_reach_an_open_inbox_and_say_when_nobody_listens(tmp_path
     finally:
         inbox.close()
     assert replies.send("web1", "{}") is False  # closed: nobody waits there any more
+
+
+def test_enrolments_are_kept_apart_from_the_base_gallery(tmp_path: Path) -> None:
+    web1, web2 = embedded(Settings(data_dir=tmp_path)), embedded(Settings(data_dir=tmp_path))
+    web1.publish_gallery(b"base")
+    v0 = web1.gallery_version()
+    (a,), (b,) = web1.new_ids(1), web2.new_ids(1)
+    web1.add_enrolment(a, b"alice")
+    web2.add_enrolment(b, b"bob")  # another process at the same time: both kept
+    assert web1.gallery_version() != v0
+    assert sorted(web1.load_gallery()) == [b"alice", b"base", b"bob"]
+    web2.publish_gallery(b"base again")  # a restart with the same --gallery
+    assert sorted(web2.load_gallery()) == [b"alice", b"base again", b"bob"]

@@ -12,7 +12,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from ..imaging import DEFAULT_MAX_PIXELS, ImageError, decode
-from .spec import ModelSpec
+from .spec import ModelSpec, SpecError
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,9 @@ class Classifier:
     @property
     def version(self) -> str:
         return ""  # the weights never change under a running classifier
+
+    def enroll(self, person: str, image: bytes, source: str) -> tuple[bytes, str | None]:
+        raise SpecError(f"model {self.spec.name} has no gallery to enrol {person} into")
 
     def logits(self, tensor: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         out = self._session.run(None, {self._input: tensor})[0]

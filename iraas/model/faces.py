@@ -151,6 +151,17 @@ class Gallery:
         return buf.getvalue()
 
     @classmethod
+    def merged(cls, parts: Sequence[bytes]) -> Gallery:
+        """One gallery from the base and the enrolments the store keeps apart."""
+        out = cls()
+        for part in parts:
+            g = cls.from_bytes(part)
+            out.names += g.names
+            out.sources += g.sources
+            out.embeddings = np.vstack([out.embeddings, g.embeddings])
+        return out
+
+    @classmethod
     def from_bytes(cls, data: bytes) -> Gallery:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             sha = str(z["model_sha256"])
@@ -205,6 +216,13 @@ class FaceRecognizer:
         )
         return result
 
+    def enroll(self, person: str, image: bytes, source: str) -> tuple[bytes, str | None]:
+        """`image` as a one-row gallery of `person`, and a problem worth reporting (no face, or
+        several); raises ImageError for an image it cannot read."""
+        one = Gallery()
+        problem = enroll_image(one, self.embedder, person, image, source, self.max_pixels, strict=True)
+        return one.to_bytes(), problem
+
     def _answer(self, gallery: Gallery, emb: Array, top_k: int) -> Prediction:
         ranked = gallery.ranked(emb)[: max(top_k, 2)]
         labels = [Label(name, gallery.names.index(name), max(sim, 0.0)) for name, sim in ranked]
@@ -221,12 +239,21 @@ class _FaceSpec:
 
 
 def enroll_image(
-    gallery: Gallery, embedder: FaceEmbedder, name: str, data: bytes, source: str, max_pixels: int = DEFAULT_MAX_PIXELS
+    gallery: Gallery,
+    embedder: FaceEmbedder,
+    name: str,
+    data: bytes,
+    source: str,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    strict: bool = False,
 ) -> str | None:
-    """Add one photo of `name`; returns a problem to report, or None."""
+    """Add one photo of `name`; returns a problem to report, or None. `strict`: an image that
+    cannot be read raises its ImageError instead of being reported."""
     try:
         rgb = np.asarray(decode(data, min_side=MIN_DETECT_SIDE, max_pixels=max_pixels))
     except ImageError as err:
+        if strict:
+            raise
         return f"{source}: {err.reason}"
     faces = embedder.detect(rgb)
     (emb,) = embedder.embed([embedder.align(rgb, faces[0] if faces else None)])

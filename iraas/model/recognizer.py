@@ -44,6 +44,11 @@ class Recognizer(Protocol):
     @property
     def version(self) -> str: ...
 
+    def enroll(self, person: str, image: bytes, source: str) -> tuple[bytes, str | None]:
+        """Faces: `image` as a one-row gallery of `person`, and a problem worth reporting.
+        Raises ImageError for an unreadable image, SpecError for a model with no gallery."""
+        ...
+
     def classify(self, images: Sequence[bytes], top_k: int = 5) -> list[Prediction | ImageError]: ...
 
 
@@ -83,7 +88,7 @@ def gallery_from_path(path: str | Path) -> object:
 class _GalleryStore(Protocol):
     def gallery_version(self) -> str: ...
 
-    def load_gallery(self) -> bytes | None: ...
+    def load_gallery(self) -> list[bytes]: ...
 
 
 class BlobGallery:
@@ -106,9 +111,9 @@ class BlobGallery:
             self._checked = now
             version = self.store.gallery_version()
             if version and (version != self.version or self._gallery is None):
-                data = self.store.load_gallery()
-                if data is not None:
-                    self._gallery, self.version = Gallery.from_bytes(data), version
+                parts = self.store.load_gallery()
+                if parts:
+                    self._gallery, self.version = Gallery.merged(parts), version
             if self._gallery is None:
                 raise SpecError("no gallery has been published: start with --gallery")
             return self._gallery

@@ -21,7 +21,6 @@ from ..messages import FACES
 from ..store import Store
 from .errors import InputError
 from .fetch import Resolver, system_resolver
-from .intake import Item
 from .metrics import Metrics
 from .service import WebService
 
@@ -146,12 +145,17 @@ def _operations_routes(app: FastAPI, svc: WebService) -> None:
 
 
 def _gallery_routes(app: FastAPI, svc: WebService) -> None:
-    """Model "faces": the people a running service knows, and adding photos of someone."""
-    enroller = _Enroller(svc)
+    """Model "faces": the people a running service knows, and adding photos of someone. The
+    web tier runs no face model: enrolment is a job for the workers, like recognition."""
+
+    def current() -> Any:
+        from ..model.recognizer import faces_module  # the gallery format only (numpy)
+
+        return faces_module().Gallery.merged(svc.store.load_gallery())
 
     @app.get("/v1/gallery", summary="People enrolled, with their number of photos")
     async def people() -> JSONResponse:
-        gallery = await run_in_threadpool(enroller.current)
+        gallery = await run_in_threadpool(current)
         return JSONResponse({"people": gallery.people(), "images": len(gallery.names)})
 
     @app.post("/v1/gallery/{name}", summary="Add photos (multipart `files`) of a person")
@@ -159,41 +163,14 @@ def _gallery_routes(app: FastAPI, svc: WebService) -> None:
         if not re.fullmatch(r"[\w .'-]{1,64}", name):
             raise InputError(400, "bad_name", "a name is 1-64 letters, digits, spaces, . ' - or _")
         items = await svc.gather(request, ("files",))
-        return JSONResponse(await run_in_threadpool(enroller.enrol, name, items))
-
-
-class _Enroller:
-    """Adds people to the published gallery; one enrolment at a time (OpenCV nets are not
-    thread-safe), the models loaded on first use."""
-
-    def __init__(self, svc: WebService) -> None:
-        self.svc = svc
-        self._lock = threading.Lock()
-        self._embedder: Any = None
-
-    def current(self) -> Any:
-        from ..model.recognizer import faces_module  # here: the web tier loads no model otherwise
-
-        data = self.svc.store.load_gallery()
-        return faces_module().Gallery.from_bytes(data) if data else faces_module().Gallery()
-
-    def enrol(self, name: str, items: list[Item]) -> dict[str, Any]:
-        from ..model.recognizer import faces_module
-
-        self.svc.check_all(items)
-        faces = faces_module()
-        with self._lock:
-            self._embedder = self._embedder or faces.FaceEmbedder()
-            gallery = self.current()
-            found = (
-                faces.enroll_image(
-                    gallery, self._embedder, name, item.data, f"{name}/{item.name}", self.svc.settings.max_pixels
-                )
-                for item in items
-            )
-            problems = [p for p in found if p]
-            self.svc.store.publish_gallery(gallery.to_bytes())
-        return {"person": name, "added": len(items), "images": gallery.people().get(name, 0), "problems": problems}
+        entries = await svc.submit_and_wait(items, True, svc.timeout(request), task="enroll", person=name)
+        done = [e for e in entries if e["status"] == "done"]
+        problems = [e["reason"] for e in done if e.get("reason")]
+        problems += [f"{e['name']}: {e.get('reason')}" for e in entries if e["status"] == "failed"]
+        pending = [e["id"] for e in entries if e["status"] not in ("done", "failed")]
+        gallery = await run_in_threadpool(current)
+        body = {"person": name, "added": len(done), "images": gallery.people().get(name, 0), "problems": problems}
+        return JSONResponse(body | {"pending": pending}, status_code=202 if pending else 200)
 
 
 class _CountRequests:

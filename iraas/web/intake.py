@@ -53,15 +53,19 @@ class Intake:
         self.s, self.store, self.reply_to = settings, store, reply_to
         self.model = model_key(settings.model)
 
-    def submit(self, items: list[Item], ids: list[str], reply: bool = True) -> list[Submitted]:
+    def submit(
+        self, items: list[Item], ids: list[str], reply: bool = True, task: str = "recognize", person: str = ""
+    ) -> list[Submitted]:
         """Store the inputs of `items` and enqueue them under `ids` (blocking I/O: call from a
-        thread). Same bytes and model as an earlier request: answered from its result."""
+        thread). Same bytes and model as an earlier recognition: answered from its result."""
         now = time.time()
         out: list[Submitted] = []
         queued = []
         for item, rid in zip(items, ids, strict=True):
             digest = hashlib.sha256(item.data).hexdigest()
-            cached = self.store.answer_from_cache(rid=rid, name=item.name, model=self.model, digest=digest, now=now)
+            cached = None
+            if task == "recognize":
+                cached = self.store.answer_from_cache(rid=rid, name=item.name, model=self.model, digest=digest, now=now)
             out.append(Submitted(rid, item.name, cached))
             if cached is None:
                 self.store.put_input(item.data, digest)
@@ -73,6 +77,8 @@ class Intake:
                         model=self.model,
                         reply_to=self.reply_to if reply else "",
                         submitted_at=now,
+                        task=task,
+                        person=person,
                     )
                 )
         self.store.enqueue(queued)

@@ -94,15 +94,21 @@ class WebService:
             body = errors[0].body() | {"errors": [e.body() for e in errors]}
             raise Refused(errors[0].status, body)
 
-    def _check_and_submit(self, items: list[Item], ids: list[str], reply: bool) -> list[Submitted]:
+    def _check_and_submit(
+        self, items: list[Item], ids: list[str], reply: bool, task: str, person: str
+    ) -> list[Submitted]:
         self.check_all(items)  # one trip to the thread pool for both: each trip costs
-        return self.intake.submit(items, ids, reply)
+        return self.intake.submit(items, ids, reply, task, person)
 
-    async def submit_and_wait(self, items: list[Item], wait: bool, timeout: float) -> list[dict[str, Any]]:
+    async def submit_and_wait(
+        self, items: list[Item], wait: bool, timeout: float, task: str = "recognize", person: str = ""
+    ) -> list[dict[str, Any]]:
+        """Queue `items` for the workers (`task` "enroll": faces, add them as `person`) and
+        wait up to `timeout` for the answers; unanswered ones say where to look later."""
         ids = self.store.new_ids(len(items))
         futures = {rid: self.waiter.expect(rid) for rid in ids} if wait else {}
         try:
-            subs = await run_in_threadpool(self._check_and_submit, items, ids, wait)
+            subs = await run_in_threadpool(self._check_and_submit, items, ids, wait, task, person)
         except BaseException:
             for rid in ids:
                 self.waiter.forget(rid)
