@@ -55,8 +55,9 @@ def _check_all_answered(results: list[dict[str, object]], files: list[Path], cla
 def _burst_signalling_a_busy_worker(
     tmp_path: Path, files: list[Path], sig: int, visibility_s: int, classifier: Classifier
 ) -> tuple[list[dict[str, object]], int]:
-    """A burst of one request per file; once a worker holds messages, send it `sig`."""
-    svc = Service(tmp_path / "data", max_workers=2, visibility_s=visibility_s, batch_size=4, heartbeat_s=0.2).start()
+    """A burst of one request per file; once a worker holds messages, send it `sig`. Heartbeats
+    every 50 ms: they sample the state, and a burst keeps a worker busy for well under a second."""
+    svc = Service(tmp_path / "data", max_workers=2, visibility_s=visibility_s, batch_size=4, heartbeat_s=0.05).start()
     signalled: list[int] = []
 
     def signal_one(s: Service) -> None:
@@ -74,13 +75,13 @@ def _burst_signalling_a_busy_worker(
 
 
 def test_kill_9_a_worker_holding_messages_loses_nothing(tmp_path: Path, classifier: Classifier) -> None:
-    results, _ = _burst_signalling_a_busy_worker(tmp_path, PHOTOS[100:140], signal.SIGKILL, 3, classifier)
+    results, _ = _burst_signalling_a_busy_worker(tmp_path, PHOTOS[100:180], signal.SIGKILL, 3, classifier)
     redelivered = [r for r in results if r["timings"]["queued"] > 2]  # type: ignore[index]
     assert redelivered, "the killed worker's messages should have come back after the visibility timeout"
 
 
 def test_sigterm_during_a_burst_finishes_what_it_holds(tmp_path: Path, classifier: Classifier) -> None:
-    results, _ = _burst_signalling_a_busy_worker(tmp_path, PHOTOS[200:230], signal.SIGTERM, 30, classifier)
+    results, _ = _burst_signalling_a_busy_worker(tmp_path, PHOTOS[200:280], signal.SIGTERM, 30, classifier)
     # with a 30 s visibility timeout, nothing waited for a redelivery: the batch was finished
     assert max(r["timings"]["total"] for r in results) < 30  # type: ignore[index]
 
