@@ -66,6 +66,7 @@ def test_worker_role_is_least_privilege(template: dict[str, Any]) -> None:
         "s3:GetObject",
         "s3:PutObject",
         "s3:DeleteObject",
+        "s3:ListBucket",
     }
     statements = _statements(template, "WorkerRole")
     for stmt in statements:
@@ -75,7 +76,15 @@ def test_worker_role_is_least_privilege(template: dict[str, Any]) -> None:
     assert by_sid["TakeRequests"]["Resource"] == {"Fn::GetAtt": ["RequestsQueue", "Arn"]}
     assert by_sid["SendReplies"]["Resource"]["Fn::Sub"].endswith(":${DeploymentName}-replies-*")
     puts = [r["Fn::Sub"] for r in by_sid["WriteResultsAndHeartbeats"]["Resource"]]
-    assert puts == ["${Bucket.Arn}/results/*", "${Bucket.Arn}/dedup/*", "${Bucket.Arn}/heartbeats/*"]
+    assert puts == [
+        "${Bucket.Arn}/results/*",
+        "${Bucket.Arn}/dedup/*",
+        "${Bucket.Arn}/heartbeats/*",
+        "${Bucket.Arn}/gallery/enrolments/*",  # faces: enrolment is a worker job
+        "${Bucket.Arn}/gallery/faces.version",
+    ]
+    # listing only the enrolments (a face worker merges them into the gallery)
+    assert by_sid["ListEnrolments"]["Condition"] == {"StringLike": {"s3:prefix": "gallery/enrolments/*"}}
     assert by_sid["RemoveOwnHeartbeat"]["Resource"]["Fn::Sub"] == "${Bucket.Arn}/heartbeats/*"
 
 
