@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -147,14 +146,11 @@ def main() -> None:
             svc.wait_for(lambda: len(svc.worker_pids()) == 2, timeout=60)
             svc.wait_for(base.ready, timeout=60)
             assert svc.proc is not None
-            servers: dict[str, tuple[str, Callable[[], int]]] = {
-                "baseline": (base.url, lambda: base.proc.pid),
-                "iraas": (svc.url, lambda: svc.proc.pid),  # type: ignore[union-attr]
-            }
+            servers = {"baseline": (base.url, base.proc.pid), "iraas": (svc.url, svc.proc.pid)}
             rows: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
             for r in range(args.rounds):
                 for name, (url, pid) in servers.items():
-                    m = _measure(url, pid(), files, args.requests, tmp)
+                    m = _measure(url, pid, files, args.requests, tmp)
                     rows[name].append(m)
                     print(f"round {r + 1} {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in m.items()), flush=True)
         finally:

@@ -67,7 +67,7 @@ class Store:
         self._sender = GroupSender(requests)
         self._id_key: bytes | None = None
         self._status: tuple[float, dict[str, Any]] | None = None
-        self._gallery_version: tuple[float, str] | None = None
+        self._version_cache: tuple[float, str] | None = None  # (monotonic time read, version)
         self._lock = threading.Lock()
 
     # -- request ids -------------------------------------------------------------------------
@@ -165,10 +165,10 @@ class Store:
         if model != FACES:
             return ""
         now = time.monotonic()
-        cached = self._gallery_version
+        cached = self._version_cache
         if cached is None or now - cached[0] > 1.0:
             cached = (now, self.gallery_version() or "none")
-            self._gallery_version = cached
+            self._version_cache = cached
         return cached[1]
 
     # -- results -----------------------------------------------------------------------------
@@ -271,7 +271,7 @@ class Store:
         # Workers reload when the version changes; a lost race between two writers still
         # changes it, and a reload reads every part, whoever wrote the version.
         self.blobs.put(_GALLERY_VERSION, f"{time.time_ns()}-{secrets.token_hex(4)}".encode())
-        self._gallery_version = None
+        self._version_cache = None
 
     def gallery_version(self) -> str:
         try:
@@ -281,9 +281,9 @@ class Store:
 
     def load_gallery(self) -> list[bytes]:
         """The base gallery, then every enrolment in the order they were issued; [] if none."""
-        keys = ([_GALLERY] if self.blobs.exists(_GALLERY) else []) + self.blobs.list(_ENROLMENTS)
         parts = []
-        for key in keys:
+        # No exists() first: a get of a missing base is the same one trip.
+        for key in [_GALLERY, *self.blobs.list(_ENROLMENTS)]:
             try:
                 parts.append(self.blobs.get(key))
             except BlobNotFound:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .blobs.base import BlobError
 from .config import Settings
@@ -30,6 +31,7 @@ from .queues.base import Message
 from .store import Store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -144,8 +146,7 @@ class Worker:
                 job.result = self.store.load_result(job.req.id)
             if job.result is None:
                 todo.append(job)
-        fetched = [self._fetch(todo[0])] if len(todo) == 1 else self._pool.map(self._fetch, todo)
-        for job, data in zip(todo, fetched, strict=True):
+        for job, data in zip(todo, self._each(self._fetch, todo), strict=True):
             job.data = data
         for job in todo:
             if job.req.task == "enroll" and job.data is not None:
@@ -159,11 +160,12 @@ class Worker:
         for job in todo:
             if job.result is None:
                 job.result = self._failure(job.req, "input_missing", "the uploaded image is no longer stored")
-        # In parallel: each write waits on its own fsync, and the GIL is free meanwhile.
-        if len(todo) == 1:
-            self._store(todo[0])  # a trip through the pool costs more than it saves
-        else:
-            list(self._pool.map(self._store, todo))
+        self._each(self._store, todo)  # each write waits on its own fsync: in parallel
+
+    def _each(self, fn: Callable[[_Job], T], jobs: list[_Job]) -> list[T]:
+        """`fn` over the jobs, in parallel on the I/O pool when there are several (the GIL is
+        free while they wait on storage); one runs inline: a pool trip costs more than it saves."""
+        return [fn(jobs[0])] if len(jobs) == 1 else list(self._pool.map(fn, jobs))
 
     def _fetch(self, job: _Job) -> bytes | None:
         return self.store.load_input(job.req)

@@ -169,6 +169,22 @@ def test_status_is_published_with_decisions(setup: tuple[Store, FakeFleet, Clock
     assert dataclasses.asdict(ctl.policy) == status["policy"]
 
 
+def test_ids_in_workers_hands_are_published_for_status_queries(
+    setup: tuple[Store, FakeFleet, Clock, Controller],
+) -> None:
+    b, fleet, clock, ctl = setup
+    b.requests.send(_request("1" * 32))
+    ctl.tick()
+    (wid,) = fleet.instances
+    beat = Heartbeat(worker=wid, pid=1, state="busy", at=clock.now, started_at=0.0, current=["1" * 32, "2" * 32])
+    b.write_heartbeat(beat)
+    ctl.tick()
+    assert Store(requests=b.requests, blobs=b.blobs, replies=b.replies).cluster_status()["running"] == [
+        "1" * 32,
+        "2" * 32,
+    ]
+
+
 def test_finished_work_keeps_a_worker_while_the_queue_is_empty(
     setup: tuple[Store, FakeFleet, Clock, Controller],
 ) -> None:

@@ -13,7 +13,6 @@ from fastapi.testclient import TestClient
 
 from iraas.backends import embedded
 from iraas.config import Settings
-from iraas.heartbeat import Heartbeat
 from iraas.messages import Result
 from iraas.store import Store
 from iraas.web.app import create_app
@@ -122,8 +121,7 @@ def test_async_submit_is_queued_once_and_its_status_follows_the_store(client: Te
     first, second = (e["id"] for e in entries)
     assert client.get(f"/v1/recognitions/{first}").json()["status"] == "queued"
     # a worker holds it: the controller's published view says so
-    beat = Heartbeat(worker="w", pid=1, state="busy", at=time.time(), started_at=0.0, current=[first])
-    store.publish_status({"workers": [], "decisions": [], "running": [beat.current[0]]})
+    store.publish_status({"workers": [], "decisions": [], "running": [first]})
     time.sleep(store.status_ttl_s)
     assert client.get(f"/v1/recognitions/{first}").json()["status"] == "running"
     done = Result(id=second, name="b.jpg", status="done", model="efficientnet-lite0", label="tench", confidence=0.9)

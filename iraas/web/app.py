@@ -22,7 +22,7 @@ from ..store import Store
 from .errors import InputError
 from .fetch import Resolver, system_resolver
 from .metrics import Metrics
-from .service import WebService
+from .service import WebService, location
 
 log = logging.getLogger(__name__)
 _ID = re.compile(r"^[0-9a-f]{32}$")
@@ -90,7 +90,7 @@ def _recognition_routes(app: FastAPI, svc: WebService) -> None:
         status = await run_in_threadpool(svc.store.status, rid)
         if status is None:
             raise InputError(404, "not_found", f"no recognition with id {rid}")
-        return JSONResponse(status | {"location": f"/v1/recognitions/{rid}"})
+        return JSONResponse(status | {"location": location(rid)})
 
     @app.post(
         "/",

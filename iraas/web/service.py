@@ -32,12 +32,17 @@ class Refused(InputError):
         return self._body
 
 
+def location(rid: str) -> str:
+    """Where a client asks for one image's status and result."""
+    return f"/v1/recognitions/{rid}"
+
+
 def entry(sub: Submitted, result: Result | None) -> dict[str, Any]:
     """One image in an answer: its result, or where to ask for it later."""
-    location = f"/v1/recognitions/{sub.id}"
+    where = location(sub.id)
     if result is None:
-        return {"id": sub.id, "name": sub.name, "status": "queued", "location": location}
-    return result.as_dict() | {"location": location}
+        return {"id": sub.id, "name": sub.name, "status": "queued", "location": where}
+    return result.as_dict() | {"location": where}
 
 
 @dataclass
