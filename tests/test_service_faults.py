@@ -12,6 +12,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from iraas.model.classifier import Classifier
+from iraas.queues.sqlite import SqliteQueue
 
 from .conftest import IMAGENET
 from .service import Service, alive
@@ -34,15 +35,16 @@ def _burst(svc: Service, files: list[Path], during: object) -> list[dict[str, ob
         return [f.result() for f in futures]
 
 
-def _busy_worker(svc: Service) -> int:
-    def find() -> int | None:
-        for beat_file in (svc.data_dir / "blobs" / "heartbeats").glob("*.json"):
-            text = beat_file.read_text()
-            if '"busy"' in text and '"current": []' not in text:
-                return svc.worker_pids()[beat_file.stem]
-        return None
+def _workers_holding_messages(svc: Service) -> list[int]:
+    """Every worker's pid, once the queue has messages in flight: whichever holds them is
+    among these (a heartbeat samples "busy" too late to pick one mid-batch reliably)."""
+    queue = SqliteQueue(svc.data_dir / "queue.db", "requests")
 
-    return int(svc.wait_for(find, timeout=60, every=0.02))
+    def find() -> list[int] | None:
+        pids = list(svc.worker_pids().values())
+        return pids if pids and queue.depth().in_flight > 0 else None
+
+    return list(svc.wait_for(find, timeout=60, every=0.01))
 
 
 def _check_all_answered(results: list[dict[str, object]], files: list[Path], classifier: Classifier) -> None:
@@ -52,36 +54,35 @@ def _check_all_answered(results: list[dict[str, object]], files: list[Path], cla
     assert len({r["id"] for r in results}) == len(files)
 
 
-def _burst_signalling_a_busy_worker(
+def _burst_signalling_busy_workers(
     tmp_path: Path, files: list[Path], sig: int, visibility_s: int, classifier: Classifier
-) -> tuple[list[dict[str, object]], int]:
-    """A burst of one request per file; once a worker holds messages, send it `sig`. Heartbeats
-    every 50 ms: they sample the state, and a burst keeps a worker busy for well under a second."""
-    svc = Service(tmp_path / "data", max_workers=2, visibility_s=visibility_s, batch_size=4, heartbeat_s=0.05).start()
+) -> tuple[list[dict[str, object]], list[int]]:
+    """A burst of one request per file; once workers hold messages, send each of them `sig`."""
+    svc = Service(tmp_path / "data", max_workers=2, visibility_s=visibility_s, batch_size=4, heartbeat_s=0.2).start()
     signalled: list[int] = []
 
-    def signal_one(s: Service) -> None:
-        pid = _busy_worker(s)
-        os.kill(pid, sig)
-        signalled.append(pid)
+    def signal_workers(s: Service) -> None:
+        for pid in _workers_holding_messages(s):
+            os.kill(pid, sig)
+            signalled.append(pid)
 
     try:
-        results = _burst(svc, files, signal_one)
+        results = _burst(svc, files, signal_workers)
         _check_all_answered(results, files, classifier)
-        svc.wait_for(lambda: not alive(signalled[0]), timeout=30)
+        svc.wait_for(lambda: not any(alive(p) for p in signalled), timeout=30)
     finally:
         svc.stop()
-    return results, signalled[0]
+    return results, signalled
 
 
 def test_kill_9_a_worker_holding_messages_loses_nothing(tmp_path: Path, classifier: Classifier) -> None:
-    results, _ = _burst_signalling_a_busy_worker(tmp_path, PHOTOS[100:180], signal.SIGKILL, 3, classifier)
+    results, _ = _burst_signalling_busy_workers(tmp_path, PHOTOS[100:180], signal.SIGKILL, 3, classifier)
     redelivered = [r for r in results if r["timings"]["queued"] > 2]  # type: ignore[index]
     assert redelivered, "the killed worker's messages should have come back after the visibility timeout"
 
 
 def test_sigterm_during_a_burst_finishes_what_it_holds(tmp_path: Path, classifier: Classifier) -> None:
-    results, _ = _burst_signalling_a_busy_worker(tmp_path, PHOTOS[200:280], signal.SIGTERM, 30, classifier)
+    results, _ = _burst_signalling_busy_workers(tmp_path, PHOTOS[200:280], signal.SIGTERM, 30, classifier)
     # with a 30 s visibility timeout, nothing waited for a redelivery: the batch was finished
     assert max(r["timings"]["total"] for r in results) < 30  # type: ignore[index]
 
