@@ -78,3 +78,18 @@ def test_zip_format_is_named(tmp_path: Path) -> None:
     torch.save({"w": torch.ones(2)}, path)
     with pytest.raises(WeightsError, match="zip"):
         load_state_dict(path)
+
+
+def test_a_hostile_file_cannot_change_how_later_files_load(tmp_path: Path) -> None:
+    # GLOBAL torch.FloatStorage, then BUILD {"dtype": "garbage"} on whatever that returned,
+    # hand-assembled: no pickler would write it.
+    hostile = b"ctorch\nFloatStorage\n}X\x05\x00\x00\x00dtypeX\x07\x00\x00\x00garbagesb."
+    evil, good = tmp_path / "evil.pth", tmp_path / "good.pth"
+    with open(evil, "wb") as f:
+        for part in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}):
+            pickle.dump(part, f, protocol=2)
+        f.write(hostile)
+    _legacy_save({"w": torch.ones(3)}, good)
+    with pytest.raises(WeightsError):
+        load_state_dict(evil)
+    np.testing.assert_array_equal(load_state_dict(good)["w"], np.ones(3, dtype=np.float32))

@@ -9,6 +9,7 @@ dict needs and refuses every other one, so a tampered model file can never run c
 from __future__ import annotations
 
 import collections
+import functools
 import io
 import pickle
 import struct
@@ -86,12 +87,23 @@ def _ordered_dict(*args: Any) -> collections.OrderedDict[Any, Any]:
     return collections.OrderedDict(*args)
 
 
-_ALLOWED: dict[tuple[str, str], Any] = {
+_FUNCTIONS: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): _ordered_dict,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    **{("torch", name): _StorageType(dtype) for name, dtype in _STORAGE_DTYPES.items()},
 }
+
+
+def _allowed(module: str, name: str) -> Any:
+    """A *fresh* object for each global the file names: pickle's BUILD opcode can set
+    attributes on whatever a GLOBAL returned (even a frozen dataclass, through its __dict__),
+    so a shared object would let one hostile file break every later load in the process."""
+    if module == "torch" and name in _STORAGE_DTYPES:
+        return _StorageType(_STORAGE_DTYPES[name])
+    fn = _FUNCTIONS.get((module, name))
+    if fn is None:
+        raise WeightsError(f"weights file refers to {module}.{name}, which is not allowed")
+    return functools.partial(fn)
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -100,10 +112,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self._storages = storages
 
     def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED[(module, name)]
-        except KeyError:
-            raise WeightsError(f"weights file refers to {module}.{name}, which is not allowed") from None
+        return _allowed(module, name)
 
     def persistent_load(self, pid: Any) -> Any:
         if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
