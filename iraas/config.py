@@ -7,7 +7,10 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .imaging import Limits
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ class Settings:
     max_file_bytes: int = 20 * 1024 * 1024
     max_files: int = 100
     max_pixels: int = 50_000_000
+    max_side: int = 20_000
+    max_aspect: float = 20.0
     timeout_s: float = 60.0
     url_allow: tuple[str, ...] = ()  # hosts or CIDRs that URL intake may reach despite being private
     url_timeout_s: float = 10.0
@@ -51,6 +56,12 @@ class Settings:
     tick_s: float = 0.25
     heartbeat_stale_s: float = 15.0
     start_grace_s: float = 30.0
+
+    @property
+    def image_limits(self) -> Limits:
+        from .imaging import Limits  # numpy and Pillow: not for every CLI start
+
+        return Limits(max_pixels=self.max_pixels, max_side=self.max_side, max_aspect=self.max_aspect)
 
     @property
     def queue_path(self) -> Path:

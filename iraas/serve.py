@@ -76,7 +76,7 @@ def worker(settings: Settings) -> None:
     clf = load_recognizer(
         settings.model,
         threads=settings.threads,
-        max_pixels=settings.max_pixels,
+        limits=settings.image_limits,
         gallery=BlobGallery(store),
         threshold=settings.face_threshold,
     )

@@ -97,17 +97,19 @@ class Worker:
     def run_once(self, wait_s: float = 0.0) -> int:
         """Handle at most one batch; returns how many requests it handled."""
         self.state = "idle"
+        if self._stop.is_set():  # stopping: take nothing new
+            return 0
         queue, vis = self.store.requests, self.s.visibility_s
         msgs = queue.receive(self.s.batch_size, wait_s=wait_s, visibility_s=vis)
-        if msgs and len(msgs) < self.s.batch_size and self.s.batch_wait_s > 0:
+        if msgs and len(msgs) < self.s.batch_size and self.s.batch_wait_s > 0 and not self._stop.is_set():
             time.sleep(self.s.batch_wait_s)
             msgs += queue.receive(self.s.batch_size - len(msgs), 0, vis)
         if not msgs:
             return 0
-        if self._stop.is_set():  # stopping: give back what we have not started
-            for m in msgs:
-                queue.change_visibility(m.receipt, 0)
+        if self._stop.is_set():  # stopped during the long poll: give back what we have not started
+            queue.release([m.receipt for m in msgs])
             return 0
+        msgs = self._alone_if_redelivered(msgs)
         jobs = self._parse(msgs)
         # Heartbeats report this state on their own period: a beat forced per batch would cost
         # two writes an image under light load, for a "running" that lasts ~15 ms.
@@ -125,6 +127,17 @@ class Worker:
             self._pool.submit(self._remember, job)
         self.state = "idle"
         return len(msgs)
+
+    def _alone_if_redelivered(self, msgs: list[Message]) -> list[Message]:
+        """A redelivered message may be the one that killed a worker (a native crash, out of
+        memory): run it alone and give the others back, so that a poison image fails by itself
+        within `max_receives` tries and every batch-mate is answered right meanwhile."""
+        again = [m for m in msgs if m.receive_count > 1]
+        if not again or len(msgs) == 1:
+            return msgs
+        keep = again[0]
+        self.store.requests.release([m.receipt for m in msgs if m is not keep])
+        return [keep]
 
     def _parse(self, msgs: list[Message]) -> list[_Job]:
         jobs = []
@@ -153,7 +166,7 @@ class Worker:
                 job.result = self._enroll(job.req, job.data)
         runnable = [j for j in todo if j.data is not None and j.result is None]
         t0 = self.clock()
-        outcomes = self.clf.classify([j.data or b"" for j in runnable]) if runnable else []
+        outcomes = self._classify([j.data or b"" for j in runnable]) if runnable else []
         per_image = (self.clock() - t0) / max(len(runnable), 1)
         for job, outcome in zip(runnable, outcomes, strict=True):
             job.result = self._result(job, outcome, per_image, len(runnable))
@@ -161,6 +174,19 @@ class Worker:
             if job.result is None:
                 job.result = self._failure(job.req, "input_missing", "the uploaded image is no longer stored")
         self._each(self._store, todo)  # each write waits on its own fsync: in parallel
+
+    def _classify(self, images: list[bytes]) -> list[Prediction | ImageError]:
+        """The recognizer's answers; if it raises for the batch, each image alone, so that the
+        exception is the failure of the image that caused it and of no other."""
+        try:
+            return self.clf.classify(images)
+        except SpecError:
+            raise  # the deployment's problem (no gallery), not an image's
+        except Exception as exc:
+            if len(images) == 1:
+                log.warning("recognising an image failed", exc_info=True)
+                return [ImageError("corrupt", f"cannot recognise image: {type(exc).__name__}: {exc}"[:300])]
+        return [out for image in images for out in self._classify([image])]
 
     def _each(self, fn: Callable[[_Job], T], jobs: list[_Job]) -> list[T]:
         """`fn` over the jobs, in parallel on the I/O pool when there are several (the GIL is
@@ -202,6 +228,8 @@ class Worker:
             return self._failure(req, err.code, err.reason, timings)
         except SpecError as err:
             return self._failure(req, "not_supported", str(err), timings)
+        except Exception as exc:  # one bad photo fails alone
+            return self._failure(req, "corrupt", f"cannot enrol image: {type(exc).__name__}: {exc}"[:300], timings)
         self.store.add_enrolment(req.id, part)
         return Result(
             id=req.id,

@@ -33,3 +33,32 @@ def png_bomb(side: int = 20000) -> bytes:
         + _chunk(b"IDAT", idat)
         + _chunk(b"IEND", b"")
     )
+
+
+def crashing_avif(photo: bytes) -> bytes:
+    """A fuzzed AVIF whose header reads fine and whose decoding raises RuntimeError (libavif:
+    "Decoding of color planes failed"): before #10 that exception killed the worker process
+    and, three deliveries later, failed every image of its batch. Found by seeded mutation."""
+    import random
+
+    from PIL import features
+
+    assert features.check("avif"), "Pillow without AVIF"
+    small = Image.open(io.BytesIO(photo)).convert("RGB").resize((64, 64))
+    valid = encode(small, "AVIF", quality=30)
+    rng = random.Random(1)
+    for _ in range(20_000):
+        data = bytearray(valid)
+        for _ in range(rng.randint(1, 6)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        try:
+            img = Image.open(io.BytesIO(bytes(data)), formats=["AVIF"])
+        except Exception:
+            continue
+        try:
+            img.load()
+        except RuntimeError:
+            return bytes(data)
+        except Exception:
+            continue
+    raise AssertionError("no crashing AVIF found")

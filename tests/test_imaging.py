@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from iraas.imaging import ImageError, decode, inspect
+from iraas.imaging import ImageError, Limits, decode, inspect
 
 from .conftest import IMAGENET
 from .images import encode, png_bomb
@@ -54,9 +54,9 @@ def test_png_bomb_fails_fast_from_the_header() -> None:
 
 def test_pixel_limit_is_a_parameter() -> None:
     data = encode(Image.new("RGB", (100, 100)), "PNG")
-    assert decode(data, max_pixels=10_000).size == (100, 100)
+    assert decode(data, limits=Limits(max_pixels=10_000)).size == (100, 100)
     with pytest.raises(ImageError) as info:
-        decode(data, max_pixels=9_999)
+        decode(data, limits=Limits(max_pixels=9_999))
     assert info.value.code == "too_many_pixels"
 
 

@@ -85,6 +85,23 @@ def test_change_visibility_extends_and_releases(make_queue: MakeQueue) -> None:
     assert again.id == msg.id
 
 
+def test_release_gives_messages_back_at_once(make_queue: MakeQueue) -> None:
+    q = make_queue("work", max_receives=2)
+    q.send_batch(["a", "b"])
+    first = q.receive(10, wait_s=1, visibility_s=60)
+    assert len(first) == 2
+    q.release([m.receipt for m in first])
+    again = {m.body: m for m in q.receive(10, wait_s=2, visibility_s=60)}
+    assert set(again) == {"a", "b"}  # not hidden for the 60 s they were received for
+    if isinstance(q, SqliteQueue):
+        # The embedded queue does not count a hand-back: it cannot push a message towards the
+        # dead-letter queue, and the old receipt is dead.
+        assert [m.receive_count for m in again.values()] == [1, 1]
+        assert not q.change_visibility(first[0].receipt, 0)
+    else:  # SQS counts every receive, a released one included
+        assert [m.receive_count for m in again.values()] == [2, 2]
+
+
 def test_stale_receipt_cannot_delete_or_extend(make_queue: MakeQueue) -> None:
     q = make_queue()
     q.send("x")

@@ -19,8 +19,10 @@ from iraas.store import Store
 from iraas.worker import Worker
 
 from .conftest import IMAGENET
+from .images import crashing_avif
 
 TENCH = (IMAGENET / "images" / "n01440764_tench.JPEG").read_bytes()
+SHARK = (IMAGENET / "images" / "n01484850_great_white_shark.JPEG").read_bytes()
 MODEL = "efficientnet-lite0"
 
 
@@ -126,13 +128,92 @@ def test_bad_image_is_a_final_failed_result_not_a_retry(store: Store, classifier
     assert store.requests.depth().backlog == 0  # deleted, not left to come back
 
 
-def test_stopping_worker_releases_what_it_has_not_started(store: Store, classifier: Classifier, tmp_path: Path) -> None:
+def test_a_stopped_worker_takes_nothing(store: Store, classifier: Classifier, tmp_path: Path) -> None:
     _submit(store, TENCH)
     w = _worker(store, classifier, tmp_path)
     w.stop()
     assert w.run_once(wait_s=1) == 0
+    (msg,) = store.requests.receive(1)
+    assert msg.receive_count == 1  # never received by the stopped worker
+
+
+def test_a_hand_back_while_stopping_costs_no_try(store: Store, classifier: Classifier, tmp_path: Path) -> None:
+    import threading
+
+    w = _worker(store, classifier, tmp_path)
+    polling = threading.Thread(target=w.run_once, kwargs={"wait_s": 5})
+    polling.start()
+    time.sleep(0.3)
+    w.stop()  # stop arrives during the long poll; then a request does
+    _submit(store, TENCH)
+    polling.join()
     depth = store.requests.depth()
     assert (depth.visible, depth.in_flight) == (1, 0)  # back at once, not after the visibility timeout
+    (msg,) = store.requests.receive(1)
+    assert msg.receive_count == 1  # the hand-back was not counted against max_receives
+
+
+def test_a_crashing_image_fails_alone(store: Store, classifier: Classifier, tmp_path: Path) -> None:
+    poison = crashing_avif(TENCH)
+    ids = [_submit(store, TENCH), _submit(store, poison), _submit(store, SHARK)]
+    assert _worker(store, classifier, tmp_path).run_once(wait_s=1) == 3
+    results = [store.load_result(rid) for rid in ids]
+    assert [(r.status, r.label or r.error) for r in results if r] == [
+        ("done", "tench"),
+        ("failed", "corrupt"),
+        ("done", "great white shark"),
+    ]
+    assert store.requests.depth().backlog == 0
+
+
+class _RaisesOn:
+    """The real classifier, except that a batch holding `bad` raises (a recognizer bug that one
+    input triggers, outside any per-image handling)."""
+
+    def __init__(self, inner: Classifier, bad: bytes) -> None:
+        self.inner, self.bad, self.spec, self.times, self.name, self.version = (
+            inner,
+            bad,
+            inner.spec,
+            inner.times,
+            "x",
+            "",
+        )
+
+    def classify(self, images: Any, top_k: int = 5) -> Any:
+        if self.bad in images:
+            raise RuntimeError("boom")
+        return self.inner.classify(images, top_k)
+
+
+def test_an_exception_for_the_batch_fails_only_the_image_that_raised(
+    store: Store, classifier: Classifier, tmp_path: Path
+) -> None:
+    bad = TENCH[:-10] + b"\xff\xd9" * 5
+    ids = [_submit(store, TENCH), _submit(store, bad), _submit(store, SHARK)]
+    assert _worker(store, _RaisesOn(classifier, bad), tmp_path).run_once(wait_s=1) == 3
+    results = [store.load_result(rid) for rid in ids]
+    assert [(r.status, r.label or r.error) for r in results if r] == [
+        ("done", "tench"),
+        ("failed", "corrupt"),
+        ("done", "great white shark"),
+    ]
+
+
+def test_redelivered_requests_run_one_at_a_time(store: Store, classifier: Classifier, tmp_path: Path) -> None:
+    ids = [_submit(store, TENCH), _submit(store, SHARK), _submit(store, TENCH[:5000])]
+    assert len(store.requests.receive(3, visibility_s=1)) == 3  # a worker took them and died
+    time.sleep(1.1)
+    w = _worker(store, classifier, tmp_path)
+    handled = [w.run_once(wait_s=1) for _ in range(3)]
+    assert handled == [1, 1, 1]  # each redelivery alone: a poison image cannot take others down
+    results = [store.load_result(rid) for rid in ids]
+    assert [(r.status, r.timings["batch"] if r.status == "done" else r.error) for r in results if r] == [
+        ("done", 1),
+        ("done", 1),
+        ("failed", "truncated"),
+    ]
+    assert store.requests.depth().backlog == 0
 
 
 def test_exits_by_itself_after_max_idle(store: Store, classifier: Classifier, tmp_path: Path) -> None:

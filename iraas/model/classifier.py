@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from ..imaging import DEFAULT_MAX_PIXELS, ImageError, decode
+from ..imaging import DEFAULT_LIMITS, ImageError, Limits, decode
 from .spec import ModelSpec, SpecError
 
 
@@ -96,9 +96,9 @@ class Classifier:
     """One onnxruntime session; `threads` intra-op threads (1 per worker process by default,
     so N worker processes use N cores without oversubscription)."""
 
-    def __init__(self, spec: ModelSpec, threads: int = 1, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(self, spec: ModelSpec, threads: int = 1, limits: Limits = DEFAULT_LIMITS) -> None:
         self.spec = spec
-        self.max_pixels = max_pixels
+        self.limits = limits
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -130,13 +130,16 @@ class Classifier:
         t_decode = t_prep = 0.0
         for data in images:
             try:
-                img = decode(data, min_side=self.spec.resize or self.spec.input_size, max_pixels=self.max_pixels)
+                img = decode(data, min_side=self.spec.resize or self.spec.input_size, limits=self.limits)
+                t1 = time.perf_counter()
+                pixels.append(crop_to_input(img, self.spec))
+                t_prep += time.perf_counter() - t1
             except ImageError as err:
                 results.append(err)
                 continue
-            t1 = time.perf_counter()
-            pixels.append(crop_to_input(img, self.spec))
-            t_prep += time.perf_counter() - t1
+            except Exception as exc:  # one bad image fails alone, whatever it breaks
+                results.append(ImageError("corrupt", f"cannot prepare image: {type(exc).__name__}: {exc}"[:300]))
+                continue
             results.append(Prediction(()))  # placeholder, filled below
         t_decode = time.perf_counter() - t0 - t_prep
         t_infer = 0.0

@@ -20,7 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..imaging import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, decode
+from ..imaging import DEFAULT_LIMITS, IMAGE_SUFFIXES, ImageError, Limits, decode
 from .classifier import Label, Prediction, StageTimes
 from .spec import SpecError
 
@@ -180,9 +180,9 @@ class FaceRecognizer:
         embedder: FaceEmbedder,
         gallery: Callable[[], Gallery],
         threshold: float = 0.0,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
-        self.embedder, self._gallery, self.threshold, self.max_pixels = embedder, gallery, threshold, max_pixels
+        self.embedder, self._gallery, self.threshold, self.limits = embedder, gallery, threshold, limits
         self.spec = _FaceSpec()
         self.times = StageTimes()
         self.name = "faces"
@@ -196,31 +196,38 @@ class FaceRecognizer:
         aligned = []
         detect = 0.0
         for data in images:
+            t_detect = time.perf_counter()
             try:
-                rgb = np.asarray(decode(data, min_side=MIN_DETECT_SIDE, max_pixels=self.max_pixels))
+                aligned.append(self._aligned(data))
             except ImageError as err:
                 out.append(err)
                 continue
-            t_detect = time.perf_counter()
-            faces = self.embedder.detect(rgb)
-            aligned.append(self.embedder.align(rgb, faces[0] if faces else None))
-            detect += time.perf_counter() - t_detect
+            except Exception as exc:  # one bad image fails alone (OpenCV raises cv2.error)
+                out.append(ImageError("corrupt", f"cannot prepare image: {type(exc).__name__}: {exc}"[:300]))
+                continue
+            finally:
+                detect += time.perf_counter() - t_detect
             out.append(Prediction(()))
         t1 = time.perf_counter()
         embs = iter(self.embedder.embed(aligned)) if aligned else iter(())
         result = [self._answer(gallery, next(embs), top_k) if isinstance(r, Prediction) else r for r in out]
-        # stages: decode; detection + alignment (as "preprocess"); embedding (as "inference")
+        # stages: decoding, detection and alignment all count as "preprocess"; embedding as "inference"
         embed = time.perf_counter() - t1
         self.times.add(
             StageTimes(decode=t1 - t0 - detect, preprocess=detect, inference=embed, images=len(images), batches=1)
         )
         return result
 
+    def _aligned(self, data: bytes) -> Array:
+        rgb = np.asarray(decode(data, min_side=MIN_DETECT_SIDE, limits=self.limits))
+        faces = self.embedder.detect(rgb)
+        return self.embedder.align(rgb, faces[0] if faces else None)
+
     def enroll(self, person: str, image: bytes, source: str) -> tuple[bytes, str | None]:
         """`image` as a one-row gallery of `person`, and a problem worth reporting (no face, or
         several); raises ImageError for an image it cannot read."""
         one = Gallery()
-        problem = enroll_image(one, self.embedder, person, image, source, self.max_pixels, strict=True)
+        problem = enroll_image(one, self.embedder, person, image, source, self.limits, strict=True)
         return one.to_bytes(), problem
 
     def _answer(self, gallery: Gallery, emb: Array, top_k: int) -> Prediction:
@@ -244,13 +251,13 @@ def enroll_image(
     name: str,
     data: bytes,
     source: str,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    limits: Limits = DEFAULT_LIMITS,
     strict: bool = False,
 ) -> str | None:
     """Add one photo of `name`; returns a problem to report, or None. `strict`: an image that
     cannot be read raises its ImageError instead of being reported."""
     try:
-        rgb = np.asarray(decode(data, min_side=MIN_DETECT_SIDE, max_pixels=max_pixels))
+        rgb = np.asarray(decode(data, min_side=MIN_DETECT_SIDE, limits=limits))
     except ImageError as err:
         if strict:
             raise

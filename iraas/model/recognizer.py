@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..imaging import DEFAULT_MAX_PIXELS, ImageError
+from ..imaging import DEFAULT_LIMITS, ImageError, Limits
 from ..messages import FACES
 from .classifier import Classifier, Prediction, StageTimes
 from .spec import SpecError
@@ -56,7 +56,7 @@ def load_recognizer(
     model: str | None,
     *,
     threads: int = 1,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    limits: Limits = DEFAULT_LIMITS,
     gallery: Callable[[], object] | None = None,
     threshold: float = 0.0,
 ) -> Recognizer:
@@ -64,10 +64,10 @@ def load_recognizer(
         if gallery is None:
             raise SpecError("the faces model needs a gallery (--gallery DIR or FILE)")
         f = faces_module()
-        return f.FaceRecognizer(f.FaceEmbedder(threads), gallery, threshold, max_pixels)  # type: ignore[no-any-return]
+        return f.FaceRecognizer(f.FaceEmbedder(threads), gallery, threshold, limits)  # type: ignore[no-any-return]
     from .builtin import resolve_model
 
-    return Classifier(resolve_model(model), threads=threads, max_pixels=max_pixels)
+    return Classifier(resolve_model(model), threads=threads, limits=limits)
 
 
 def gallery_from_path(path: str | Path) -> object:

@@ -84,6 +84,14 @@ class Queue(Protocol):
         receipt is stale or the message is gone."""
         ...
 
+    def release(self, receipts: Sequence[str]) -> None:
+        """Give 1-10 received messages back untouched, visible at once (a worker that is
+        stopping, or that keeps one redelivered message of a batch). The embedded queue does
+        not count such a delivery against `max_receives`; SQS cannot take a receive back
+        (ApproximateReceiveCount only grows), so there each hand-back costs one. Stale
+        receipts are ignored."""
+        ...
+
     def depth(self) -> Depth:
         """Approximate counts (exact on SQLite)."""
         ...

@@ -221,6 +221,18 @@ class SqliteQueue:
             self._waker.notify()
         return changed
 
+    def release(self, receipts: Sequence[str]) -> None:
+        check_receipts(receipts)
+        now = self._clock()
+        with self._tx() as db:
+            # A fresh receipt-less state: the old receipts can no longer delete or extend it.
+            db.executemany(
+                "UPDATE messages SET visible_at = ?, receipt = NULL, receive_count = MAX(receive_count - 1, 0)"
+                " WHERE queue = ? AND receipt = ?",
+                [(now, self.name, r) for r in receipts],
+            )
+        self._waker.notify()
+
     # -- inspecting -------------------------------------------------------------------------
 
     def depth(self) -> Depth:

@@ -137,6 +137,14 @@ class SqsQueue:
             raise
         return True
 
+    def release(self, receipts: Sequence[str]) -> None:
+        check_receipts(receipts)
+        entries = [{"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": 0} for i, r in enumerate(receipts)]
+        resp = self.client.change_message_visibility_batch(QueueUrl=self.url, Entries=entries)
+        bad = [f for f in resp.get("Failed", []) if f.get("Code") not in _STALE_RECEIPT]
+        if bad:
+            raise QueueError(f"SQS could not release: {bad}")
+
     def depth(self) -> Depth:
         names = [
             "ApproximateNumberOfMessages",

@@ -41,7 +41,7 @@ def check(item: Item, settings: Settings) -> None:
     if len(item.data) > settings.max_file_bytes:
         raise InputError(413, "too_large", f"file is over the {settings.max_file_bytes} byte limit", item.name)
     try:
-        info = inspect(item.data, settings.max_pixels)
+        info = inspect(item.data, settings.image_limits)
     except ImageError as err:
         raise InputError.from_image(err, item.name) from None
     if not looks_complete(item.data, info.format):
