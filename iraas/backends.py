@@ -46,7 +46,14 @@ def aws(settings: Settings) -> Store:
 def embedded(settings: Settings) -> Store:
     """SQLite queue file, a directory store and reply sockets, all under `settings.data_dir`."""
     return Store(
-        requests=SqliteQueue(settings.queue_path, REQUESTS, max_receives=settings.max_receives),
+        # A file lock held longer than store_timeout_s (a backup, a stuck process) is an error
+        # the caller reports (503 at intake), not a request hanging for minutes.
+        requests=SqliteQueue(
+            settings.queue_path,
+            REQUESTS,
+            max_receives=settings.max_receives,
+            lock_timeout_s=settings.store_timeout_s,
+        ),
         blobs=DirectoryBlobStore(settings.blob_root),
         replies=SocketReplies(settings.data_dir),
     )

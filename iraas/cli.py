@@ -85,6 +85,19 @@ def _cmd_bench_model(args: argparse.Namespace) -> int:
     return 0
 
 
+WEB_LIMITS = [
+    "max_request_bytes",
+    "spool_bytes",
+    "max_json_bytes",
+    "max_side",
+    "max_aspect",
+    "max_fetches",
+    "max_connections",
+    "header_timeout_s",
+    "body_timeout_s",
+    "max_backlog",
+    "min_free_bytes",
+]
 SETTING_HELP = {
     "data_dir": "embedded queue file and blob directory (default ./iraas-data)",
     "host": "address to listen on (default 127.0.0.1)",
@@ -92,10 +105,24 @@ SETTING_HELP = {
     "model": MODEL_HELP,
     "max_file_bytes": "largest accepted image, bytes (default 20 MiB)",
     "max_files": "most images per request (default 100)",
+    "max_request_bytes": "largest request body, all files together, bytes (default 50 MiB)",
+    "spool_bytes": "an upload past this many bytes waits on disk, not in RAM (default 1 MiB)",
+    "max_json_bytes": "largest JSON body, bytes (default 64 KiB)",
     "max_pixels": "largest accepted image, pixels (default 50,000,000)",
+    "max_side": "longest accepted image side, pixels (default 20,000)",
+    "max_aspect": "most an image's long side may exceed its short side, times (default 20)",
     "timeout_s": "how long a waiting request waits for its answers (default 60)",
     "url_allow": "comma-separated hosts or CIDRs that URL intake may fetch despite being private",
-    "url_timeout_s": "time-out for fetching an image URL (default 10)",
+    "url_timeout_s": "deadline for fetching one image URL, redirects included, seconds (default 10)",
+    "max_fetches": "URL fetches in flight per web process (default 16)",
+    "max_connections": "open connections per web process; past it 503 (default 1000)",
+    "header_timeout_s": "a request's headers must arrive within this, seconds (default 10)",
+    "body_timeout_s": "longest pause while a request body arrives, seconds (default 30)",
+    "max_backlog": "images waiting past which new work gets 503 + Retry-After; 0 = no limit (default 10,000)",
+    "store_timeout_s": "a locked queue file refuses new work (503) after this, seconds (default 5)",
+    "min_free_bytes": "below this free on the data disk: not ready, uploads 507 (default 256 MiB)",
+    "input_ttl_s": "embedded store: uploaded images are deleted after this, seconds (default 1 day)",
+    "result_ttl_s": "embedded store: results are deleted after this, seconds (default 7 days)",
     "visibility_s": "seconds a received request stays hidden before it is retried (default 30)",
     "max_receives": "deliveries before a request is given up as failed (default 3)",
     "batch_size": "most requests per inference call (default 4: as fast per image as 8, less memory)",
@@ -119,6 +146,7 @@ SETTING_HELP = {
     "gallery": GALLERY_HELP,
     "face_threshold": "faces: answer unknown below this similarity (default 0: off)",
 }
+WEB_ONLY = {"host", "port", "max_file_bytes", "max_files", "url_allow", "url_timeout_s", "timeout_s", *WEB_LIMITS}
 AWS_SETTINGS = ["backend", "name", "bucket", "aws_region", "aws_endpoint_url"]
 SERVICE_SETTINGS = {
     "up": list(SETTING_HELP),
@@ -136,6 +164,19 @@ SERVICE_SETTINGS = {
         "url_allow",
         "url_timeout_s",
         "max_receives",
+        "max_request_bytes",
+        "spool_bytes",
+        "max_json_bytes",
+        "max_side",
+        "max_aspect",
+        "max_fetches",
+        "max_connections",
+        "header_timeout_s",
+        "body_timeout_s",
+        "max_backlog",
+        "store_timeout_s",
+        "min_free_bytes",
+        "result_ttl_s",
     ],
     "worker": [
         *AWS_SETTINGS,
@@ -143,6 +184,9 @@ SERVICE_SETTINGS = {
         "data_dir",
         "model",
         "max_pixels",
+        "max_side",
+        "max_aspect",
+        "store_timeout_s",
         "visibility_s",
         "max_receives",
         "batch_size",
@@ -152,9 +196,7 @@ SERVICE_SETTINGS = {
         "worker_max_idle_s",
     ],
     "controller": [
-        k
-        for k in SETTING_HELP
-        if k not in ("host", "port", "max_file_bytes", "max_files", "url_allow", "url_timeout_s", "timeout_s")
+        k for k in SETTING_HELP if k in ("input_ttl_s", "result_ttl_s", "store_timeout_s") or k not in WEB_ONLY
     ],
 }
 

@@ -30,15 +30,28 @@ class Settings:
     # faces
     gallery: str = ""  # model "faces": a folder per person, or a gallery file
     face_threshold: float = 0.0  # below this similarity the answer is "unknown"; 0 = off
-    # web tier
+    # web tier: every limit a client can meet is documented in docs/security.md
     max_file_bytes: int = 20 * 1024 * 1024
     max_files: int = 100
+    max_request_bytes: int = 50 * 1024 * 1024  # the whole body, all files together
+    spool_bytes: int = 1024 * 1024  # an upload past this waits on disk, not in RAM
+    max_json_bytes: int = 64 * 1024
     max_pixels: int = 50_000_000
     max_side: int = 20_000
     max_aspect: float = 20.0
     timeout_s: float = 60.0
     url_allow: tuple[str, ...] = ()  # hosts or CIDRs that URL intake may reach despite being private
-    url_timeout_s: float = 10.0
+    url_timeout_s: float = 10.0  # the whole fetch of one URL, redirects included
+    max_fetches: int = 16  # URL fetches in flight per web process
+    max_connections: int = 1000  # open connections per web process; past it 503
+    header_timeout_s: float = 10.0  # a request's headers must arrive within this
+    body_timeout_s: float = 30.0  # the longest pause while a body arrives
+    max_backlog: int = 10_000  # images waiting; past it new work is refused (503); 0 = no limit
+    store_timeout_s: float = 5.0  # a locked queue file refuses new work (503) after this
+    min_free_bytes: int = 256 * 1024 * 1024  # below this free on the data disk: not ready, 503
+    # retention (embedded store; the S3 lifecycle rules of the AWS template say the same)
+    input_ttl_s: float = 86_400.0
+    result_ttl_s: float = 7 * 86_400.0
     # queue semantics
     visibility_s: int = 30
     max_receives: int = 3

@@ -43,14 +43,32 @@ class Controller:
         self.decisions: deque[dict[str, Any]] = deque(maxlen=50)
         self._last: tuple[int, int] | None = None
         self._work_total: int | None = None
+        self._swept_at = -float("inf")
+        self._failing: tuple[str, float, int] | None = None  # (error, logged at, repeats since)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
                 self.tick()
-            except Exception:  # a failed tick must not end the controller: the next may work
-                log.exception("controller tick failed")
+                if self._failing is not None:
+                    log.warning("controller recovered after %d failed tick(s)", self._failing[2] + 1)
+                    self._failing = None
+            except Exception as exc:  # a failed tick must not end the controller: the next may work
+                self._log_failure(exc)
             stop.wait(self.s.tick_s)
+
+    def _log_failure(self, exc: Exception) -> None:
+        """The first failure in full; the same one again at most once a minute (a full disk
+        must not also fill the log, four ticks a second)."""
+        text, now = f"{type(exc).__name__}: {exc}", time.monotonic()
+        if self._failing is None or self._failing[0] != text:
+            log.error("controller tick failed", exc_info=exc)
+            self._failing = (text, now, 0)
+        elif now - self._failing[1] >= 60:
+            log.error("controller tick still failing (%d times in the last minute): %s", self._failing[2] + 1, text)
+            self._failing = (text, now, 0)
+        else:
+            self._failing = (text, self._failing[1], self._failing[2] + 1)
 
     def tick(self) -> Decision:
         now = self.clock()
@@ -65,6 +83,7 @@ class Controller:
         changed = self._apply(decision, active, beats) or len(active) != len(live)
         self._record(decision, obs, now)
         dead = self.drain_dead_letters()
+        self._sweep(now)
         # List again only when this tick launched, stopped or killed (on EC2 a list is an API call).
         self._publish(now, depth.visible, depth.in_flight, dead, beats, self.fleet.list() if changed else listed)
         return decision
@@ -130,6 +149,15 @@ class Controller:
         }
         self.decisions.append(entry)
         log.info("decision: %s (backlog %d, workers %d, busy %d)", decision.reason, obs.backlog, obs.workers, obs.busy)
+
+    def _sweep(self, now: float) -> None:
+        """Retention, once a minute (on AWS the bucket's lifecycle rules do it instead)."""
+        if now - self._swept_at < 60:
+            return
+        self._swept_at = now
+        removed = self.store.expire(input_ttl_s=self.s.input_ttl_s, result_ttl_s=self.s.result_ttl_s)
+        if removed:
+            log.info("retention: removed %d expired blob(s)", removed)
 
     # -- dead letters -----------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import io
 import math
 import warnings
 from dataclasses import dataclass
+from typing import IO
 
 import numpy as np
 import simplejpeg  # type: ignore[import-untyped]
@@ -77,17 +78,21 @@ def _detect_other(data: bytes) -> str | None:
     return None
 
 
-def _open(data: bytes, limits: Limits) -> Image.Image:
-    if not data:
+def _open(data: bytes | IO[bytes], limits: Limits) -> Image.Image:
+    """Only the header is read (a file is read from its current position)."""
+    f = io.BytesIO(data) if isinstance(data, bytes) else data
+    head = f.read(64)
+    if not head:
         raise ImageError("empty", "the file is empty")
+    f.seek(-len(head), io.SEEK_CUR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            img = Image.open(f, formats=ALLOWED_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError("too_many_pixels", f"image has more than {limits.max_pixels} pixels") from None
     except UnidentifiedImageError:
-        other = _detect_other(data)
+        other = _detect_other(head)
         if other:
             raise ImageError("unsupported_format", f"{other} is not an accepted image format") from None
         raise ImageError(
@@ -99,7 +104,7 @@ def _open(data: bytes, limits: Limits) -> Image.Image:
     return img
 
 
-def inspect(data: bytes, limits: Limits = DEFAULT_LIMITS) -> ImageInfo:
+def inspect(data: bytes | IO[bytes], limits: Limits = DEFAULT_LIMITS) -> ImageInfo:
     """Cheap check from the header only: format allowed, size and shape within the limits."""
     img = _open(data, limits)
     return ImageInfo(str(img.format), img.width, img.height)
@@ -179,10 +184,11 @@ def _check_jpeg_data(data: bytes) -> None:
         # anything else (a colour space simplejpeg does not convert): Pillow decides
 
 
-def looks_complete(data: bytes, fmt: str) -> bool:
-    """Cheap end-of-file check for the web tier, so that a truncated upload is refused before
-    it is queued (a full decode there would cost as much as the worker's)."""
-    tail = data[-4096:].rstrip(b"\x00\r\n ")
+def looks_complete(head: bytes, tail: bytes, size: int, fmt: str) -> bool:
+    """Cheap end-of-file check for the web tier from the file's first and last bytes, so that a
+    truncated upload is refused before it is queued (a full decode there would cost as much as
+    the worker's)."""
+    tail = tail[-4096:].rstrip(b"\x00\r\n ")
     if fmt == "JPEG":
         return b"\xff\xd9" in tail
     if fmt == "PNG":
@@ -190,7 +196,7 @@ def looks_complete(data: bytes, fmt: str) -> bool:
     if fmt == "GIF":
         return tail.endswith(b";")
     if fmt == "WEBP":
-        return len(data) >= 8 and int.from_bytes(data[4:8], "little") + 8 <= len(data)
+        return len(head) >= 8 and int.from_bytes(head[4:8], "little") + 8 <= size
     if fmt == "BMP":  # the file header states the file's size
-        return len(data) >= 6 and int.from_bytes(data[2:6], "little") <= len(data)
+        return len(head) >= 6 and int.from_bytes(head[2:6], "little") <= size
     return True  # others: the worker's full decode reports truncation as a failed result

@@ -33,9 +33,8 @@ def publish_gallery_if_given(settings: Settings, store: Store) -> None:
 
 def up(settings: Settings, with_controller: bool = True) -> None:
     """The web tier, and (for `up`) the controller and its fleet, in one process."""
-    import uvicorn
-
     from .web.app import create_app
+    from .web.server import serve
 
     store = build(settings)
     publish_gallery_if_given(settings, store)
@@ -53,7 +52,7 @@ def up(settings: Settings, with_controller: bool = True) -> None:
     app = create_app(settings, store, background=background)
     where = settings.data_dir if settings.backend == "embedded" else f"AWS deployment {settings.name}"
     print(f"iraas serving on http://{settings.host}:{settings.port}  ({where})", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=5)
+    serve(app, settings)
 
 
 def controller(settings: Settings) -> None:

@@ -24,12 +24,13 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import IO, Any
 
 from .blobs.base import BlobNotFound, BlobStore
 from .heartbeat import Heartbeat
@@ -46,6 +47,7 @@ _GALLERY = "gallery/faces.npz"
 _GALLERY_VERSION = "gallery/faces.version"
 _ENROLMENTS = "gallery/enrolments/"
 _ID_KEY = "config/id-key"
+_PROBE = "config/ready-probe"
 
 
 def _result_key(rid: str) -> str:
@@ -102,7 +104,7 @@ class Store:
 
     # -- intake (web tier) -------------------------------------------------------------------
 
-    def put_input(self, data: bytes, digest: str) -> None:
+    def put_input(self, data: bytes | IO[bytes], digest: str) -> None:
         """Store the image bytes (whose SHA-256 is `digest`) once, whoever sends them. Not
         fsynced, like the queue's own commits (SQLite synchronous=NORMAL): both survive any
         process crash; a power cut may cost the last moments, and a request that outlives its
@@ -210,15 +212,34 @@ class Store:
     def inbox(self, name: str) -> Inbox:
         return self.replies.inbox(name)
 
-    def status(self, rid: str) -> dict[str, Any] | None:
-        """`rid`'s result, or where it is ("queued" | "running"); None if never issued."""
+    def status(self, rid: str, result_ttl_s: float = math.inf) -> dict[str, Any] | None:
+        """`rid`'s result, or where it is ("queued" | "running"); None if never issued. An id
+        older than the results' retention and without one reads `failed: expired`."""
         result = self.load_result(rid)
         if result is not None:
             return result.as_dict()
-        if self.issued_at(rid) is None:
+        issued = self.issued_at(rid)
+        if issued is None:
             return None
+        if self.clock() - issued > result_ttl_s:
+            return {"id": rid, "status": "failed", "error": "expired", "reason": "past the results' retention"}
         running = rid in self.cluster_status().get("running", ())
         return {"id": rid, "status": "running" if running else "queued"}
+
+    def expire(self, *, input_ttl_s: float, result_ttl_s: float) -> int:
+        """Retention on the embedded store (S3: the same rules as lifecycle rules): inputs
+        after `input_ttl_s`, results and dedup entries after `result_ttl_s`. Enrolments, the
+        gallery and the id key are kept."""
+        now = self.clock()
+        removed = self.blobs.expire("inputs/", now - input_ttl_s)
+        for folder in ("results/", "dedup/"):
+            removed += self.blobs.expire(folder, now - result_ttl_s)
+        return removed
+
+    def probe(self) -> None:
+        """Raises unless the queue and the blob store can be written now (readiness)."""
+        self.requests.writable()
+        self.blobs.put(_PROBE, b"ok", durable=False)
 
     # -- heartbeats and cluster status -------------------------------------------------------
 

@@ -27,7 +27,7 @@ from .messages import MessageError, Request, Result
 from .model.classifier import Prediction
 from .model.recognizer import Recognizer
 from .model.spec import SpecError
-from .queues.base import Message
+from .queues.base import Message, QueueError
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,15 @@ class Worker:
         idle_since = time.monotonic()
         try:
             while not self._stop.is_set():
-                if self.run_once(wait_s=1.0):
+                try:
+                    handled = self.run_once(wait_s=1.0)
+                except (QueueError, BlobError) as exc:
+                    # Storage locked or unreachable for a while: what is in hand comes back after
+                    # the visibility timeout; try again shortly rather than die and be replaced.
+                    log.warning("worker %s: storage unavailable (%s); retrying in 1 s", self.id, exc)
+                    self._stop.wait(1.0)
+                    continue
+                if handled:
                     idle_since = time.monotonic()
                 elif burst or (max_idle_s and time.monotonic() - idle_since >= max_idle_s):
                     log.info("worker %s: idle, exiting", self.id)

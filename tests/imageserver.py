@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -19,6 +20,16 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             self.send_response(302)
             self.send_header("Location", parse_qs(parts.query)["to"][0])
             self.end_headers()
+            return
+        if parts.path == "/slow":  # one byte a second, each read well within any read time-out
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                for _ in range(1000):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(1.0)
             return
         super().do_GET()
 

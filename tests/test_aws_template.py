@@ -145,3 +145,16 @@ def test_stack_deploys_into_moto_with_the_expected_properties(moto: str, wheel: 
     assert outputs(aws, "tpl")["WorkerLaunchTemplate"] == "tpl-worker"
     removed = destroy(aws, "tpl")
     assert any("stack iraas-tpl" in r for r in removed)
+
+
+def test_bucket_retention_matches_the_embedded_defaults(template: dict[str, Any]) -> None:
+    from iraas.config import Settings
+
+    rules = template["Resources"]["Bucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    days = {r["Prefix"]: r["ExpirationInDays"] for r in rules if r["Status"] == "Enabled"}
+    s = Settings()
+    assert days == {
+        "inputs/": s.input_ttl_s / 86_400,
+        "results/": s.result_ttl_s / 86_400,
+        "dedup/": s.result_ttl_s / 86_400,
+    }

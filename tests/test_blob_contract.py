@@ -53,6 +53,17 @@ def test_if_absent_keeps_the_first_write(factory: Factory) -> None:
     assert store.get("results/x.json") == b"first"
 
 
+def test_put_from_a_file_stores_the_rest_of_it(factory: Factory, tmp_path: Path) -> None:
+    store = factory()
+    spooled = tmp_path / "upload"
+    spooled.write_bytes(b"head" + bytes(range(256)) * 5000)  # 1.2 MB, as an upload spooled to disk
+    with open(spooled, "rb") as f:
+        assert store.put("inputs/big", f, if_absent=True)
+    assert store.get("inputs/big") == spooled.read_bytes()
+    with open(spooled, "rb") as f:
+        assert not store.put("inputs/big", f, if_absent=True)
+
+
 def test_list_by_prefix(factory: Factory) -> None:
     store = factory()
     for key in ("inputs/ab", "inputs/cd", "results/1.json", "heartbeats/w1", "dedup/m/ab.json", "dedup/m2/ab.json"):

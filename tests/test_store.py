@@ -98,3 +98,42 @@ def test_enrolments_are_kept_apart_from_the_base_gallery(tmp_path: Path) -> None
     assert sorted(web1.load_gallery()) == [b"alice", b"base", b"bob"]
     web2.publish_gallery(b"base again")  # a restart with the same --gallery
     assert sorted(web2.load_gallery()) == [b"alice", b"base again", b"bob"]
+
+
+def test_retention_expires_inputs_results_and_dedup_but_keeps_enrolments(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from iraas.messages import Result
+
+    store = embedded(Settings(data_dir=tmp_path))
+    (old, new) = store.new_ids(2)
+    store.put_input(b"old bytes", "a" * 64)
+    store.put_input(b"new bytes", "b" * 64)
+    store.publish_result(Result(id=old, name="o.jpg", status="done", model="m", label="x"))
+    store.publish_result(Result(id=new, name="n.jpg", status="done", model="m", label="y"))
+    store.add_enrolment(old, b"one row")
+    day = 86_400
+    past = time.time() - 2 * day
+    for key in ("inputs/" + "a" * 64, f"results/{old}.json", f"gallery/enrolments/{old}.npz"):
+        os.utime(tmp_path / "blobs" / key, (past, past))
+    assert store.expire(input_ttl_s=day, result_ttl_s=day) == 2
+    assert not store.blobs.exists("inputs/" + "a" * 64) and store.blobs.exists("inputs/" + "b" * 64)
+    assert store.load_result(old) is None and store.load_result(new) is not None
+    assert store.load_gallery() == [b"one row"]  # enrolments are records, never expired
+    # The same bytes sent again make the stored copy young again: it is wanted.
+    os.utime(tmp_path / "blobs" / ("inputs/" + "b" * 64), (past, past))
+    store.put_input(b"new bytes", "b" * 64)
+    assert store.expire(input_ttl_s=day, result_ttl_s=day) == 0
+
+
+def test_an_id_past_the_results_retention_reads_expired_not_queued(tmp_path: Path) -> None:
+    import time
+
+    store = embedded(Settings(data_dir=tmp_path))
+    (rid,) = store.new_ids(1)
+    assert store.status(rid, result_ttl_s=3600) == {"id": rid, "status": "queued"}
+    later = embedded(Settings(data_dir=tmp_path))
+    later.clock = lambda: time.time() + 7200
+    got = later.status(rid, result_ttl_s=3600)
+    assert got is not None and (got["status"], got["error"]) == ("failed", "expired")

@@ -178,3 +178,83 @@ def test_operational_endpoints(client: TestClient) -> None:
     assert set(cluster["queue"]) >= {"visible", "in_flight"} and "running" not in cluster
     page = client.get("/").text
     assert "<input" in page and "/v1/recognitions" in page
+
+
+def _client_with(tmp_path: Path, **changes: object) -> TestClient:
+    import dataclasses
+
+    settings = dataclasses.replace(_settings(tmp_path), **changes)  # type: ignore[arg-type]
+    return TestClient(create_app(settings, embedded(settings)))
+
+
+def test_past_max_backlog_new_work_is_shed_with_retry_after(tmp_path: Path) -> None:
+    with _client_with(tmp_path, max_backlog=2) as c:
+        first = c.post("/v1/recognitions?wait=false", files=[("files", (p.name, p.read_bytes())) for p in PHOTOS[:2]])
+        assert first.status_code == 202
+        time.sleep(0.6)  # the depth is read at most twice a second
+        shed = c.post("/v1/recognitions?wait=false", files=[("files", ("c.jpg", PHOTOS[2].read_bytes()))])
+        assert (shed.status_code, shed.json()["error"]) == (503, "overloaded")
+        assert int(shed.headers["retry-after"]) > 0
+        assert embedded(_settings(tmp_path)).requests.depth().visible == 2  # the shed request queued nothing
+
+
+def test_a_locked_queue_file_is_a_quick_503_and_not_ready(tmp_path: Path) -> None:
+    import sqlite3
+
+    with _client_with(tmp_path, store_timeout_s=0.5) as c:
+        c.get("/readyz")
+        holder = sqlite3.connect(tmp_path / "queue.db", isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # a backup, a stuck process
+        try:
+            start = time.monotonic()
+            r = c.post("/v1/recognitions", files=[("files", ("a.jpg", JPEG))])
+            assert (r.status_code, r.json()["error"]) == (503, "store_unavailable") and "retry-after" in r.headers
+            ready = c.get("/readyz")
+            assert ready.status_code == 503 and time.monotonic() - start < 5
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert c.get("/readyz").status_code == 200
+        assert embedded(_settings(tmp_path)).requests.depth().backlog == 0  # nothing half-queued
+
+
+def test_a_full_disk_refuses_uploads_and_is_not_ready(tmp_path: Path) -> None:
+    with _client_with(tmp_path, min_free_bytes=1 << 60) as c:
+        r = c.post("/v1/recognitions", files=[("files", ("a.jpg", JPEG))])
+        assert (r.status_code, r.json()["error"]) == (507, "disk_full") and "retry-after" in r.headers
+        assert c.get("/readyz").status_code == 503
+    _nothing_stored_or_queued(embedded(_settings(tmp_path)))
+
+
+def test_a_large_upload_waits_on_disk_and_is_stored_whole(tmp_path: Path) -> None:
+    big = max(PHOTOS, key=lambda p: p.stat().st_size).read_bytes()
+    with _client_with(tmp_path, spool_bytes=4096) as c:
+        r = c.post("/v1/recognitions?wait=false", files=[("files", ("big.jpg", big))])
+        assert r.status_code == 202
+    store = embedded(_settings(tmp_path))
+    (key,) = store.blobs.list("inputs/")
+    assert store.blobs.get(key) == big
+
+
+@pytest.mark.parametrize("raw", [".", "..", " ", "", "-x", "a/b", "x" * 65, "Al\x00ice", "\u0410lice"])
+def test_person_names_that_cannot_be_enrolled(raw: str) -> None:
+    from iraas.web.errors import InputError
+    from iraas.web.names import person_name
+
+    with pytest.raises(InputError) as info:
+        person_name(raw, [])
+    assert (info.value.status, info.value.code) == (400, "bad_name")
+
+
+def test_person_names_are_normalised_and_look_alikes_refused() -> None:
+    from iraas.web.errors import InputError
+    from iraas.web.names import person_name
+
+    assert person_name("Jose\u0301 ", []) == "Jos\u00e9"  # NFC: one spelling however typed
+    assert (
+        person_name("\u0410\u043b\u0438\u0441\u0430", ["Alice"]) == "\u0410\u043b\u0438\u0441\u0430"
+    )  # Alisa in Cyrillic
+    for taken, new in (("ABE", "\u0410\u0412\u0415"), ("Alice", "alice")):  # Cyrillic look-alikes; case
+        with pytest.raises(InputError) as info:
+            person_name(new, [taken])
+        assert (info.value.status, info.value.code) == (409, "name_conflict")

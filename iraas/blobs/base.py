@@ -8,7 +8,7 @@ idempotent: the first writer wins, atomically, across processes and machines.
 from __future__ import annotations
 
 import re
-from typing import Protocol
+from typing import IO, Protocol
 
 _KEY = re.compile(r"^[A-Za-z0-9_.=-]+(/[A-Za-z0-9_.=-]+)*$")
 
@@ -34,8 +34,9 @@ def check_key(key: str) -> str:
 
 
 class BlobStore(Protocol):
-    def put(self, key: str, data: bytes, if_absent: bool = False, durable: bool = True) -> bool:
-        """Store `data` under `key` atomically (readers see all or nothing). With `if_absent`,
+    def put(self, key: str, data: bytes | IO[bytes], if_absent: bool = False, durable: bool = True) -> bool:
+        """Store `data` (bytes, or a file read from its current position, for uploads spooled
+        to disk) under `key` atomically (readers see all or nothing). With `if_absent`,
         store only if no blob exists there and return False (changing nothing) if one does.
         `durable=False`: the blob may be lost in a power cut (never in a process crash); for
         state that is rewritten every second anyway."""
@@ -54,4 +55,9 @@ class BlobStore(Protocol):
     def list(self, prefix: str = "") -> list[str]:
         """Keys starting with `prefix` (a plain string prefix, as S3), sorted. Reads only
         what lies under the prefix's folder, not the whole store."""
+        ...
+
+    def expire(self, folder: str, before: float) -> int:
+        """Delete the blobs under `folder` ("inputs/") last written before `before` (epoch
+        seconds); how many. On S3 the bucket's lifecycle rules do this: nothing to do here."""
         ...

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
+from typing import IO
 
 from .base import BlobNotFound, check_key
 
@@ -20,13 +22,16 @@ class DirectoryBlobStore:
         # stays under the root without a resolve() (a realpath syscall per path component).
         return self.root / check_key(key)
 
-    def put(self, key: str, data: bytes, if_absent: bool = False, durable: bool = True) -> bool:
+    def put(self, key: str, data: bytes | IO[bytes], if_absent: bool = False, durable: bool = True) -> bool:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                if isinstance(data, bytes | bytearray | memoryview):
+                    f.write(data)
+                else:
+                    shutil.copyfileobj(data, f, 1 << 20)
                 if durable:
                     f.flush()
                     os.fsync(f.fileno())
@@ -35,6 +40,10 @@ class DirectoryBlobStore:
                 try:
                     os.link(tmp, path)
                 except FileExistsError:
+                    # Someone stored the same bytes: they are wanted again, so their age
+                    # (what retention goes by) starts anew.
+                    with contextlib.suppress(FileNotFoundError):
+                        os.utime(path)
                     return False
             else:
                 os.replace(tmp, path)
@@ -55,6 +64,17 @@ class DirectoryBlobStore:
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError, IsADirectoryError):
             self._path(key).unlink()
+
+    def expire(self, folder: str, before: float) -> int:
+        removed = 0
+        for dirpath, _dirs, files in os.walk(self.root / check_key(folder.rstrip("/"))):
+            for name in files:
+                path = os.path.join(dirpath, name)
+                with contextlib.suppress(FileNotFoundError):
+                    if os.stat(path).st_mtime < before:
+                        os.unlink(path)
+                        removed += 1
+        return removed
 
     def list(self, prefix: str = "") -> list[str]:
         keys: list[str] = []

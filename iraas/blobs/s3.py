@@ -6,7 +6,7 @@ concurrent conditional write is in progress), both meaning "someone else wrote f
 
 from __future__ import annotations
 
-from typing import Any
+from typing import IO, Any
 
 from botocore.exceptions import ClientError
 
@@ -25,7 +25,7 @@ class S3BlobStore:
     def _key(self, key: str) -> str:
         return self.prefix + check_key(key)
 
-    def put(self, key: str, data: bytes, if_absent: bool = False, durable: bool = True) -> bool:
+    def put(self, key: str, data: bytes | IO[bytes], if_absent: bool = False, durable: bool = True) -> bool:
         del durable  # S3 acknowledges a put only once it is stored durably
         extra = {"IfNoneMatch": "*"} if if_absent else {}
         try:
@@ -56,6 +56,9 @@ class S3BlobStore:
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def expire(self, folder: str, before: float) -> int:
+        return 0  # the deployment's lifecycle rules (iraas.yaml) expire objects by prefix
 
     def list(self, prefix: str = "") -> list[str]:
         keys: list[str] = []

@@ -92,6 +92,10 @@ class Queue(Protocol):
         receipts are ignored."""
         ...
 
+    def writable(self) -> None:
+        """Raises QueueError unless a message could be sent now (readiness)."""
+        ...
+
     def depth(self) -> Depth:
         """Approximate counts (exact on SQLite)."""
         ...

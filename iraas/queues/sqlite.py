@@ -64,8 +64,10 @@ class SqliteQueue:
         max_receives: int | None = None,
         clock: Callable[[], float] = time.time,
         poll_s: float = 0.5,
+        lock_timeout_s: float = _LOCK_TIMEOUT_S,
     ) -> None:
         self.path = Path(path)
+        self.lock_timeout_s = lock_timeout_s
         self.name = name
         self.max_receives = max_receives
         self._clock = clock
@@ -74,7 +76,11 @@ class SqliteQueue:
         self._conn_pid = -1
         self._db: sqlite3.Connection | None = None
         self._waker = Waker(self.path, name)
-        self._dlq = SqliteQueue(path, f"{name}-dlq", clock=clock, poll_s=poll_s) if max_receives else None
+        self._dlq = (
+            SqliteQueue(path, f"{name}-dlq", clock=clock, poll_s=poll_s, lock_timeout_s=lock_timeout_s)
+            if max_receives
+            else None
+        )
         self._connect()
 
     @property
@@ -87,16 +93,15 @@ class SqliteQueue:
         # A connection must not cross fork(): reopen in a child process.
         if self._db is None or self._conn_pid != os.getpid():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=_LOCK_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(self.path, timeout=self.lock_timeout_s, isolation_level=None, check_same_thread=False)
             self._retry(lambda: db.execute("PRAGMA journal_mode=WAL"))
             db.execute("PRAGMA synchronous=NORMAL")
             self._retry(lambda: db.executescript(_SCHEMA))
             self._db, self._conn_pid = db, os.getpid()
         return self._db
 
-    @staticmethod
-    def _retry(fn: Callable[[], object]) -> None:
-        deadline = time.monotonic() + _LOCK_TIMEOUT_S
+    def _retry(self, fn: Callable[[], object]) -> None:
+        deadline = time.monotonic() + self.lock_timeout_s
         while True:
             try:
                 fn()
@@ -232,6 +237,10 @@ class SqliteQueue:
                 [(now, self.name, r) for r in receipts],
             )
         self._waker.notify()
+
+    def writable(self) -> None:
+        with self._tx():
+            pass  # BEGIN IMMEDIATE takes the write lock: a held lock fails after lock_timeout_s
 
     # -- inspecting -------------------------------------------------------------------------
 

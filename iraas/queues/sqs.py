@@ -145,6 +145,12 @@ class SqsQueue:
         if bad:
             raise QueueError(f"SQS could not release: {bad}")
 
+    def writable(self) -> None:
+        try:
+            self.client.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])
+        except ClientError as exc:
+            raise QueueError(f"SQS queue {self.name}: {exc}") from exc
+
     def depth(self) -> Depth:
         names = [
             "ApproximateNumberOfMessages",

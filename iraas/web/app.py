@@ -7,6 +7,7 @@ import contextlib
 import logging
 import re
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from ..config import Settings
 from ..messages import FACES
@@ -22,10 +24,13 @@ from ..store import Store
 from .errors import InputError
 from .fetch import Resolver, system_resolver
 from .metrics import Metrics
+from .names import person_name
 from .service import WebService, location
 
 log = logging.getLogger(__name__)
-_ID = re.compile(r"^[0-9a-f]{32}$")
+_ID = re.compile(r"[0-9a-f]{32}")
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large", 415: "bad_content_type"}
 _UI = Path(__file__).with_name("static") / "index.html"
 COURSE_FIELDS = ("inputFile", "myfile")
 
@@ -59,11 +64,8 @@ def create_app(
         description="Image Recognition as a Service: classify images on an elastic worker pool.",
     )
 
-    @app.exception_handler(InputError)
-    async def _input_error(_: Request, exc: InputError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
-
-    app.add_middleware(_CountRequests, metrics=svc.metrics)
+    _error_handlers(app)
+    app.add_middleware(_Observe, metrics=svc.metrics)
     _recognition_routes(app, svc)
     _operations_routes(app, svc)
     if settings.model == FACES:
@@ -71,10 +73,38 @@ def create_app(
     return app
 
 
+def request_id(request: Request) -> str:
+    return str(request.scope.get("state", {}).get("request_id", ""))
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """Every error is JSON with a stable code and the request id, whatever raised it."""
+
+    def body(request: Request, error: dict[str, Any]) -> dict[str, Any]:
+        return error | {"request_id": request_id(request)}
+
+    @app.exception_handler(InputError)
+    async def _input_error(request: Request, exc: InputError) -> JSONResponse:
+        return JSONResponse(body(request, exc.body()), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        code = _CODES.get(exc.status_code, f"http_{exc.status_code}")
+        return JSONResponse(
+            body(request, {"error": code, "detail": str(exc.detail)}), status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("request %s failed", request_id(request), exc_info=exc)
+        detail = "an internal error; the service log has the details under this request id"
+        return JSONResponse(body(request, {"error": "internal", "detail": detail}), status_code=500)
+
+
 def _recognition_routes(app: FastAPI, svc: WebService) -> None:
     @app.post("/v1/recognitions", summary="Classify one or more images (multipart `files`, or JSON url/urls)")
     async def recognitions(request: Request) -> Response:
-        wait = request.query_params.get("wait", "true").lower() not in ("false", "0", "no")
+        wait = svc.wait(request)
         timeout = svc.timeout(request)
         items = await svc.gather(request, ("files",))
         entries = await svc.submit_and_wait(items, wait, timeout)
@@ -85,9 +115,9 @@ def _recognition_routes(app: FastAPI, svc: WebService) -> None:
 
     @app.get("/v1/recognitions/{rid}", summary="Status and result of one image")
     async def recognition(rid: str) -> JSONResponse:
-        if not _ID.match(rid):
+        if not _ID.fullmatch(rid):
             raise InputError(400, "bad_id", "an id is 32 lowercase hex digits")
-        status = await run_in_threadpool(svc.store.status, rid)
+        status = await run_in_threadpool(svc.store.status, rid, svc.settings.result_ttl_s)
         if status is None:
             raise InputError(404, "not_found", f"no recognition with id {rid}")
         return JSONResponse(status | {"location": location(rid)})
@@ -98,8 +128,10 @@ def _recognition_routes(app: FastAPI, svc: WebService) -> None:
         response_class=PlainTextResponse,
     )
     async def course(request: Request) -> Response:
-        items = (await svc.gather(request, COURSE_FIELDS))[:1]
-        (got,) = await svc.submit_and_wait(items, True, svc.timeout(request))
+        timeout = svc.timeout(request)
+        items = await svc.gather(request, COURSE_FIELDS)
+        svc.release(items[1:])
+        (got,) = await svc.submit_and_wait(items[:1], True, timeout)
         stem = Path(got["name"]).stem
         if got["status"] == "done":
             return PlainTextResponse(f"{stem}:{got['label']}")
@@ -120,10 +152,14 @@ def _operations_routes(app: FastAPI, svc: WebService) -> None:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
+        """Ready when the queue and the store can be written and the disk has room; answers
+        within a second either way (a stuck store is "not ready", not a hung probe)."""
         try:
-            depth = await run_in_threadpool(svc.store.requests.depth)
+            depth = await asyncio.wait_for(run_in_threadpool(svc.probe), 1.0)
+        except TimeoutError:
+            return JSONResponse({"status": "unavailable", "detail": "the store did not answer in 1 s"}, 503)
         except Exception as exc:
-            return JSONResponse({"status": "unavailable", "detail": str(exc)}, status_code=503)
+            return JSONResponse({"status": "unavailable", "detail": str(exc)[:300]}, status_code=503)
         return JSONResponse({"status": "ready", "queue": depth.__dict__})
 
     @app.get("/v1/cluster", summary="Queue depth, workers and recent scaling decisions")
@@ -160,10 +196,11 @@ def _gallery_routes(app: FastAPI, svc: WebService) -> None:
 
     @app.post("/v1/gallery/{name}", summary="Add photos (multipart `files`) of a person")
     async def add(name: str, request: Request) -> JSONResponse:
-        if not re.fullmatch(r"[\w .'-]{1,64}", name):
-            raise InputError(400, "bad_name", "a name is 1-64 letters, digits, spaces, . ' - or _")
+        timeout = svc.timeout(request)
+        known = (await run_in_threadpool(current)).people()
+        name = person_name(name, known)
         items = await svc.gather(request, ("files",))
-        entries = await svc.submit_and_wait(items, True, svc.timeout(request), task="enroll", person=name)
+        entries = await svc.submit_and_wait(items, True, timeout, task="enroll", person=name)
         done = [e for e in entries if e["status"] == "done"]
         problems = [e["reason"] for e in done if e.get("reason")]
         problems += [f"{e['name']}: {e.get('reason')}" for e in entries if e["status"] == "failed"]
@@ -173,8 +210,10 @@ def _gallery_routes(app: FastAPI, svc: WebService) -> None:
         return JSONResponse(body | {"pending": pending}, status_code=202 if pending else 200)
 
 
-class _CountRequests:
-    """Requests by route and status, as plain ASGI: BaseHTTPMiddleware costs ~1 ms a request."""
+class _Observe:
+    """Gives each request an id (the client's `X-Request-ID` if sane, else a new one), returns
+    it, and counts requests by route and status; plain ASGI, as BaseHTTPMiddleware costs ~1 ms
+    a request."""
 
     def __init__(self, app: Any, metrics: Metrics) -> None:
         self.app, self.metrics = app, metrics
@@ -184,10 +223,14 @@ class _CountRequests:
             await self.app(scope, receive, send)
             return
         status = {"code": 500}
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
+        rid = given.decode() if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
 
         async def send_status(message: Any) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
 
         try:

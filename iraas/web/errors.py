@@ -18,9 +18,19 @@ IMAGE_STATUS = {
 
 
 class InputError(Exception):
-    def __init__(self, status: int, code: str, reason: str, file: str | None = None) -> None:
+    """A request refused: `status`, a stable `code`, a `reason`; `retry_after` seconds for a
+    refusal that a later try may not meet (overload, storage unavailable)."""
+
+    def __init__(
+        self, status: int, code: str, reason: str, file: str | None = None, retry_after: int | None = None
+    ) -> None:
         super().__init__(reason)
         self.status, self.code, self.reason, self.file = status, code, reason, file
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
 
     @classmethod
     def from_image(cls, err: ImageError, file: str) -> InputError:

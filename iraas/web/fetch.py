@@ -1,11 +1,13 @@
 """URL intake that cannot be turned against the service's own network (SSRF).
 
 http/https only; the host is resolved once, every address checked (loopback, private,
-link-local, CGNAT, multicast, unspecified, reserved and cloud-metadata are refused, for IPv4,
-IPv6 and IPv4-mapped IPv6), and the connection goes to the address that was checked — the URL's
-host travels only in the Host header and TLS SNI, so a second lookup cannot swap the address.
-Each redirect is checked the same way, at most 3; time-outs and a byte cap apply while
-streaming. An operator allow-list can permit chosen hosts or networks.
+link-local, site-local, CGNAT, multicast, unspecified, reserved and cloud-metadata are refused,
+for IPv4 and IPv6; an IPv6 address that carries an IPv4 one — mapped, compatible, NAT64, 6to4,
+Teredo — is judged by that IPv4 address), and the connection goes to the address that was
+checked — the URL's host travels only in the Host header and TLS SNI, so a second lookup cannot
+swap the address. Each redirect is checked the same way, at most 3; one deadline covers the
+whole fetch, redirects included, and a byte cap applies while streaming. An operator allow-list
+can permit chosen hosts or networks.
 """
 
 from __future__ import annotations
@@ -24,7 +26,40 @@ from .errors import InputError
 Resolver = Callable[[str, int], list[str]]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_REDIRECTS = 3
-_EXTRA_BLOCKED = [ipaddress.ip_network(n) for n in ("100.64.0.0/10", "169.254.169.254/32", "fd00:ec2::254/128")]
+_EXTRA_BLOCKED = [
+    ipaddress.ip_network(n)
+    # CGNAT, the metadata service (IPv4, IPv6), site-local, local-use NAT64 (a private network's)
+    for n in ("100.64.0.0/10", "169.254.169.254/32", "fd00:ec2::254/128", "fec0::/10", "64:ff9b:1::/48")
+]
+# prefixes whose last 32 bits are the IPv4 address reached: NAT64, SIIT-translated
+_NAT64 = [ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "::ffff:0:0:0/96")]
+_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def display_name(url: str) -> str:
+    """A URL as kept in results and shown back: no userinfo, query or fragment (they carry
+    passwords and tokens)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return url.split("?")[0].split("#")[0][:200]
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}{port}{parts.path}"[:500]
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries (and reaches, through a translator), if any."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.teredo is not None:
+        return ip.teredo[1]  # the client's address (obfuscated in the address, decoded here)
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if any(ip in net for net in _NAT64) or (ip in _COMPATIBLE and int(ip) > 1):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
 
 
 def system_resolver(host: str, port: int) -> list[str]:
@@ -52,8 +87,8 @@ class UrlPolicy:
 
 def refused_reason(ip: IPAddress) -> str | None:
     """Why an address must not be fetched from, or None if it is a public address."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return refused_reason(ip.ipv4_mapped)
+    if isinstance(ip, ipaddress.IPv6Address) and (inner := embedded_ipv4(ip)) is not None:
+        return refused_reason(inner)
     for label, hit in (
         ("loopback", ip.is_loopback),
         ("link-local", ip.is_link_local),
@@ -71,7 +106,12 @@ def refused_reason(ip: IPAddress) -> str | None:
 
 
 def _target(url: str) -> tuple[str, str, int, str]:
-    parts = urlsplit(url)
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        raise InputError(400, "bad_url", "a URL has no spaces or control characters")
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise InputError(400, "bad_url", f"not a URL: {url[:200]!r}") from None
     if parts.scheme not in ("http", "https"):
         raise InputError(400, "bad_url", f"only http and https URLs are accepted: {url[:200]}")
     try:
@@ -80,6 +120,12 @@ def _target(url: str) -> tuple[str, str, int, str]:
         raise InputError(400, "bad_url", f"bad port in URL: {url[:200]}") from None
     if not host:
         raise InputError(400, "bad_url", f"URL has no host: {url[:200]}")
+    try:
+        host.encode("idna") if not host.isascii() else None
+    except UnicodeError:
+        raise InputError(400, "bad_url", f"bad host name in URL: {url[:200]}") from None
+    if len(host) > 253 or any(len(label) > 63 for label in host.split(".")):
+        raise InputError(400, "bad_url", f"bad host name in URL: {url[:200]}")
     path = parts.path or "/"
     return parts.scheme, host, port, path + (f"?{parts.query}" if parts.query else "")
 
@@ -107,7 +153,15 @@ async def _checked_address(host: str, port: int, policy: UrlPolicy, resolver: Re
 
 
 async def fetch_url(url: str, policy: UrlPolicy, resolver: Resolver = system_resolver) -> bytes:
-    """The body of `url`, fetched safely; InputError on any refusal or failure."""
+    """The body of `url`, fetched safely within `policy.timeout_s` in all (a server sending one
+    byte every few seconds cannot hold the request); InputError on any refusal or failure."""
+    try:
+        return await asyncio.wait_for(_fetch(url, policy, resolver), policy.timeout_s)
+    except TimeoutError:
+        raise InputError(422, "unreachable_url", f"{url[:200]} took over {policy.timeout_s:g} s") from None
+
+
+async def _fetch(url: str, policy: UrlPolicy, resolver: Resolver) -> bytes:
     async with httpx.AsyncClient(timeout=policy.timeout_s, follow_redirects=False, trust_env=False) as client:
         for _ in range(MAX_REDIRECTS + 1):
             scheme, host, port, path = _target(url)
@@ -115,12 +169,15 @@ async def fetch_url(url: str, policy: UrlPolicy, resolver: Resolver = system_res
             ip_host = f"[{ip}]" if ip.version == 6 else str(ip)
             default = port == (443 if scheme == "https" else 80)
             headers = {"Host": host if default else f"{host}:{port}", "User-Agent": "iraas-fetch/1"}
-            request = client.build_request(
-                "GET", f"{scheme}://{ip_host}:{port}{path}", headers=headers, extensions={"sni_hostname": host}
-            )
+            try:
+                request = client.build_request(
+                    "GET", f"{scheme}://{ip_host}:{port}{path}", headers=headers, extensions={"sni_hostname": host}
+                )
+            except httpx.InvalidURL:
+                raise InputError(400, "bad_url", f"not a URL: {url[:200]!r}") from None
             try:
                 response = await client.send(request, stream=True)
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 raise InputError(422, "unreachable_url", f"cannot fetch {url[:200]}: {exc!r}"[:300]) from None
             try:
                 if response.is_redirect and "location" in response.headers:

@@ -7,7 +7,6 @@ from the stored result without inference (dedup by SHA-256).
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from ..imaging import ImageError, inspect, looks_complete
 from ..messages import Result
 from ..store import Store
 from .errors import InputError
+from .upload import Spool
 
 
 def model_key(model: str) -> str:
@@ -27,7 +27,7 @@ def model_key(model: str) -> str:
 @dataclass(frozen=True)
 class Item:
     name: str
-    data: bytes
+    body: Spool
 
 
 @dataclass(frozen=True)
@@ -38,13 +38,14 @@ class Submitted:
 
 
 def check(item: Item, settings: Settings) -> None:
-    if len(item.data) > settings.max_file_bytes:
+    body = item.body
+    if body.size > settings.max_file_bytes:
         raise InputError(413, "too_large", f"file is over the {settings.max_file_bytes} byte limit", item.name)
     try:
-        info = inspect(item.data, settings.image_limits)
+        info = inspect(body.reader(), settings.image_limits)
     except ImageError as err:
         raise InputError.from_image(err, item.name) from None
-    if not looks_complete(item.data, info.format):
+    if not looks_complete(body.head(16), body.tail(4096), body.size, info.format):
         raise InputError(422, "truncated", "the image file is truncated", item.name)
 
 
@@ -62,13 +63,13 @@ class Intake:
         out: list[Submitted] = []
         queued = []
         for item, rid in zip(items, ids, strict=True):
-            digest = hashlib.sha256(item.data).hexdigest()
+            digest = item.body.digest
             cached = None
             if task == "recognize":
                 cached = self.store.answer_from_cache(rid=rid, name=item.name, model=self.model, digest=digest, now=now)
             out.append(Submitted(rid, item.name, cached))
             if cached is None:
-                self.store.put_input(item.data, digest)
+                self.store.put_input(item.body.reader(), digest)
                 queued.append(
                     self.store.request(
                         rid=rid,

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import shutil
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from ..blobs.base import BlobError
 from ..config import Settings
 from ..messages import Result
+from ..queues.base import Depth, QueueError
 from ..store import Store
 from .errors import InputError
-from .fetch import Resolver, UrlPolicy, fetch_url
+from .fetch import Resolver, UrlPolicy, display_name, fetch_url
 from .intake import Intake, Item, Submitted, check
 from .metrics import Metrics
 from .replies import ReplyWaiter
-from .upload import read_multipart
+from .upload import Limits, Spool, capped, read_multipart
 
 
 class Refused(InputError):
@@ -30,6 +35,10 @@ class Refused(InputError):
 
     def body(self) -> dict[str, Any]:
         return self._body
+
+
+def _unavailable(detail: str) -> InputError:
+    return InputError(503, "store_unavailable", detail[:300], retry_after=5)
 
 
 def location(rid: str) -> str:
@@ -58,34 +67,94 @@ class WebService:
         self.store.new_ids(1)  # reads (or makes) the id-signing key now, not on the event loop
         self.metrics = Metrics()
         self.url_policy = UrlPolicy(s.url_allow, s.url_timeout_s, s.max_file_bytes)
+        self.upload_limits = Limits(
+            max_file_bytes=s.max_file_bytes,
+            max_files=s.max_files,
+            max_request_bytes=s.max_request_bytes,
+            spool_bytes=s.spool_bytes,
+            read_timeout_s=s.body_timeout_s,
+        )
+        self.fetches = asyncio.Semaphore(s.max_fetches)
+        self._backlog: tuple[float, int] = (-math.inf, 0)  # (monotonic time read, backlog)
+        self._free: int | None = None
 
     async def gather(self, request: Request, fields: tuple[str, ...]) -> list[Item]:
-        """The request's images: multipart uploads in `fields`, or JSON url/urls fetched safely."""
+        """The request's images: multipart uploads in `fields`, or JSON url/urls fetched safely.
+        The caller closes their spools (`release`)."""
         s = self.settings
         ctype = request.headers.get("content-type", "")
         declared = request.headers.get("content-length", "")
-        limit = s.max_file_bytes * s.max_files + 1024 * 1024
-        if declared.isdigit() and int(declared) > limit:
-            raise InputError(413, "too_large", f"request body is over the {limit} byte limit")
+        if declared.isdigit() and int(declared) > s.max_request_bytes:
+            raise InputError(413, "request_too_large", f"the request body is over the {s.max_request_bytes} byte limit")
+        await self._shed_load()
         if ctype.startswith("application/json"):
             return await self._from_urls(request)
-        uploads = await read_multipart(ctype, request.stream(), fields, s.max_file_bytes, s.max_files)
-        return [Item(u.name, bytes(u.data)) for u in uploads]
+        uploads = await read_multipart(ctype, request.stream(), fields, self.upload_limits)
+        return [Item(u.name, u.body) for u in uploads]
+
+    def _load(self) -> tuple[Depth, int | None]:
+        """Queue depth, and free bytes on the embedded store's disk (None on AWS)."""
+        depth = self.store.requests.depth()
+        if self.settings.backend != "embedded":
+            return depth, None
+        return depth, shutil.disk_usage(self.settings.data_dir).free
+
+    def probe(self) -> Depth:
+        """Readiness: the queue and the store answer, a blob can be written, the disk has room."""
+        depth, free = self._load()
+        if free is not None and free < self.settings.min_free_bytes:
+            raise OSError(f"only {free} bytes free on the data disk (min_free_bytes {self.settings.min_free_bytes})")
+        self.store.probe()
+        return depth
+
+    @staticmethod
+    def release(items: list[Item]) -> None:
+        for item in items:
+            item.body.close()
+
+    async def _shed_load(self) -> None:
+        """Past `max_backlog` images waiting, new work is refused (503 and Retry-After) instead
+        of growing the queue without bound. The depth is read at most twice a second."""
+        limit = self.settings.max_backlog
+        read_at, backlog = self._backlog
+        if time.monotonic() - read_at > 0.5:
+            try:
+                depth, free = await run_in_threadpool(self._load)
+            except (QueueError, BlobError, OSError) as exc:
+                raise _unavailable(f"cannot read the queue: {exc}") from None
+            backlog = depth.visible + depth.delayed
+            self._backlog = (time.monotonic(), backlog)
+            self._free = free
+        if self._free is not None and self._free < self.settings.min_free_bytes:
+            raise InputError(507, "disk_full", "the service's disk is full: try again later", retry_after=60)
+        if limit and backlog >= limit:
+            raise InputError(
+                503, "overloaded", f"{backlog} images are waiting (limit {limit}): try again later", retry_after=10
+            )
 
     async def _from_urls(self, request: Request) -> list[Item]:
+        s = self.settings
+        raw = bytearray()
+        async for chunk in capped(request.stream(), s.max_json_bytes, s.body_timeout_s):
+            raw += chunk
         try:
-            body = json.loads(await request.body())
-        except ValueError:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
             raise InputError(400, "bad_json", "the body is not valid JSON") from None
         urls = body.get("urls") if isinstance(body, dict) else None
         if isinstance(body, dict) and "url" in body:
             urls = [body["url"]]
         if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
             raise InputError(400, "missing_field", 'send {"url": "..."} or {"urls": ["...", ...]}')
-        if len(urls) > self.settings.max_files:
-            raise InputError(413, "too_many_files", f"at most {self.settings.max_files} URLs per request")
-        datas = await asyncio.gather(*(fetch_url(u, self.url_policy, self.resolver) for u in urls))
-        return [Item(u, d) for u, d in zip(urls, datas, strict=True)]
+        if len(urls) > s.max_files:
+            raise InputError(413, "too_many_files", f"at most {s.max_files} URLs per request")
+        datas = await asyncio.gather(*(self._fetch(u) for u in urls))
+        return [Item(display_name(u), Spool.of(d, s.spool_bytes)) for u, d in zip(urls, datas, strict=True)]
+
+    async def _fetch(self, url: str) -> bytes:
+        """One URL, within the total deadline, with at most `max_fetches` in flight."""
+        async with self.fetches:
+            return await fetch_url(url, self.url_policy, self.resolver)
 
     def check_all(self, items: list[Item]) -> None:
         """Refuse the whole request, naming every bad file, before anything is stored."""
@@ -103,7 +172,12 @@ class WebService:
         self, items: list[Item], ids: list[str], reply: bool, task: str, person: str
     ) -> list[Submitted]:
         self.check_all(items)  # one trip to the thread pool for both: each trip costs
-        return self.intake.submit(items, ids, reply, task, person)
+        try:
+            return self.intake.submit(items, ids, reply, task, person)
+        except (QueueError, BlobError, OSError) as exc:
+            # Locked, full or unreachable storage: nothing was answered to the client yet, so the
+            # ids issued here are never seen (a GET of an id it never received cannot happen).
+            raise _unavailable(f"cannot store the request now: {exc}") from None
 
     async def submit_and_wait(
         self, items: list[Item], wait: bool, timeout: float, task: str = "recognize", person: str = ""
@@ -118,6 +192,8 @@ class WebService:
             for rid in ids:
                 self.waiter.forget(rid)
             raise
+        finally:
+            self.release(items)
         for sub in subs:
             if sub.cached is not None:
                 self.metrics.dedup.inc()
@@ -151,5 +227,14 @@ class WebService:
         try:
             value = float(raw)
         except ValueError:
-            raise InputError(400, "bad_parameter", f"timeout must be a number of seconds, got {raw!r}") from None
-        return min(max(value, 0.0), 600.0)
+            value = math.nan
+        if not math.isfinite(value) or value < 0:
+            raise InputError(400, "bad_parameter", f"timeout must be a number of seconds, got {raw[:40]!r}")
+        return min(value, 600.0)
+
+    @staticmethod
+    def wait(request: Request) -> bool:
+        raw = request.query_params.get("wait", "true").lower()
+        if raw not in ("true", "1", "yes", "false", "0", "no"):
+            raise InputError(400, "bad_parameter", f"wait must be true or false, got {raw[:40]!r}")
+        return raw in ("true", "1", "yes")

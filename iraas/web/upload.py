@@ -1,40 +1,120 @@
 """Streaming multipart intake with limits enforced while the body arrives.
 
-A file over the size limit, or one file too many, ends the upload at once with an error naming
-the file: the rest of the body is never read (nor buffered).
+A file over the size limit, one file too many, or a body over the request limit ends the upload
+at once with an error naming the file: the rest of the body is never read (nor buffered). Each
+file is hashed as it arrives and kept in memory only up to a small threshold; past it, it is
+spooled to an anonymous temporary file, so that twenty clients sending the largest request
+each cost disk, not RAM.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import asyncio
+import hashlib
+import io
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import IO
 
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from .errors import InputError
+
+_MAX_PART_HEADERS = 16 * 1024
+
+
+class Spool:
+    """One upload's bytes: hashed as they arrive, in memory up to `threshold`, then on disk."""
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self.size = 0
+        self._sha = hashlib.sha256()
+        self._mem = bytearray()
+        self._file: IO[bytes] | None = None
+
+    @classmethod
+    def of(cls, data: bytes, threshold: int = 1 << 20) -> Spool:
+        spool = cls(threshold)
+        spool.write(data)
+        return spool
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        self._sha.update(chunk)
+        if self._file is None and len(self._mem) + len(chunk) > self.threshold:
+            self._file = tempfile.TemporaryFile(prefix="iraas-upload-")  # noqa: SIM115 (closed in close())
+            self._file.write(self._mem)
+            self._mem = bytearray()
+        if self._file is not None:
+            self._file.write(chunk)
+        else:
+            self._mem += chunk
+
+    @property
+    def digest(self) -> str:
+        return self._sha.hexdigest()
+
+    def reader(self) -> IO[bytes]:
+        """The bytes from the start (one reader at a time)."""
+        if self._file is None:
+            return io.BytesIO(self._mem)
+        self._file.flush()
+        self._file.seek(0)
+        return self._file
+
+    def head(self, n: int) -> bytes:
+        return self.reader().read(n)
+
+    def tail(self, n: int) -> bytes:
+        f = self.reader()
+        f.seek(max(self.size - n, 0))
+        return f.read()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._mem = bytearray()
 
 
 @dataclass
 class Upload:
     field: str
     name: str
-    data: bytearray = dataclasses.field(default_factory=bytearray)
+    body: Spool
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_file_bytes: int
+    max_files: int
+    max_request_bytes: int
+    spool_bytes: int
+    read_timeout_s: float  # the longest wait for the next piece of the body
 
 
 class _Collector:
-    def __init__(self, fields: tuple[str, ...], max_file_bytes: int, max_files: int) -> None:
-        self.fields, self.max_file_bytes, self.max_files = fields, max_file_bytes, max_files
+    def __init__(self, fields: tuple[str, ...], limits: Limits) -> None:
+        self.fields, self.limits = fields, limits
         self.files: list[Upload] = []
         self._current: Upload | None = None
         self._headers: dict[bytes, bytes] = {}
         self._hname = self._hvalue = b""
+        self._header_bytes = 0
 
     def header_field(self, data: bytes, start: int, end: int) -> None:
         self._hname += data[start:end]
+        self._count_header(end - start)
 
     def header_value(self, data: bytes, start: int, end: int) -> None:
         self._hvalue += data[start:end]
+        self._count_header(end - start)
+
+    def _count_header(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > _MAX_PART_HEADERS:
+            raise InputError(431, "headers_too_large", f"a part's headers are over {_MAX_PART_HEADERS} bytes")
 
     def header_end(self) -> None:
         self._headers[self._hname.lower()] = self._hvalue
@@ -42,33 +122,57 @@ class _Collector:
 
     def headers_finished(self) -> None:
         _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
-        self._headers = {}
+        self._headers, self._header_bytes = {}, 0
         name = params.get(b"name", b"").decode("utf-8", "replace")
         filename = params.get(b"filename")
         self._current = None
         if name in self.fields and filename is not None:
-            if len(self.files) >= self.max_files:
-                raise InputError(413, "too_many_files", f"at most {self.max_files} files per request")
-            self._current = Upload(name, filename.decode("utf-8", "replace") or "upload")
+            if len(self.files) >= self.limits.max_files:
+                raise InputError(413, "too_many_files", f"at most {self.limits.max_files} files per request")
+            shown = filename.decode("utf-8", "replace") or "upload"
+            self._current = Upload(name, shown, Spool(self.limits.spool_bytes))
             self.files.append(self._current)
 
     def part_data(self, data: bytes, start: int, end: int) -> None:
         cur = self._current
         if cur is None:
             return  # other form fields are ignored
-        cur.data += data[start:end]
-        if len(cur.data) > self.max_file_bytes:
-            raise InputError(413, "too_large", f"file is over the {self.max_file_bytes} byte limit", cur.name)
+        cur.body.write(data[start:end])
+        if cur.body.size > self.limits.max_file_bytes:
+            raise InputError(413, "too_large", f"file is over the {self.limits.max_file_bytes} byte limit", cur.name)
+
+    def close(self) -> None:
+        for f in self.files:
+            f.body.close()
+
+
+async def capped(body: AsyncIterator[bytes], limit: int, read_timeout_s: float) -> AsyncIterator[bytes]:
+    """The body's chunks, refused past `limit` bytes in all (a chunked body declares no
+    length) or when the client stalls for `read_timeout_s`."""
+    total = 0
+    it = body.__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(it.__anext__(), read_timeout_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise InputError(408, "body_timeout", f"no part of the body arrived for {read_timeout_s:g} s") from None
+        total += len(chunk)
+        if total > limit:
+            raise InputError(413, "request_too_large", f"the request body is over the {limit} byte limit")
+        yield chunk
 
 
 async def read_multipart(
-    content_type: str, body: AsyncIterator[bytes], fields: tuple[str, ...], max_file_bytes: int, max_files: int
+    content_type: str, body: AsyncIterator[bytes], fields: tuple[str, ...], limits: Limits
 ) -> list[Upload]:
+    """The files in `fields`; the caller closes their spools."""
     ctype, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
     if ctype != b"multipart/form-data" or not boundary:
         raise InputError(415, "bad_content_type", "send multipart/form-data with the image file(s)")
-    c = _Collector(fields, max_file_bytes, max_files)
+    c = _Collector(fields, limits)
     parser = MultipartParser(
         boundary,
         {
@@ -79,14 +183,23 @@ async def read_multipart(
             "on_part_data": c.part_data,
         },
     )
-    async for chunk in body:
+    try:
+        async for chunk in capped(body, limits.max_request_bytes, limits.read_timeout_s):
+            try:
+                parser.write(chunk)
+            except InputError:
+                raise
+            except Exception as exc:  # the parser's own errors: a malformed body
+                raise InputError(400, "bad_multipart", f"malformed multipart body: {exc}") from None
         try:
-            parser.write(chunk)
-        except InputError:
-            raise
-        except Exception as exc:  # the parser's own errors: a malformed body
+            parser.finalize()
+        except Exception as exc:
             raise InputError(400, "bad_multipart", f"malformed multipart body: {exc}") from None
-    parser.finalize()
+        if parser.state != MultipartState.END:  # cut short: its last file may be cut short too
+            raise InputError(400, "bad_multipart", "the multipart body ends before its closing boundary")
+    except BaseException:
+        c.close()
+        raise
     if not c.files:
         raise InputError(400, "missing_field", f"no file in form field {' or '.join(repr(f) for f in fields)}")
     return c.files

@@ -1,0 +1,106 @@
+"""uvicorn, with the limits it lacks: a deadline for a request's headers and a cap on their size.
+
+uvicorn closes idle keep-alive connections and caps connections (`limit_concurrency`), but a
+client that sends half its headers and then nothing holds its connection forever (slowloris).
+Here every request's headers must be complete within `header_timeout_s` and fit in 64 KiB;
+a refusal past the connection cap is JSON like every other error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from ..config import Settings
+
+MAX_HEADER_BYTES = 64 * 1024
+
+
+def _json_response(status: int, reason: str, code: str, detail: str, extra: str = "") -> bytes:
+    body = json.dumps({"error": code, "detail": detail}).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n{extra}\r\n"
+    )
+    return head.encode() + body
+
+
+class _Protocol(HttpToolsProtocol):
+    header_timeout_s = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._header_bytes = 0
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._header_bytes = 0
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        if not self.transport.is_closing():
+            detail = f"the request headers did not arrive within {self.header_timeout_s:g} s"
+            self.transport.write(_json_response(408, "Request Timeout", "header_timeout", detail))
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value))
+        super().on_header(name, value)
+
+    def _count(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
+            detail = f"the request line and headers are over {MAX_HEADER_BYTES} bytes"
+            self.transport.write(_json_response(431, "Request Header Fields Too Large", "headers_too_large", detail))
+            self.transport.close()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        limit = self.limit_concurrency
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            # uvicorn's own answer here is text/plain; every error of this service is JSON
+            detail = "too many connections: try again shortly"
+            self.transport.write(_json_response(503, "Service Unavailable", "overloaded", detail, "retry-after: 1\r\n"))
+            self.transport.close()
+            return
+        super().on_headers_complete()
+
+
+def serve(app: Any, settings: Settings) -> None:
+    protocol = type("IraasProtocol", (_Protocol,), {"header_timeout_s": settings.header_timeout_s})
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        http=protocol,
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=5,
+    )
