@@ -185,7 +185,9 @@ class Worker:
 
     def _classify(self, images: list[bytes]) -> list[Prediction | ImageError]:
         """The recognizer's answers; if it raises for the batch, each image alone, so that the
-        exception is the failure of the image that caused it and of no other."""
+        exception is the failure of the image that caused it and of no other. (Decoding and
+        preprocessing errors are the recognizer's `corrupt` answers; an exception that escapes
+        it comes from the model, and is `recognition_failed`: it may not be the image's fault.)"""
         try:
             return self.clf.classify(images)
         except SpecError:
@@ -193,7 +195,8 @@ class Worker:
         except Exception as exc:
             if len(images) == 1:
                 log.warning("recognising an image failed", exc_info=True)
-                return [ImageError("corrupt", f"cannot recognise image: {type(exc).__name__}: {exc}"[:300])]
+                detail = f"the model failed on this image: {type(exc).__name__}: {exc}"[:300]
+                return [ImageError("recognition_failed", detail)]
         return [out for image in images for out in self._classify([image])]
 
     def _each(self, fn: Callable[[_Job], T], jobs: list[_Job]) -> list[T]:

@@ -195,7 +195,7 @@ def test_an_exception_for_the_batch_fails_only_the_image_that_raised(
     results = [store.load_result(rid) for rid in ids]
     assert [(r.status, r.label or r.error) for r in results if r] == [
         ("done", "tench"),
-        ("failed", "corrupt"),
+        ("failed", "recognition_failed"),
         ("done", "great white shark"),
     ]
 
