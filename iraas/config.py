@@ -53,7 +53,8 @@ class Settings:
     input_ttl_s: float = 86_400.0
     result_ttl_s: float = 7 * 86_400.0
     # queue semantics
-    visibility_s: int = 30
+    # a dead worker's messages come back after this (the worker extends it while it works)
+    visibility_s: int = 10
     max_receives: int = 3
     # worker
     batch_size: int = 4

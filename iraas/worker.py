@@ -40,6 +40,7 @@ class _Job:
     req: Request
     data: bytes | None = None
     result: Result | None = None
+    version: str | None = None  # the model version that answered it (the face gallery's)
 
 
 class Worker:
@@ -176,8 +177,9 @@ class Worker:
         t0 = self.clock()
         outcomes = self._classify([j.data or b"" for j in runnable]) if runnable else []
         per_image = (self.clock() - t0) / max(len(runnable), 1)
+        version = self.clf.version  # now: by the time the dedup entry is written, it may be newer
         for job, outcome in zip(runnable, outcomes, strict=True):
-            job.result = self._result(job, outcome, per_image, len(runnable))
+            job.result, job.version = self._result(job, outcome, per_image, len(runnable)), version
         for job in todo:
             if job.result is None:
                 job.result = self._failure(job.req, "input_missing", "the uploaded image is no longer stored")
@@ -272,7 +274,7 @@ class Worker:
         result = job.result
         # Only for the model version the web asked about: a worker still on the previous gallery
         # must not store its answer as the answer for the new one.
-        if result is not None and result.worker == self.id and job.req.model_version == self.clf.version:
+        if result is not None and result.worker == self.id and job.req.model_version == job.version:
             self.store.remember(job.req, result)
 
     def _reply(self, job: _Job) -> bool:

@@ -250,3 +250,33 @@ def test_a_batch_longer_than_the_visibility_timeout_stays_hidden(
     result = store.load_result(rid)
     assert result is not None and result.label == "tench"
     assert store.requests.depth().backlog == 0
+
+
+class _Reloads:
+    """The real classifier whose version moves on after a batch (the face gallery reloaded for
+    the next batch) before this batch's answers are remembered, in the background: read from
+    the worker's own thread it is "old"; read later, from the background pool, it is "" (the
+    version the requests asked for)."""
+
+    def __init__(self, inner: Classifier) -> None:
+        self.inner, self.spec, self.times, self.name = inner, inner.spec, inner.times, "r"
+
+    @property
+    def version(self) -> str:
+        import threading
+
+        return "" if threading.current_thread().name.startswith("fetch") else "old"
+
+    def classify(self, images: Any, top_k: int = 5) -> Any:
+        return self.inner.classify(images, top_k)
+
+
+def test_an_answer_is_remembered_only_under_the_version_that_gave_it(
+    store: Store, classifier: Classifier, tmp_path: Path
+) -> None:
+    _submit(store, TENCH)
+    assert _worker(store, _Reloads(classifier), tmp_path).run_once(wait_s=1) == 1
+    time.sleep(0.3)  # the dedup entry would be written in the background
+    (rid,) = store.new_ids(1)
+    digest = hashlib.sha256(TENCH).hexdigest()
+    assert store.answer_from_cache(rid=rid, name="a.jpg", model=MODEL, digest=digest, now=time.time()) is None
