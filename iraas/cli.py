@@ -123,7 +123,7 @@ SETTING_HELP = {
     "min_free_bytes": "below this free on the data disk: not ready, uploads 507 (default 256 MiB)",
     "input_ttl_s": "embedded store: uploaded images are deleted after this, seconds (default 1 day)",
     "result_ttl_s": "embedded store: results are deleted after this, seconds (default 7 days)",
-    "visibility_s": "seconds a received request stays hidden before it is retried; a live worker extends it (default 10)",
+    "visibility_s": "seconds a received request stays hidden before a retry; a live worker extends it (default 10)",
     "max_receives": "deliveries before a request is given up as failed (default 3)",
     "batch_size": "most requests per inference call (default 4: as fast per image as 8, less memory)",
     "batch_wait_s": "extra wait for a fuller batch once one request arrived (default 0)",
