@@ -203,3 +203,26 @@ def test_finished_work_keeps_a_worker_while_the_queue_is_empty(
         _beat(b, wid, "idle", clock.now, processed=29)
         ctl.tick()
     assert fleet.stopped == [wid]
+
+
+def test_a_failure_that_repeats_every_tick_is_logged_once_not_four_times_a_second(
+    setup: tuple[Store, FakeFleet, Clock, Controller], caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import threading
+
+    *_, ctl = setup
+    ctl.s = dataclasses.replace(ctl.s, tick_s=0.01)
+
+    def full_disk() -> None:
+        raise OSError(28, "No space left on device")
+
+    ctl.tick = full_disk  # type: ignore[method-assign]
+    stop = threading.Event()
+    runner = threading.Thread(target=ctl.run, args=(stop,))
+    with caplog.at_level(logging.ERROR, logger="iraas.controller"):
+        runner.start()
+        threading.Event().wait(1.0)  # ~100 failed ticks
+        stop.set()
+        runner.join()
+    assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
