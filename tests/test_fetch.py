@@ -39,6 +39,14 @@ TENCH = IMAGENET / "images" / "n01440764_tench.JPEG"
         ("8.8.8.8", False),
         ("2606:4700:4700::1111", False),
         ("::ffff:8.8.8.8", False),
+        ("::127.0.0.1", True),  # IPv4-compatible
+        ("::ffff:0:7f00:1", True),  # SIIT-translated
+        ("64:ff9b::a9fe:a9fe", True),  # NAT64 of the metadata address
+        ("64:ff9b::808:808", False),  # NAT64 of a public address
+        ("64:ff9b:1::808:808", True),  # local-use NAT64: a private network's, whatever it carries
+        ("2002:a9fe:a9fe::1", True),  # 6to4
+        ("2002:808:808::1", False),
+        ("fec0::1", True),  # site-local
     ],
 )
 def test_address_classes(addr: str, refused: bool) -> None:

@@ -31,8 +31,9 @@ _EXTRA_BLOCKED = [
     # CGNAT, the metadata service (IPv4, IPv6), site-local, local-use NAT64 (a private network's)
     for n in ("100.64.0.0/10", "169.254.169.254/32", "fd00:ec2::254/128", "fec0::/10", "64:ff9b:1::/48")
 ]
-# prefixes whose last 32 bits are the IPv4 address reached: NAT64, SIIT-translated
-_NAT64 = [ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "::ffff:0:0:0/96")]
+# prefixes whose last 32 bits are the IPv4 address reached: well-known NAT64, SIIT-translated.
+# (Local-use NAT64, 64:ff9b:1::/48, is refused whole above, whatever IPv4 address it carries.)
+_NAT64 = [ipaddress.ip_network(n) for n in ("64:ff9b::/96", "::ffff:0:0:0/96")]
 _COMPATIBLE = ipaddress.ip_network("::/96")
 
 
