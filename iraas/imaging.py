@@ -33,6 +33,11 @@ class ImageError(ValueError):
         self.code = code
         self.reason = reason
 
+    @classmethod
+    def unexpected(cls, what: str, exc: BaseException, code: str = "corrupt") -> ImageError:
+        """An exception nobody foresaw, as this one image's failure: what failed, and how."""
+        return cls(code, f"{what}: {type(exc).__name__}: {exc}"[:300])
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -165,7 +170,7 @@ def decode(data: bytes, min_side: int | None = None, limits: Limits = DEFAULT_LI
     except MemoryError:
         raise ImageError("too_many_pixels", "the image needs more memory than the worker has") from None
     except Exception as exc:  # decoder plugins raise anything (AVIF: RuntimeError): one bad file
-        raise ImageError("corrupt", f"cannot decode image: {type(exc).__name__}: {exc}"[:300]) from None
+        raise ImageError.unexpected("cannot decode image", exc) from None
 
 
 def _check_jpeg_data(data: bytes) -> None:

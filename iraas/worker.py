@@ -195,11 +195,10 @@ class Worker:
         except SpecError:
             raise  # the deployment's problem (no gallery), not an image's
         except Exception as exc:
-            if len(images) == 1:
-                log.warning("recognising an image failed", exc_info=True)
-                detail = f"the model failed on this image: {type(exc).__name__}: {exc}"[:300]
-                return [ImageError("recognition_failed", detail)]
-        return [out for image in images for out in self._classify([image])]
+            if len(images) > 1:
+                return [out for image in images for out in self._classify([image])]
+            log.warning("recognising an image failed", exc_info=True)
+            return [ImageError.unexpected("the model failed on this image", exc, "recognition_failed")]
 
     def _each(self, fn: Callable[[_Job], T], jobs: list[_Job]) -> list[T]:
         """`fn` over the jobs, in parallel on the I/O pool when there are several (the GIL is
@@ -242,7 +241,8 @@ class Worker:
         except SpecError as err:
             return self._failure(req, "not_supported", str(err), timings)
         except Exception as exc:  # one bad photo fails alone
-            return self._failure(req, "corrupt", f"cannot enrol image: {type(exc).__name__}: {exc}"[:300], timings)
+            failed = ImageError.unexpected("cannot enrol image", exc)
+            return self._failure(req, failed.code, failed.reason, timings)
         self.store.add_enrolment(req.id, part)
         return Result(
             id=req.id,

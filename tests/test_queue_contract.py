@@ -102,6 +102,25 @@ def test_release_gives_messages_back_at_once(make_queue: MakeQueue) -> None:
         assert [m.receive_count for m in again.values()] == [2, 2]
 
 
+def test_writable_when_the_queue_can_take_a_message(make_queue: MakeQueue, tmp_path: Path) -> None:
+    q = make_queue()
+    q.writable()  # no error
+    if isinstance(q, SqliteQueue):  # its write lock held elsewhere (a backup): an error, in time
+        import sqlite3
+
+        from iraas.queues.base import QueueError
+
+        locked = SqliteQueue(tmp_path / "queue.db", "q", lock_timeout_s=0.3)
+        holder = sqlite3.connect(tmp_path / "queue.db", isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            with pytest.raises(QueueError):
+                locked.writable()
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+
+
 def test_stale_receipt_cannot_delete_or_extend(make_queue: MakeQueue) -> None:
     q = make_queue()
     q.send("x")

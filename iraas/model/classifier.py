@@ -138,7 +138,7 @@ class Classifier:
                 results.append(err)
                 continue
             except Exception as exc:  # one bad image fails alone, whatever it breaks
-                results.append(ImageError("corrupt", f"cannot prepare image: {type(exc).__name__}: {exc}"[:300]))
+                results.append(ImageError.unexpected("cannot prepare image", exc))
                 continue
             results.append(Prediction(()))  # placeholder, filled below
         t_decode = time.perf_counter() - t0 - t_prep

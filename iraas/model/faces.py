@@ -196,32 +196,28 @@ class FaceRecognizer:
         aligned = []
         detect = 0.0
         for data in images:
-            t_detect = time.perf_counter()
             try:
-                aligned.append(self._aligned(data))
+                rgb = np.asarray(decode(data, min_side=MIN_DETECT_SIDE, limits=self.limits))
+                t_detect = time.perf_counter()
+                faces = self.embedder.detect(rgb)
+                aligned.append(self.embedder.align(rgb, faces[0] if faces else None))
+                detect += time.perf_counter() - t_detect
             except ImageError as err:
                 out.append(err)
                 continue
             except Exception as exc:  # one bad image fails alone (OpenCV raises cv2.error)
-                out.append(ImageError("corrupt", f"cannot prepare image: {type(exc).__name__}: {exc}"[:300]))
+                out.append(ImageError.unexpected("cannot prepare image", exc))
                 continue
-            finally:
-                detect += time.perf_counter() - t_detect
             out.append(Prediction(()))
         t1 = time.perf_counter()
         embs = iter(self.embedder.embed(aligned)) if aligned else iter(())
         result = [self._answer(gallery, next(embs), top_k) if isinstance(r, Prediction) else r for r in out]
-        # stages: decoding, detection and alignment all count as "preprocess"; embedding as "inference"
+        # stages: decode; detection + alignment (as "preprocess"); embedding (as "inference")
         embed = time.perf_counter() - t1
         self.times.add(
             StageTimes(decode=t1 - t0 - detect, preprocess=detect, inference=embed, images=len(images), batches=1)
         )
         return result
-
-    def _aligned(self, data: bytes) -> Array:
-        rgb = np.asarray(decode(data, min_side=MIN_DETECT_SIDE, limits=self.limits))
-        faces = self.embedder.detect(rgb)
-        return self.embedder.align(rgb, faces[0] if faces else None)
 
     def enroll(self, person: str, image: bytes, source: str) -> tuple[bytes, str | None]:
         """`image` as a one-row gallery of `person`, and a problem worth reporting (no face, or

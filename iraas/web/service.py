@@ -75,8 +75,8 @@ class WebService:
             read_timeout_s=s.body_timeout_s,
         )
         self.fetches = asyncio.Semaphore(s.max_fetches)
-        self._backlog: tuple[float, int] = (-math.inf, 0)  # (monotonic time read, backlog)
-        self._free: int | None = None
+        # what _shed_load last read: (monotonic time, images waiting, free bytes on the data disk)
+        self._seen: tuple[float, int, int | None] = (-math.inf, 0, None)
 
     async def gather(self, request: Request, fields: tuple[str, ...]) -> list[Item]:
         """The request's images: multipart uploads in `fields`, or JSON url/urls fetched safely.
@@ -116,16 +116,15 @@ class WebService:
         """Past `max_backlog` images waiting, new work is refused (503 and Retry-After) instead
         of growing the queue without bound. The depth is read at most twice a second."""
         limit = self.settings.max_backlog
-        read_at, backlog = self._backlog
+        read_at, backlog, free = self._seen
         if time.monotonic() - read_at > 0.5:
             try:
                 depth, free = await run_in_threadpool(self._load)
             except (QueueError, BlobError, OSError) as exc:
                 raise _unavailable(f"cannot read the queue: {exc}") from None
             backlog = depth.visible + depth.delayed
-            self._backlog = (time.monotonic(), backlog)
-            self._free = free
-        if self._free is not None and self._free < self.settings.min_free_bytes:
+            self._seen = (time.monotonic(), backlog, free)
+        if free is not None and free < self.settings.min_free_bytes:
             raise InputError(507, "disk_full", "the service's disk is full: try again later", retry_after=60)
         if limit and backlog >= limit:
             raise InputError(

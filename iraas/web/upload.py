@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,14 +24,13 @@ _MAX_PART_HEADERS = 16 * 1024
 
 
 class Spool:
-    """One upload's bytes: hashed as they arrive, in memory up to `threshold`, then on disk."""
+    """One upload's bytes, hashed as they arrive: in memory up to `threshold`, then in an
+    anonymous temporary file (the stdlib's SpooledTemporaryFile does the rollover)."""
 
     def __init__(self, threshold: int) -> None:
-        self.threshold = threshold
         self.size = 0
         self._sha = hashlib.sha256()
-        self._mem = bytearray()
-        self._file: IO[bytes] | None = None
+        self._file = tempfile.SpooledTemporaryFile(max_size=threshold, prefix="iraas-upload-")  # noqa: SIM115
 
     @classmethod
     def of(cls, data: bytes, threshold: int = 1 << 20) -> Spool:
@@ -43,24 +41,14 @@ class Spool:
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
         self._sha.update(chunk)
-        if self._file is None and len(self._mem) + len(chunk) > self.threshold:
-            self._file = tempfile.TemporaryFile(prefix="iraas-upload-")  # noqa: SIM115 (closed in close())
-            self._file.write(self._mem)
-            self._mem = bytearray()
-        if self._file is not None:
-            self._file.write(chunk)
-        else:
-            self._mem += chunk
+        self._file.write(chunk)
 
     @property
     def digest(self) -> str:
         return self._sha.hexdigest()
 
     def reader(self) -> IO[bytes]:
-        """The bytes from the start (one reader at a time)."""
-        if self._file is None:
-            return io.BytesIO(self._mem)
-        self._file.flush()
+        """The bytes from the start (one reader at a time; no copy)."""
         self._file.seek(0)
         return self._file
 
@@ -68,14 +56,11 @@ class Spool:
         return self.reader().read(n)
 
     def tail(self, n: int) -> bytes:
-        f = self.reader()
-        f.seek(max(self.size - n, 0))
-        return f.read()
+        self._file.seek(max(self.size - n, 0))
+        return self._file.read()
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        self._mem = bytearray()
+        self._file.close()
 
 
 @dataclass
