@@ -14,8 +14,9 @@ from iraas.queues.sqlite import SqliteQueue
 ctx = mp.get_context("spawn")
 
 
-def _consume(db: str, out: str, idle_s: float) -> None:
+def _consume(db: str, out: str, idle_s: float, ready: object) -> None:
     q = SqliteQueue(db, "jobs")
+    ready.wait()  # type: ignore[attr-defined]
     last = time.monotonic()
     with open(out, "a") as f:
         while time.monotonic() - last < idle_s:
@@ -32,9 +33,13 @@ def test_four_consumers_process_every_message_once(tmp_path: Path) -> None:
     q = SqliteQueue(db, "jobs")
     bodies = [f"job-{i}" for i in range(2000)]
     outs = [tmp_path / f"out{i}" for i in range(4)]
-    procs = [ctx.Process(target=_consume, args=(str(db), str(o), 3.0)) for o in outs]
+    # Production starts once every consumer is up (a spawned process takes ~1 s to import):
+    # otherwise the first one up may drain everything before the others poll.
+    ready = ctx.Barrier(len(outs) + 1)
+    procs = [ctx.Process(target=_consume, args=(str(db), str(o), 3.0, ready)) for o in outs]
     for p in procs:
         p.start()
+    ready.wait(timeout=60)
     for i in range(0, len(bodies), 10):  # produced while the consumers run
         q.send_batch(bodies[i : i + 10])
     for p in procs:
