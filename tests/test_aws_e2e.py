@@ -8,14 +8,17 @@ worker exits by itself (shutdown behaviour "terminate").
 
 from __future__ import annotations
 
+import ast
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,15 +32,28 @@ from iraas.aws.deploy import Aws, deploy, destroy, stack_name
 from iraas.fleet.ec2 import Ec2Fleet
 from iraas.model.classifier import Classifier
 
-from .conftest import IMAGENET
+from . import iampolicy
+from .conftest import IMAGENET, ROOT
 from .service import free_port
 
 NAME = "e2e"
 
 
 class Hypervisor:
-    def __init__(self, aws: Aws, endpoint: str, bucket: str, logs: Path) -> None:
+    """`env`: the worker role's credentials (and whatever else the instances' user-data sets);
+    `extra`: more worker flags (the model)."""
+
+    def __init__(
+        self,
+        aws: Aws,
+        endpoint: str,
+        bucket: str,
+        logs: Path,
+        env: dict[str, str] | None = None,
+        extra: Sequence[str] = (),
+    ) -> None:
         self.aws, self.endpoint, self.bucket, self.logs = aws, endpoint, bucket, logs
+        self.env, self.extra = env or {}, list(extra)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.peak = 0
         self.launched: set[str] = set()
@@ -77,11 +93,9 @@ class Hypervisor:
                     proc.send_signal(signal.SIGTERM)
 
     def _boot(self, iid: str) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "IRAAS_WORKER_ID": iid}
+        env = {**os.environ, **self.env, "IRAAS_WORKER_ID": iid}
         args = [
-            sys.executable,
-            "-m",
-            "iraas.cli",
+            *recorded(self.logs / f"{iid}.calls.jsonl"),
             "worker",
             "--backend",
             "aws",
@@ -97,9 +111,15 @@ class Hypervisor:
             "0.5",
             "--visibility-s",
             "20",
+            *self.extra,
         ]
         with open(self.logs / f"{iid}.log", "ab") as log:
-            return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+            return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def recorded(calls: Path) -> list[str]:
+    """Run iraas with every AWS call it makes written to `calls` (tests/awscalls.py)."""
+    return [sys.executable, "-m", "tests.awscalls", str(calls)]
 
 
 @pytest.fixture
@@ -107,15 +127,15 @@ def deployed(moto: str, tmp_path: Path) -> Iterator[tuple[Aws, dict[str, str]]]:
     aws = Aws.connect("us-east-1", moto)
     wheel = tmp_path / "iraas-0.1.0-py3-none-any.whl"
     wheel.write_bytes(b"the harness runs the source tree; user-data is not run by moto")
-    yield aws, deploy(aws, NAME, wheel, max_workers=3)
+    yield aws, deploy(aws, NAME, wheel, max_workers=3, lock=_lock(tmp_path, wheel))
 
 
-def _up(moto: str, tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _up(
+    moto: str, tmp_path: Path, bucket: str, env: dict[str, str] | None = None, extra: Sequence[str] = ()
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     args = [
-        sys.executable,
-        "-m",
-        "iraas.cli",
+        *recorded(tmp_path / "up.calls.jsonl"),
         "up",
         "--backend",
         "aws",
@@ -139,9 +159,12 @@ def _up(moto: str, tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
         "60",
         "--visibility-s",
         "20",
+        "--bucket",  # as the web instance's user-data gives it: the role may not read the stack
+        bucket,
+        *extra,
     ]
     with open(tmp_path / "up.log", "ab") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -162,14 +185,124 @@ def _wait(predicate: Any, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out: {what}")
 
 
-def test_burst_scales_out_on_ec2_answers_right_scales_in_and_destroy_leaves_nothing(
-    moto: str, deployed: tuple[Aws, dict[str, str]], tmp_path: Path, classifier: Classifier
+@pytest.fixture
+def deployer(moto: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
+    """moto with IAM enforced from here on, and an administrator identity (the deploying one)
+    made while it was not yet."""
+    import boto3
+    from moto import settings as moto_settings
+
+    iam = boto3.client("iam", endpoint_url=moto, region_name="us-east-1")
+    iam.create_user(UserName="deployer")
+    iam.put_user_policy(UserName="deployer", PolicyName="admin", PolicyDocument=json.dumps(ADMIN))
+    key = iam.create_access_key(UserName="deployer")["AccessKey"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # clients made from now on use the deployer
+    monkeypatch.setattr(moto_settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+    yield Aws.connect("us-east-1", moto)
+
+
+ADMIN = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+ACCOUNT = "123456789012"  # moto's
+
+
+@dataclass
+class Role:
+    name: str  # the IAM role the stack made
+    policy: dict[str, Any]  # its policy, as CloudFormation resolved the template's
+    env: dict[str, str]  # credentials whose only permissions are moto's projection of it
+
+    def principal(self) -> str:
+        return f"arn:aws:sts::{ACCOUNT}:assumed-role/{self.name}/i-0"
+
+
+def _role(aws: Aws, iam: Any, logical: str) -> Role:
+    (name,) = [r["RoleName"] for r in iam.list_roles()["Roles"] if r["RoleName"].startswith(f"iraas-{NAME}-{logical}-")]
+    (policy_name,) = iam.list_role_policies(RoleName=name)["PolicyNames"]
+    policy = iam.get_role_policy(RoleName=name, PolicyName=policy_name)["PolicyDocument"]
+    if isinstance(policy, str):  # moto keeps a CloudFormation-made policy as Python's repr of it
+        policy = ast.literal_eval(policy)
+    user = f"{logical}-under-test"
+    iam.create_user(UserName=user)
+    iam.put_user_policy(UserName=user, PolicyName="role", PolicyDocument=json.dumps(iampolicy.moto_projection(policy)))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    return Role(
+        name, policy, {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+    )
+
+
+def _deployment(aws: Aws, out: dict[str, str], worker: Role) -> iampolicy.Deployment:
+    (version,) = aws.ec2.describe_launch_template_versions(LaunchTemplateName=f"{NAME}-worker", Versions=["$Latest"])[
+        "LaunchTemplateVersions"
+    ]
+    tags = {
+        i["InstanceId"]: {t["Key"]: t["Value"] for t in i.get("Tags", [])}
+        for r in aws.ec2.describe_instances()["Reservations"]
+        for i in r["Instances"]
+    }
+    return iampolicy.Deployment(
+        account=ACCOUNT,
+        region="us-east-1",
+        bucket=out["Bucket"],
+        worker_role_arn=f"arn:aws:iam::{ACCOUNT}:role/{worker.name}",
+        template_arn=f"arn:aws:ec2:us-east-1:{ACCOUNT}:launch-template/{version['LaunchTemplateId']}",
+        template=version["LaunchTemplateData"],
+        instance_tags=tags,
+    )
+
+
+def _judge(aws: Aws, out: dict[str, str], roles: dict[str, tuple[Role, list[Path]]]) -> list[str]:
+    """Every call each process made, evaluated against its role's exact policy: the refused ones
+    fail the test; each statement that allowed a call must be the only one allowing some call;
+    returns the permissions the run never used."""
+    worker = roles["worker"][0]
+    dep = _deployment(aws, out, worker)
+    bucket_policy = _bucket_policy(aws, out["Bucket"])
+    policies: dict[str, dict[str, Any]] = {}
+    asks: list[tuple[str, str, iampolicy.Auth]] = []
+    for key, (role, logs) in roles.items():
+        auths = sorted({a for call in iampolicy.load_calls(logs) for a in iampolicy.authorizations(call, dep)}, key=str)
+        assert auths, f"no AWS calls recorded for the {key} role"
+        policies[key] = role.policy
+        asks += [(role.principal(), key, a) for a in auths]
+        for stmt in role.policy["Statement"]:
+            policies[f"{key}-{stmt['Sid']}"] = iampolicy.without(role.policy, stmt["Sid"])
+            asks += [(role.principal(), f"{key}-{stmt['Sid']}", a) for a in auths]
+    decisions = iampolicy.evaluate(policies, asks, account=ACCOUNT, bucket_policy=bucket_policy, bucket=out["Bucket"])
+    by_policy: dict[str, list[iampolicy.Decision]] = {}
+    for (_, name, _), d in zip(asks, decisions, strict=True):
+        by_policy.setdefault(name, []).append(d)
+    unused = []
+    for key, (role, _) in roles.items():
+        refused = [
+            f"{d.auth.action} {d.auth.resource} {dict(d.auth.context)} <- {d.auth.why}"
+            for d in by_policy[key]
+            if not d.allowed
+        ]
+        assert not refused, f"the {key} role's policy refuses calls it made:\n" + "\n".join(refused)
+        never = iampolicy.unused(role.policy, by_policy[key])
+        unused += [f"{key} {u}" for u in never]
+        for stmt in role.policy["Statement"]:
+            if any(stmt["Sid"] in d.allowed_by for d in by_policy[key]):
+                gaps = [d for d in by_policy[f"{key}-{stmt['Sid']}"] if not d.allowed]
+                assert gaps, f"{key}: statement {stmt['Sid']} is redundant: another statement allows all it allowed"
+    return unused
+
+
+def test_under_each_roles_own_policy_a_burst_scales_out_answers_right_scales_in_and_destroy_leaves_nothing(
+    moto: str, deployer: Aws, tmp_path: Path, classifier: Classifier
 ) -> None:
-    aws, out = deployed
-    up, url = _up(moto, tmp_path)
+    aws = deployer
+    wheel = tmp_path / "iraas-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"the harness runs the source tree; user-data is not run by moto")
+    out = deploy(aws, NAME, wheel, max_workers=3, lock=_lock(tmp_path, wheel))
+    iam = boto3_client("iam", moto)
+    web, worker = _role(aws, iam, "ControllerRole"), _role(aws, iam, "WorkerRole")
+    up, url = _up(moto, tmp_path, out["Bucket"], web.env)
     files = sorted((IMAGENET / "images").iterdir())[300:324]
     try:
-        with Hypervisor(aws, moto, out["Bucket"], tmp_path) as hv:
+        with Hypervisor(aws, moto, out["Bucket"], tmp_path, worker.env) as hv:
 
             def one(f: Path) -> dict[str, Any]:
                 r = httpx.post(url + "/v1/recognitions", files={"files": (f.name, f.read_bytes())}, timeout=180)
@@ -189,9 +322,19 @@ def test_burst_scales_out_on_ec2_answers_right_scales_in_and_destroy_leaves_noth
             )
             cluster = httpx.get(url + "/v1/cluster").json()
             assert any("scale in" in d["reason"] for d in cluster["decisions"])
+            assert httpx.get(url + "/readyz").status_code == 200
     finally:
         up.send_signal(signal.SIGINT)
         up.wait(30)
+    unused = _judge(
+        aws,
+        out,
+        {
+            "web": (web, [tmp_path / "up.calls.jsonl"]),
+            "worker": (worker, sorted(tmp_path.glob("i-*.calls.jsonl"))),
+        },
+    )
+    print("permissions the run never used:", *unused, sep="\n  ")
     removed = destroy(aws, NAME)
     assert removed
     live = [s for s in Hypervisor(aws, moto, "", tmp_path).workers().values() if s != "terminated"]
@@ -203,6 +346,42 @@ def test_burst_scales_out_on_ec2_answers_right_scales_in_and_destroy_leaves_noth
     assert not [b for b in aws.s3.list_buckets()["Buckets"] if b["Name"] == out["Bucket"]]
     stacks = aws.cfn.list_stacks()["StackSummaries"]
     assert all(s["StackStatus"] == "DELETE_COMPLETE" for s in stacks if s["StackName"] == stack_name(NAME))
+
+
+def _bucket_policy(aws: Aws, bucket: str) -> dict[str, Any]:
+    """The template's bucket policy, resolved for this stack. moto's CloudFormation makes none,
+    and moto would misjudge it (it reads a Deny's unmet condition as a deny of every write), so
+    only the evaluator applies it."""
+    import yaml
+
+    from iraas.aws.deploy import TEMPLATE
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, tag, node: {tag: loader.construct_scalar(node)})
+    doc = yaml.load(TEMPLATE.read_text(), Loader=Loader)["Resources"]["BucketPolicy"]["Properties"]["PolicyDocument"]
+    text = json.dumps(doc)
+    text = text.replace('{"Sub": "${Bucket.Arn}/dist/*"}', json.dumps(f"arn:aws:s3:::{bucket}/dist/*"))
+    text = text.replace('{"Ref": "DeployerArn"}', json.dumps(aws.caller_arn()))
+    assert '"Sub"' not in text and '"Ref"' not in text, f"an intrinsic function left unresolved: {text}"
+    return dict(json.loads(text))
+
+
+def _lock(tmp_path: Path, wheel: Path) -> Path:
+    """The harness runs the source tree, so the lock only has to be well-formed here (the real
+    one is resolved in tests/test_aws_template.py)."""
+    from iraas.aws.lock import lock_text
+
+    path = tmp_path / "requirements.lock"
+    path.write_text(lock_text(wheel, [("numpy", "2.4.6", "0" * 64)]))
+    return path
+
+
+def boto3_client(service: str, moto: str) -> Any:
+    import boto3
+
+    return boto3.client(service, endpoint_url=moto, region_name="us-east-1")
 
 
 class Clock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from cfnlint.decode import decode
 
 from iraas.aws.deploy import TEMPLATE, Aws, deploy, destroy, outputs
+from iraas.aws.lock import sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,60 +57,64 @@ def test_bucket_is_private_encrypted_and_expires_inputs(template: dict[str, Any]
     assert props["LifecycleConfiguration"]["Rules"][0]["Prefix"] == "inputs/"
 
 
-def test_worker_role_is_least_privilege(template: dict[str, Any]) -> None:
-    allowed = {
-        "sqs:ReceiveMessage",
-        "sqs:DeleteMessage",
-        "sqs:ChangeMessageVisibility",
-        "sqs:GetQueueAttributes",
-        "sqs:GetQueueUrl",
-        "sqs:SendMessage",
-        "s3:GetObject",
-        "s3:PutObject",
-        "s3:DeleteObject",
-        "s3:ListBucket",
-    }
-    statements = _statements(template, "WorkerRole")
-    for stmt in statements:
-        assert set(_actions(stmt)) <= allowed, stmt
-        assert stmt["Resource"] != "*" and "*" not in _actions(stmt)
-    by_sid = {s["Sid"]: s for s in statements}
-    assert by_sid["TakeRequests"]["Resource"] == {"Fn::GetAtt": ["RequestsQueue", "Arn"]}
-    assert by_sid["SendReplies"]["Resource"]["Fn::Sub"].endswith(":${DeploymentName}-replies-*")
-    puts = [r["Fn::Sub"] for r in by_sid["WriteResultsAndHeartbeats"]["Resource"]]
-    assert puts == [
-        "${Bucket.Arn}/results/*",
-        "${Bucket.Arn}/dedup/*",
-        "${Bucket.Arn}/heartbeats/*",
-        "${Bucket.Arn}/gallery/enrolments/*",  # faces: enrolment is a worker job
-        "${Bucket.Arn}/gallery/faces.version",
-    ]
-    # listing only the enrolments (a face worker merges them into the gallery)
-    assert by_sid["ListEnrolments"]["Condition"] == {"StringLike": {"s3:prefix": "gallery/enrolments/*"}}
-    assert by_sid["RemoveOwnHeartbeat"]["Resource"]["Fn::Sub"] == "${Bucket.Arn}/heartbeats/*"
+def _subs(resource: Any) -> list[str]:
+    items = resource if isinstance(resource, list) else [resource]
+    return [r["Fn::Sub"] if isinstance(r, dict) and "Fn::Sub" in r else json.dumps(r) for r in items]
 
 
-def test_controller_role_runs_tags_terminates_and_passes_only_its_own(template: dict[str, Any]) -> None:
-    statements = _statements(template, "ControllerRole")
-    for stmt in statements:
-        assert not any(a.endswith(":*") or a == "*" for a in _actions(stmt)), stmt
-        if stmt["Resource"] == "*":
-            assert _actions(stmt) == ["ec2:DescribeInstances"]  # supports no resource-level permission
-    by_sid = {s["Sid"]: s for s in statements}
-    run_tagged = by_sid["RunOnlyTaggedWorkers"]
-    assert run_tagged["Condition"]["StringEquals"] == {"aws:RequestTag/iraas:deployment": {"Ref": "DeploymentName"}}
-    assert (
-        "launch-template/${WorkerLaunchTemplate}" in run_tagged["Condition"]["ArnLike"]["ec2:LaunchTemplate"]["Fn::Sub"]
-    )
-    assert "launch-template/${WorkerLaunchTemplate}" in by_sid["RunFromTheWorkerTemplate"]["Resource"]["Fn::Sub"]
-    others = by_sid["RunWithTheTemplatesResources"]
-    assert "ec2:LaunchTemplate" in others["Condition"]["ArnLike"]
-    terminate = by_sid["TerminateOnlyThisDeployment"]
-    assert terminate["Condition"]["StringEquals"] == {"aws:ResourceTag/iraas:deployment": {"Ref": "DeploymentName"}}
+# What each role may do is proven by running under it (tests/test_aws_e2e.py, IAM enforced and
+# every call evaluated); these check what that run cannot reach.
+
+
+def test_no_role_may_write_the_code_instances_install(template: dict[str, Any]) -> None:
+    for role in ("WorkerRole", "ControllerRole"):
+        for stmt in _statements(template, role):
+            writes = {"s3:PutObject", "s3:DeleteObject", "s3:*", "*"} & set(_actions(stmt))
+            if writes:
+                assert not [r for r in _subs(stmt["Resource"]) if "dist/" in r or r == "${Bucket.Arn}/*"], stmt
+    (deny,) = template["Resources"]["BucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert deny["Effect"] == "Deny" and deny["Principal"] == "*"
+    assert set(deny["Action"]) == {"s3:PutObject", "s3:DeleteObject"}
+    assert deny["Resource"] == {"Fn::Sub": "${Bucket.Arn}/dist/*"}
+    assert deny["Condition"] == {"ArnNotEquals": {"aws:PrincipalArn": {"Ref": "DeployerArn"}}}
+
+
+def test_run_instances_cannot_override_what_the_launch_template_fixes(template: dict[str, Any]) -> None:
+    by_sid = {s["Sid"]: s for s in _statements(template, "ControllerRole")}
+    instance = by_sid["RunOnlyTaggedWorkers"]["Condition"]
+    assert instance["StringEquals"]["ec2:InstanceType"] == {"Ref": "InstanceType"}
+    assert instance["StringEquals"]["ec2:MetadataHttpTokens"] == "required"
+    assert instance["StringEquals"]["aws:RequestTag/iraas:deployment"] == {"Ref": "DeploymentName"}
+    assert instance["ArnEquals"]["ec2:InstanceProfile"] == {"Fn::GetAtt": ["WorkerInstanceProfile", "Arn"]}
+    image = by_sid["RunTheTemplatesImageAndGroup"]
+    assert image["Condition"]["Bool"] == {"ec2:IsLaunchTemplateResource": "true"}
+    assert any("image/*" in r for r in _subs(image["Resource"]))
+    assert any("security-group/${WorkerSecurityGroup.GroupId}" in r for r in _subs(image["Resource"]))
+    for stmt in by_sid.values():  # every RunInstances grant is tied to the worker launch template
+        if "ec2:RunInstances" in _actions(stmt) and stmt["Sid"] != "RunFromTheWorkerTemplate":
+            assert (
+                "launch-template/${WorkerLaunchTemplate}"
+                in stmt["Condition"]["ArnLike"]["ec2:LaunchTemplate"]["Fn::Sub"]
+            )
     pass_role = by_sid["PassOnlyTheWorkerRole"]
     assert pass_role["Resource"] == {"Fn::GetAtt": ["WorkerRole", "Arn"]}
-    assert pass_role["Condition"]["StringEquals"] == {"iam:PassedToService": "ec2.amazonaws.com"}
-    assert by_sid["TagAtLaunchOnly"]["Condition"]["StringEquals"] == {"ec2:CreateAction": "RunInstances"}
+
+
+def test_requests_are_kept_14_days(template: dict[str, Any]) -> None:
+    assert template["Resources"]["RequestsQueue"]["Properties"]["MessageRetentionPeriod"] == 14 * 86_400
+
+
+def test_web_instance_runs_iraas_under_systemd_as_an_unprivileged_user(template: dict[str, Any]) -> None:
+    user_data = template["Resources"]["WebLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
+    text = user_data["Fn::Base64"]["Fn::Sub"]
+    unit = text.split("cat > /etc/systemd/system/iraas.service <<EOF\n", 1)[1].split("\nEOF\n", 1)[0]
+    section = {line.split("=", 1)[0]: line.split("=", 1)[1] for line in unit.splitlines() if "=" in line}
+    assert section["User"] == "iraas" and section["Group"] == "iraas"
+    assert section["Restart"] == "always" and section["WantedBy"] == "multi-user.target"
+    assert section["ExecStart"] == "/opt/iraas/venv/bin/iraas up"
+    assert section["NoNewPrivileges"] == "yes" and section["ProtectSystem"] == "strict"
+    assert "useradd --system" in text and "systemctl enable --now iraas.service" in text
+    assert "/opt/iraas/venv/bin/iraas up" not in text.replace(section["ExecStart"], "", 1)  # never run as root
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +144,21 @@ def test_stack_deploys_into_moto_with_the_expected_properties(moto: str, wheel: 
     assert data["InstanceInitiatedShutdownBehavior"] == "terminate"
     user_data = base64.b64decode(data["UserData"]).decode()
     assert f"s3://{bucket}/dist/{wheel.name}" in user_data and "iraas worker" in user_data
+    # ...only that wheel, by its SHA-256, and its dependencies from a lock with hashes made now
+    assert f"{sha256(wheel)}  /opt/iraas/dist/{wheel.name}" in user_data
+    (lock_key,) = [
+        o["Key"]
+        for o in aws.s3.list_objects_v2(Bucket=bucket, Prefix="dist/")["Contents"]
+        if o["Key"].endswith(".lock")
+    ]
+    lock = aws.s3.get_object(Bucket=bucket, Key=lock_key)["Body"].read()
+    assert f"{hashlib.sha256(lock).hexdigest()}  /opt/iraas/dist/requirements.lock" in user_data
+    assert "--require-hashes --no-deps -r /opt/iraas/dist/requirements.lock" in user_data
+    pins = [line for line in lock.decode().splitlines() if not line.startswith("#")]
+    names = {line.split("==")[0].split(" @ ")[0].lower().replace("_", "-") for line in pins}
+    assert {"numpy", "onnxruntime", "boto3", "fastapi", "uvicorn", "iraas"} <= names
+    assert all(" --hash=sha256:" in line for line in pins)
+    assert pins[-1] == f"iraas @ file:///opt/iraas/dist/{wheel.name} --hash=sha256:{sha256(wheel)}"
     # the web instance, tagged
     (res,) = aws.ec2.describe_instances(Filters=[{"Name": "tag:iraas:deployment", "Values": ["tpl"]}])["Reservations"]
     tags = {t["Key"]: t["Value"] for t in res["Instances"][0]["Tags"]}

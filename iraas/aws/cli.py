@@ -30,6 +30,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
             v.add_argument("--ami", help="AMI id (default: Amazon Linux 2023 from the public SSM parameter)")
             v.add_argument("--web-port", type=int, default=8000, help="the web tier's port (default 8000)")
             v.add_argument("--wheel", help="the iraas wheel to install (default: built from this source tree)")
+            v.add_argument(
+                "--lock",
+                help="dependency lock with hashes to install from (default: resolved now by pip for the instances)",
+            )
+            v.add_argument("--model", default="efficientnet-lite0", help="the model workers serve (e.g. faces)")
+            v.add_argument("--gallery", default="", help="model faces: a folder per person, enrolled and stored")
         v.set_defaults(func=main)
 
 
@@ -42,6 +48,9 @@ def main(args: argparse.Namespace) -> int:
             aws,
             args.name,
             Path(args.wheel) if args.wheel else None,
+            lock=Path(args.lock) if args.lock else None,
+            model=args.model,
+            gallery=args.gallery,
             min_workers=args.min_workers,
             max_workers=args.max_workers,
             instance_type=args.instance_type,

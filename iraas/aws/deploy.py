@@ -1,13 +1,15 @@
 """`iraas aws deploy | status | destroy`: one CloudFormation stack per deployment.
 
 deploy: create or update the stack from `iraas.yaml` (beside this file; `infra/aws/` links to
-it), then upload the wheel of this very iraas version to the stack's bucket, where the
-instances' user-data installs it from. destroy: empty the bucket, terminate every instance
+it), then upload the wheel of this very iraas version and its dependency lock to the stack's
+bucket, where the instances' user-data installs them from — both pinned by SHA-256 in the
+launch templates, and writable by the deploying identity alone. destroy: empty the bucket, terminate every instance
 tagged with the deployment, delete the reply queues the web processes made, delete the stack.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from botocore.exceptions import ClientError, WaiterError
 
 from .._aws import client
 from ..fleet.ec2 import DEPLOYMENT_TAG
+from .lock import build_lock, sha256
 
 log = logging.getLogger(__name__)
 TEMPLATE = Path(__file__).with_name("iraas.yaml")
@@ -31,13 +34,23 @@ class Aws:
     ec2: Any
     s3: Any
     sqs: Any
+    sts: Any
 
     @classmethod
     def connect(cls, region: str | None = None, endpoint_url: str | None = None) -> Aws:
         def connect(name: str) -> Any:
             return client(name, region, endpoint_url)
 
-        return cls(connect("cloudformation"), connect("ec2"), connect("s3"), connect("sqs"))
+        return cls(connect("cloudformation"), connect("ec2"), connect("s3"), connect("sqs"), connect("sts"))
+
+    def caller_arn(self) -> str:
+        """Who deploys, as IAM policies name it (aws:PrincipalArn): an assumed role's session
+        ARN becomes its role's ARN."""
+        arn = str(self.sts.get_caller_identity()["Arn"])
+        if ":assumed-role/" in arn:
+            head, path = arn.split(":assumed-role/", 1)
+            return head.replace(":sts:", ":iam:") + ":role/" + path.rsplit("/", 1)[0]
+        return arn
 
 
 def stack_name(name: str) -> str:
@@ -66,20 +79,32 @@ def deploy(
     name: str,
     wheel: Path | None = None,
     *,
+    lock: Path | None = None,
+    model: str = "efficientnet-lite0",
+    gallery: str = "",
     min_workers: int = 0,
     max_workers: int = 20,
     instance_type: str | None = None,
     ami: str | None = None,
     web_port: int = 8000,
 ) -> dict[str, str]:
+    """`lock`: a lock file made before (iraas.aws.lock's format), else one is resolved now
+    (this needs the package index). `gallery`: model "faces", enrolled here and stored for the workers."""
     with tempfile.TemporaryDirectory() as tmp:
         wheel = wheel or build_wheel(Path(tmp))
-        key = f"dist/{wheel.name}"
+        lock_text = lock.read_text() if lock else build_lock(wheel)
+        lock_sha = hashlib.sha256(lock_text.encode()).hexdigest()
+        key, lock_key = f"dist/{wheel.name}", f"dist/requirements-{lock_sha[:16]}.lock"
         params = {
             "DeploymentName": name,
             "MinWorkers": str(min_workers),
             "MaxWorkers": str(max_workers),
             "WheelKey": key,
+            "WheelSha256": sha256(wheel),
+            "LockKey": lock_key,
+            "LockSha256": lock_sha,
+            "DeployerArn": aws.caller_arn(),
+            "Model": model,
             "WebPort": str(web_port),
         }
         if instance_type:
@@ -89,8 +114,30 @@ def deploy(
         _create_or_update(aws, name, params)
         out = outputs(aws, name)
         aws.s3.upload_file(str(wheel), out["Bucket"], key)
+        aws.s3.put_object(Bucket=out["Bucket"], Key=lock_key, Body=lock_text.encode())
+    if gallery:
+        _publish_gallery(aws, name, out["Bucket"], model, gallery)
     log.info("deployed %s: %s", name, out.get("Url"))
     return out
+
+
+def _publish_gallery(aws: Aws, name: str, bucket: str, model: str, gallery: str) -> None:
+    from ..backends import aws as aws_store
+    from ..config import Settings
+    from ..serve import publish_gallery_if_given
+
+    region = aws.s3.meta.region_name
+    endpoint = aws.s3.meta.endpoint_url if "amazonaws.com" not in aws.s3.meta.endpoint_url else ""
+    settings = Settings(
+        backend="aws",
+        name=name,
+        bucket=bucket,
+        model=model,
+        gallery=gallery,
+        aws_region=region,
+        aws_endpoint_url=endpoint,
+    )
+    publish_gallery_if_given(settings, aws_store(settings))
 
 
 def _create_or_update(aws: Aws, name: str, params: dict[str, str]) -> None:
