@@ -31,7 +31,16 @@ lint: install-test
 	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq chromium
 
-test: lint /usr/bin/chromium
+# The AWS tests judge every recorded AWS call with iam-simulate, a Node library (test-only).
+/usr/bin/npm:
+	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq nodejs npm
+
+tests/iam/node_modules: tests/iam/package-lock.json /usr/bin/npm
+	npm ci --prefix tests/iam --silent --no-audit --no-fund
+	touch $@
+
+test: lint /usr/bin/chromium tests/iam/node_modules
 	$(BIN)/python -m pytest
 
 # Every benchmark, figures printed (docs/benchmarks.md has the last run's).
@@ -44,4 +53,4 @@ bench: install-test
 	$(BIN)/python benchmarks/trips.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info tests/iam/node_modules

@@ -9,6 +9,7 @@ worker exits by itself (shutdown behaviour "terminate").
 from __future__ import annotations
 
 import ast
+import csv
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,6 +58,7 @@ class Hypervisor:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.peak = 0
         self.launched: set[str] = set()
+        self.answered_by: set[str] = set()  # the workers that answered (set by the test)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -290,30 +292,23 @@ def _judge(aws: Aws, out: dict[str, str], roles: dict[str, tuple[Role, list[Path
     return unused
 
 
-def test_under_each_roles_own_policy_a_burst_scales_out_answers_right_scales_in_and_destroy_leaves_nothing(
-    moto: str, deployer: Aws, tmp_path: Path, classifier: Classifier
+def _run_under_roles(
+    moto: str, aws: Aws, tmp_path: Path, burst: Callable[[str, Hypervisor], None], model: str = "", gallery: str = ""
 ) -> None:
-    aws = deployer
+    """Deploy; run the web tier + controller and every worker each under its role's policy;
+    `burst`; check the fleet went back to zero and every call each made was allowed; destroy."""
     wheel = tmp_path / "iraas-0.1.0-py3-none-any.whl"
     wheel.write_bytes(b"the harness runs the source tree; user-data is not run by moto")
-    out = deploy(aws, NAME, wheel, max_workers=3, lock=_lock(tmp_path, wheel))
+    kind = {"model": model, "gallery": gallery} if model else {}
+    out = deploy(aws, NAME, wheel, max_workers=3, lock=_lock(tmp_path, wheel), **kind)
     iam = boto3_client("iam", moto)
     web, worker = _role(aws, iam, "ControllerRole"), _role(aws, iam, "WorkerRole")
-    up, url = _up(moto, tmp_path, out["Bucket"], web.env)
-    files = sorted((IMAGENET / "images").iterdir())[300:324]
+    flags = ["--model", model] if model else []
+    up, url = _up(moto, tmp_path, out["Bucket"], web.env, flags)
     try:
-        with Hypervisor(aws, moto, out["Bucket"], tmp_path, worker.env) as hv:
-
-            def one(f: Path) -> dict[str, Any]:
-                r = httpx.post(url + "/v1/recognitions", files={"files": (f.name, f.read_bytes())}, timeout=180)
-                assert r.status_code == 200, r.text
-                return dict(r.json()[0])
-
-            with ThreadPoolExecutor(len(files)) as pool:
-                results = list(pool.map(one, files))
-            expected = [p.label for p in classifier.predict([f.read_bytes() for f in files])]
-            assert [r["label"] for r in results] == expected
-            assert all(r["worker"] in hv.launched for r in results)  # answered by EC2 "instances"
+        with Hypervisor(aws, moto, out["Bucket"], tmp_path, worker.env, flags) as hv:
+            burst(url, hv)
+            assert all(w in hv.launched for w in hv.answered_by)  # answered by EC2 "instances"
             assert 2 <= hv.peak <= 3  # scaled out, bounded by max_workers
             _wait(
                 lambda: not [s for s in hv.workers().values() if s in ("pending", "running")],
@@ -329,14 +324,10 @@ def test_under_each_roles_own_policy_a_burst_scales_out_answers_right_scales_in_
     unused = _judge(
         aws,
         out,
-        {
-            "web": (web, [tmp_path / "up.calls.jsonl"]),
-            "worker": (worker, sorted(tmp_path.glob("i-*.calls.jsonl"))),
-        },
+        {"web": (web, [tmp_path / "up.calls.jsonl"]), "worker": (worker, sorted(tmp_path.glob("i-*.calls.jsonl")))},
     )
     print("permissions the run never used:", *unused, sep="\n  ")
-    removed = destroy(aws, NAME)
-    assert removed
+    assert destroy(aws, NAME)
     live = [s for s in Hypervisor(aws, moto, "", tmp_path).workers().values() if s != "terminated"]
     all_live = aws.ec2.describe_instances(
         Filters=[{"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}]
@@ -346,6 +337,55 @@ def test_under_each_roles_own_policy_a_burst_scales_out_answers_right_scales_in_
     assert not [b for b in aws.s3.list_buckets()["Buckets"] if b["Name"] == out["Bucket"]]
     stacks = aws.cfn.list_stacks()["StackSummaries"]
     assert all(s["StackStatus"] == "DELETE_COMPLETE" for s in stacks if s["StackName"] == stack_name(NAME))
+
+
+def test_under_each_roles_own_policy_a_burst_scales_out_answers_right_scales_in_and_destroy_leaves_nothing(
+    moto: str, deployer: Aws, tmp_path: Path, classifier: Classifier
+) -> None:
+    files = sorted((IMAGENET / "images").iterdir())[300:324]
+
+    def burst(url: str, hv: Hypervisor) -> None:
+        def one(f: Path) -> dict[str, Any]:
+            r = httpx.post(url + "/v1/recognitions", files={"files": (f.name, f.read_bytes())}, timeout=180)
+            assert r.status_code == 200, r.text
+            return dict(r.json()[0])
+
+        with ThreadPoolExecutor(len(files)) as pool:
+            results = list(pool.map(one, files))
+        expected = [p.label for p in classifier.predict([f.read_bytes() for f in files])]
+        assert [r["label"] for r in results] == expected
+        hv.answered_by = {r["worker"] for r in results}
+
+    _run_under_roles(moto, deployer, tmp_path, burst)
+
+
+def test_a_faces_deployment_under_its_roles_recognises_and_enrols(moto: str, deployer: Aws, tmp_path: Path) -> None:
+    from .test_faces import COURSE, _course_gallery
+
+    with open(COURSE / "labels-100.csv", newline="") as f:
+        truth = {r["Image"]: r["Results"] for r in csv.DictReader(f)}
+    files = sorted((COURSE / "face_images_100").iterdir())[:16]
+    gallery = _course_gallery(tmp_path / "gallery")
+
+    def burst(url: str, hv: Hypervisor) -> None:
+        def one(f: Path) -> dict[str, Any]:
+            r = httpx.post(url + "/v1/recognitions", files={"files": (f.name, f.read_bytes())}, timeout=180)
+            assert r.status_code == 200, r.text
+            return dict(r.json()[0])
+
+        with ThreadPoolExecutor(len(files)) as pool:
+            results = list(pool.map(one, files))
+        assert [r["label"] for r in results] == [truth[f.stem] for f in files]
+        hv.answered_by = {r["worker"] for r in results}
+        # an enrolment through the API is a worker's job: it writes the enrolment, bumps the version
+        newcomer = sorted((COURSE / "face_images_1000").iterdir())[-1]
+        r = httpx.post(
+            url + "/v1/gallery/Newcomer", files={"files": (newcomer.name, newcomer.read_bytes())}, timeout=180
+        )
+        assert r.status_code == 200, r.text
+        _wait(lambda: "Newcomer" in httpx.get(url + "/v1/gallery").json()["people"], 30, "the enrolment counted")
+
+    _run_under_roles(moto, deployer, tmp_path, burst, model="faces", gallery=str(gallery))
 
 
 def _bucket_policy(aws: Aws, bucket: str) -> dict[str, Any]:
