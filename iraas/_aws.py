@@ -12,8 +12,39 @@ from botocore.exceptions import ClientError
 RETRY_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)
 
 
+# What AWS answers a call the caller's role does not allow (S3: 403 "AccessDenied", also for
+# a missing key without s3:ListBucket; EC2: "UnauthorizedOperation") or bad credentials.
+DENIED = frozenset(
+    {
+        "AccessDenied",
+        "AccessDeniedException",
+        "UnauthorizedOperation",
+        "AuthorizationError",
+        "Forbidden",
+        "403",
+        "InvalidClientTokenId",
+        "UnrecognizedClientException",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidAccessKeyId",
+    }
+)
+
+
 def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def denied(exc: ClientError) -> bool:
+    return error_code(exc) in DENIED
+
+
+def refused(what: str, exc: ClientError) -> str:
+    """The message of a call IAM refused: a configuration error, said as one."""
+    return (
+        f"AWS refused {what} ({error_code(exc)}): a configuration error, not a fault of the request: "
+        "this process's role lacks a permission (`iraas aws doctor` lists what is missing)"
+    )
 
 
 def client(service: str, region: str | None = None, endpoint_url: str | None = None) -> Any:

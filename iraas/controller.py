@@ -62,7 +62,10 @@ class Controller:
         must not also fill the log, four ticks a second)."""
         text, now = f"{type(exc).__name__}: {exc}", time.monotonic()
         if self._failing is None or self._failing[0] != text:
-            log.error("controller tick failed", exc_info=exc)
+            if isinstance(exc, PermissionError):  # a configuration error: the message says it all
+                log.error("controller tick failed: %s", exc)
+            else:
+                log.error("controller tick failed", exc_info=exc)
             self._failing = (text, now, 0)
         elif now - self._failing[1] >= 60:
             log.error("controller tick still failing (%d times in the last minute): %s", self._failing[2] + 1, text)
@@ -211,6 +214,7 @@ class Controller:
                     "state": beat.state if beat and inst.state != "stopping" else inst.state,
                     "last_heartbeat": beat.at if beat else None,
                     "processed": beat.processed if beat else 0,
+                    "error": beat.error if beat else "",
                     "launched_at": inst.launched_at,
                 }
             )

@@ -16,6 +16,7 @@ class Heartbeat:
     processed: int = 0
     failed: int = 0
     current: list[str] = field(default_factory=list)  # request ids in hand
+    error: str = ""  # a configuration error stopping its work (a permission its role lacks)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()

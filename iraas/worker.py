@@ -61,6 +61,7 @@ class Worker:
         self.processed = self.failed = 0
         self.state = "starting"
         self.current: list[str] = []
+        self.error = ""  # a configuration error, reported in heartbeats until work succeeds
         self._stop = threading.Event()
         self._closed = threading.Event()  # the loop has ended (a stop still finishes its batch)
         self._held: list[str] = []  # receipts of the batch in hand, kept hidden while it runs
@@ -80,10 +81,21 @@ class Worker:
         # One thread for the worker's life, not one per batch (a thread start costs ~0.1 ms).
         threading.Thread(target=self._extend_loop, daemon=True, name="visibility").start()
         idle_since = time.monotonic()
+        backoff_s = 1.0
         try:
             while not self._stop.is_set():
                 try:
                     handled = self.run_once(wait_s=1.0)
+                    self.error, backoff_s = "", 1.0
+                except PermissionError as exc:
+                    # A permission the role lacks: retrying fast fixes nothing and a restart loop
+                    # even less. Say so (log, heartbeat for /v1/cluster), back off to a minute.
+                    if str(exc) != self.error:
+                        log.error("worker %s: %s", self.id, exc)
+                    self.error, backoff_s = str(exc)[:300], min(backoff_s * 2, 60.0)
+                    self._write_beat()
+                    self._stop.wait(backoff_s)
+                    handled = False  # idle as far as max_idle_s goes: an instance that cannot work ends
                 except (QueueError, BlobError) as exc:
                     # Storage locked or unreachable for a while: what is in hand comes back after
                     # the visibility timeout; try again shortly rather than die and be replaced.
@@ -100,7 +112,10 @@ class Worker:
             self._stop.set()
             self._closed.set()
             beat.join(timeout=5)
-            self.store.remove_heartbeat(self.id)
+            try:
+                self.store.remove_heartbeat(self.id)
+            except BlobError as exc:  # the controller removes stale ones
+                log.warning("worker %s: could not remove its heartbeat: %s", self.id, exc)
             self._pool.shutdown()
 
     def run_once(self, wait_s: float = 0.0) -> int:
@@ -301,6 +316,7 @@ class Worker:
             processed=self.processed,
             failed=self.failed,
             current=list(self.current),
+            error=self.error,
         )
         try:
             self.store.write_heartbeat(beat)

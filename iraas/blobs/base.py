@@ -17,6 +17,10 @@ class BlobError(Exception):
     """A blob-store operation failed."""
 
 
+class BlobDenied(BlobError, PermissionError):
+    """The store refused the call: this process may not (a configuration error)."""
+
+
 class BlobNotFound(BlobError, KeyError):
     """No blob under that key."""
 

@@ -10,10 +10,16 @@ from typing import IO, Any
 
 from botocore.exceptions import ClientError
 
-from .._aws import error_code
-from .base import BlobError, BlobNotFound, check_key
+from .._aws import denied, error_code, refused
+from .base import BlobDenied, BlobError, BlobNotFound, check_key
 
 _LOST_RACE = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+
+
+def _failed(what: str, exc: ClientError) -> BlobError:
+    if denied(exc):  # includes a missing key read without s3:ListBucket on it: S3 answers 403
+        return BlobDenied(refused(f"s3 {what}", exc))
+    return BlobError(f"S3 {what}: {exc}")
 
 
 class S3BlobStore:
@@ -33,7 +39,7 @@ class S3BlobStore:
         except ClientError as exc:
             if if_absent and error_code(exc) in _LOST_RACE:
                 return False
-            raise BlobError(f"S3 put {key}: {exc}") from exc
+            raise _failed(f"put {key}", exc) from exc
         return True
 
     def get(self, key: str) -> bytes:
@@ -43,7 +49,7 @@ class S3BlobStore:
         except ClientError as exc:
             if error_code(exc) in ("NoSuchKey", "404"):
                 raise BlobNotFound(key) from None
-            raise BlobError(f"S3 get {key}: {exc}") from exc
+            raise _failed(f"get {key}", exc) from exc
 
     def exists(self, key: str) -> bool:
         try:
@@ -52,10 +58,13 @@ class S3BlobStore:
         except ClientError as exc:
             if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
                 return False
-            raise BlobError(f"S3 head {key}: {exc}") from exc
+            raise _failed(f"head {key}", exc) from exc
 
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            raise _failed(f"delete {key}", exc) from exc
 
     def expire(self, folder: str, before: float) -> int:
         return 0  # the deployment's lifecycle rules (iraas.yaml) expire objects by prefix
@@ -63,6 +72,9 @@ class S3BlobStore:
     def list(self, prefix: str = "") -> list[str]:
         keys: list[str] = []
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
-        for page in pages:
-            keys.extend(obj["Key"][len(self.prefix) :] for obj in page.get("Contents", []))
+        try:
+            for page in pages:
+                keys.extend(obj["Key"][len(self.prefix) :] for obj in page.get("Contents", []))
+        except ClientError as exc:
+            raise _failed(f"list {prefix}", exc) from exc
         return sorted(keys)

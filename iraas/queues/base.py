@@ -23,6 +23,10 @@ class QueueError(Exception):
     """A queue operation failed for a reason the caller cannot fix by retrying."""
 
 
+class QueueDenied(QueueError, PermissionError):
+    """The queue refused the call: this process may not (a configuration error)."""
+
+
 class QueueParamError(QueueError, ValueError):
     """A parameter outside what SQS accepts; the message says which and why."""
 

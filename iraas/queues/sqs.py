@@ -15,10 +15,11 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from .._aws import error_code
+from .._aws import denied, error_code, refused
 from .base import (
     Depth,
     Message,
+    QueueDenied,
     QueueError,
     check_receipts,
     check_receive,
@@ -43,15 +44,35 @@ class SqsQueue:
         self.client = client
         self.name = name
         self.max_receives = max_receives
-        self.url: str = ""
+        self._url = ""
         self._dlq: SqsQueue | None = None
+        if not create:
+            return  # found on first use: a process whose role may not use the queue still starts
         attributes: dict[str, str] = {}
-        if max_receives and create:
+        if max_receives:
             self._dlq = SqsQueue(client, f"{name}-dlq")
             arn = client.get_queue_attributes(QueueUrl=self._dlq.url, AttributeNames=["QueueArn"])["Attributes"]
             policy = {"deadLetterTargetArn": arn["QueueArn"], "maxReceiveCount": str(max_receives)}
             attributes["RedrivePolicy"] = json.dumps(policy)
-        self.url = self._find_or_create(create, attributes)
+        self._url = self._find_or_create(create, attributes)
+
+    @property
+    def url(self) -> str:
+        if not self._url:
+            self._url = self._find_or_create(False, {})
+        return self._url
+
+    def _call(self, op: str, stale_ok: bool = False, **params: Any) -> Any:
+        """`op` on this queue; any refusal as QueueError (QueueDenied when IAM refused it).
+        `stale_ok`: None for a receipt that is no longer valid."""
+        try:
+            return getattr(self.client, op)(QueueUrl=self.url, **params)
+        except ClientError as exc:
+            if stale_ok and error_code(exc) in _STALE_RECEIPT:
+                return None
+            if denied(exc):
+                raise QueueDenied(refused(f"sqs {op} on {self.name}", exc)) from exc
+            raise QueueError(f"SQS {op} on {self.name}: {exc}") from exc
 
     def _find_or_create(self, create: bool, attributes: dict[str, str]) -> str:
         try:
@@ -60,6 +81,8 @@ class SqsQueue:
                 self.client.set_queue_attributes(QueueUrl=url, Attributes=attributes)
             return url
         except ClientError as exc:
+            if denied(exc):
+                raise QueueDenied(refused(f"sqs GetQueueUrl of {self.name}", exc)) from exc
             if ("NonExistentQueue" not in error_code(exc) and error_code(exc) != "QueueDoesNotExist") or not create:
                 raise QueueError(f"SQS queue {self.name}: {exc}") from exc
         return str(self.client.create_queue(QueueName=self.name, Attributes=attributes)["QueueUrl"])
@@ -73,14 +96,14 @@ class SqsQueue:
 
     def send(self, body: str, delay_s: int = 0) -> str:
         check_send([body], delay_s)
-        return str(self.client.send_message(QueueUrl=self.url, MessageBody=body, DelaySeconds=delay_s)["MessageId"])
+        return str(self._call("send_message", MessageBody=body, DelaySeconds=delay_s)["MessageId"])
 
     def send_batch(self, bodies: Sequence[str]) -> list[str]:
         check_send(bodies)
         entries = [{"Id": str(i), "MessageBody": b} for i, b in enumerate(bodies)]
         ids: dict[str, str] = {}
         for attempt in range(5):
-            resp = self.client.send_message_batch(QueueUrl=self.url, Entries=entries)
+            resp = self._call("send_message_batch", Entries=entries)
             ids.update({ok["Id"]: ok["MessageId"] for ok in resp.get("Successful", [])})
             failed = resp.get("Failed", [])
             if not failed:
@@ -95,8 +118,8 @@ class SqsQueue:
 
     def receive(self, max_messages: int = 1, wait_s: float = 0, visibility_s: int = 30) -> list[Message]:
         check_receive(max_messages, wait_s, visibility_s)
-        resp = self.client.receive_message(
-            QueueUrl=self.url,
+        resp = self._call(
+            "receive_message",
             MaxNumberOfMessages=max_messages,
             WaitTimeSeconds=math.ceil(wait_s),  # 0.5 must not become a busy short poll
             VisibilityTimeout=visibility_s,
@@ -119,7 +142,7 @@ class SqsQueue:
     def delete_batch(self, receipts: Sequence[str]) -> None:
         check_receipts(receipts)
         entries = [{"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(receipts)]
-        resp = self.client.delete_message_batch(QueueUrl=self.url, Entries=entries)
+        resp = self._call("delete_message_batch", Entries=entries)
         # Stale receipts fail per entry; as on the embedded queue they are no-ops.
         bad = [f for f in resp.get("Failed", []) if f.get("Code") not in _STALE_RECEIPT]
         if bad:
@@ -127,29 +150,19 @@ class SqsQueue:
 
     def change_visibility(self, receipt: str, visibility_s: int) -> bool:
         check_visibility(visibility_s)
-        try:
-            self.client.change_message_visibility(
-                QueueUrl=self.url, ReceiptHandle=receipt, VisibilityTimeout=visibility_s
-            )
-        except ClientError as exc:
-            if error_code(exc) in _STALE_RECEIPT:
-                return False
-            raise
-        return True
+        done = self._call("change_message_visibility", True, ReceiptHandle=receipt, VisibilityTimeout=visibility_s)
+        return done is not None
 
     def release(self, receipts: Sequence[str]) -> None:
         check_receipts(receipts)
         entries = [{"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": 0} for i, r in enumerate(receipts)]
-        resp = self.client.change_message_visibility_batch(QueueUrl=self.url, Entries=entries)
+        resp = self._call("change_message_visibility_batch", Entries=entries)
         bad = [f for f in resp.get("Failed", []) if f.get("Code") not in _STALE_RECEIPT]
         if bad:
             raise QueueError(f"SQS could not release: {bad}")
 
     def writable(self) -> None:
-        try:
-            self.client.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])
-        except ClientError as exc:
-            raise QueueError(f"SQS queue {self.name}: {exc}") from exc
+        self._call("get_queue_attributes", AttributeNames=["QueueArn"])
 
     def depth(self) -> Depth:
         names = [
@@ -157,8 +170,8 @@ class SqsQueue:
             "ApproximateNumberOfMessagesNotVisible",
             "ApproximateNumberOfMessagesDelayed",
         ]
-        attrs = self.client.get_queue_attributes(QueueUrl=self.url, AttributeNames=names)["Attributes"]
+        attrs = self._call("get_queue_attributes", AttributeNames=names)["Attributes"]
         return Depth(*(int(attrs.get(n, 0)) for n in names))
 
     def purge(self) -> None:
-        self.client.purge_queue(QueueUrl=self.url)
+        self._call("purge_queue")

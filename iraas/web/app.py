@@ -158,6 +158,8 @@ def _operations_routes(app: FastAPI, svc: WebService) -> None:
             depth = await asyncio.wait_for(run_in_threadpool(svc.probe), 1.0)
         except TimeoutError:
             return JSONResponse({"status": "unavailable", "detail": "the store did not answer in 1 s"}, 503)
+        except PermissionError as exc:  # what the operator must fix, said plainly
+            return JSONResponse({"status": "misconfigured", "detail": str(exc)[:400]}, status_code=503)
         except Exception as exc:
             return JSONResponse({"status": "unavailable", "detail": str(exc)[:300]}, status_code=503)
         return JSONResponse({"status": "ready", "queue": depth.__dict__})
@@ -241,8 +243,11 @@ class _Observe:
 
 
 def _cluster(store: Store) -> dict[str, Any]:
-    depth = store.requests.depth()
-    status = {k: v for k, v in store.cluster_status().items() if k != "running"}
+    try:
+        depth = store.requests.depth()
+        status = {k: v for k, v in store.cluster_status().items() if k != "running"}
+    except PermissionError as exc:  # a configuration error: shown, not a 500
+        return {"config_errors": [str(exc)[:400]], "queue": {}, "workers": [], "decisions": []}
     status["queue"] = {
         "visible": depth.visible,
         "in_flight": depth.in_flight,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import shutil
 import time
@@ -37,7 +38,17 @@ class Refused(InputError):
         return self._body
 
 
-def _unavailable(detail: str) -> InputError:
+log = logging.getLogger(__name__)
+
+
+def _unavailable(detail: str, exc: Exception | None = None) -> InputError:
+    if isinstance(exc, PermissionError):
+        # The operator's to fix, not the client's: the log has which permission; the client
+        # learns only that the service is misconfigured.
+        log.error("%s", exc)
+        return InputError(
+            503, "misconfigured", "the service cannot reach its store: a configuration error", retry_after=60
+        )
     return InputError(503, "store_unavailable", detail[:300], retry_after=5)
 
 
@@ -121,7 +132,7 @@ class WebService:
             try:
                 depth, free = await run_in_threadpool(self._load)
             except (QueueError, BlobError, OSError) as exc:
-                raise _unavailable(f"cannot read the queue: {exc}") from None
+                raise _unavailable(f"cannot read the queue: {exc}", exc) from None
             backlog = depth.visible + depth.delayed
             self._seen = (time.monotonic(), backlog, free)
         if free is not None and free < self.settings.min_free_bytes:
@@ -176,7 +187,7 @@ class WebService:
         except (QueueError, BlobError, OSError) as exc:
             # Locked, full or unreachable storage: nothing was answered to the client yet, so the
             # ids issued here are never seen (a GET of an id it never received cannot happen).
-            raise _unavailable(f"cannot store the request now: {exc}") from None
+            raise _unavailable(f"cannot store the request now: {exc}", exc) from None
 
     async def submit_and_wait(
         self, items: list[Item], wait: bool, timeout: float, task: str = "recognize", person: str = ""
