@@ -219,12 +219,15 @@ class Role:
         return f"arn:aws:sts::{ACCOUNT}:assumed-role/{self.name}/i-0"
 
 
-def _role(aws: Aws, iam: Any, logical: str) -> Role:
+def _role(aws: Aws, iam: Any, logical: str, without: str = "") -> Role:
+    """`without`: that statement (Sid) taken out, as a misconfigured deployment would have it."""
     (name,) = [r["RoleName"] for r in iam.list_roles()["Roles"] if r["RoleName"].startswith(f"iraas-{NAME}-{logical}-")]
     (policy_name,) = iam.list_role_policies(RoleName=name)["PolicyNames"]
     policy = iam.get_role_policy(RoleName=name, PolicyName=policy_name)["PolicyDocument"]
     if isinstance(policy, str):  # moto keeps a CloudFormation-made policy as Python's repr of it
         policy = ast.literal_eval(policy)
+    if without:
+        policy = iampolicy.without(policy, without)
     user = f"{logical}-under-test"
     iam.create_user(UserName=user)
     iam.put_user_policy(UserName=user, PolicyName="role", PolicyDocument=json.dumps(iampolicy.moto_projection(policy)))
@@ -386,6 +389,54 @@ def test_a_faces_deployment_under_its_roles_recognises_and_enrols(moto: str, dep
         _wait(lambda: "Newcomer" in httpx.get(url + "/v1/gallery").json()["people"], 30, "the enrolment counted")
 
     _run_under_roles(moto, deployer, tmp_path, burst, model="faces", gallery=str(gallery))
+
+
+def test_a_missing_permission_is_reported_as_a_configuration_error_not_a_crash(
+    moto: str, deployer: Aws, tmp_path: Path
+) -> None:
+    wheel = tmp_path / "iraas-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"the harness runs the source tree")
+    out = deploy(deployer, NAME, wheel, max_workers=1, lock=_lock(tmp_path, wheel))
+    iam = boto3_client("iam", moto)
+    web = _role(deployer, iam, "ControllerRole", without="SendRequests")
+    up, url = _up(moto, tmp_path, out["Bucket"], web.env)
+    try:
+        ready = httpx.get(url + "/readyz", timeout=10)
+        assert ready.status_code == 503 and ready.json()["status"] == "misconfigured"
+        detail = ready.json()["detail"]  # which call, and where to look
+        assert "refused sqs get_queue_attributes on e2e-requests" in detail and "iraas aws doctor" in detail
+        photo = IMAGENET / "images" / "n01440764_tench.JPEG"
+        r = httpx.post(url + "/v1/recognitions", files={"files": (photo.name, photo.read_bytes())}, timeout=30)
+        assert r.status_code == 503 and r.json()["error"] == "misconfigured" and "Retry-After" in r.headers
+        assert "sqs" not in r.text  # which permission is the operator's business: in the log
+        cluster = httpx.get(url + "/v1/cluster", timeout=10).json()
+        assert "refused sqs" in cluster["config_errors"][0]
+        time.sleep(2)  # controller ticks fail the same way: logged, never fatal
+        assert up.poll() is None
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.wait(30)
+    log = (tmp_path / "up.log").read_text()
+    assert "a configuration error" in log and "Traceback" not in log.split("controller tick failed", 1)[-1][:300]
+
+
+def test_a_worker_whose_role_may_not_take_requests_says_so_and_ends_when_idle(
+    moto: str, deployer: Aws, tmp_path: Path
+) -> None:
+    wheel = tmp_path / "iraas-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"the harness runs the source tree")
+    out = deploy(deployer, NAME, wheel, max_workers=1, lock=_lock(tmp_path, wheel))
+    role = _role(deployer, boto3_client("iam", moto), "WorkerRole", without="TakeRequests")
+    args = [*recorded(tmp_path / "w.calls.jsonl"), "worker", "--backend", "aws", "--name", NAME]
+    args += ["--bucket", out["Bucket"], "--aws-endpoint-url", moto, "--aws-region", "us-east-1"]
+    args += ["--heartbeat-s", "0.2", "--worker-max-idle-s", "3"]
+    env = {**os.environ, **role.env, "IRAAS_WORKER_ID": "i-0refused"}
+    done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr  # ended when idle, not crashed
+    assert done.stderr.count("AWS refused sqs receive_message") == 1  # said once, clearly
+    assert "Traceback" not in done.stderr
+    beats = [json.loads(line) for line in (tmp_path / "w.calls.jsonl").read_text().splitlines()]
+    assert any(b["operation"] == "PutObject" for b in beats)  # its heartbeats went on
 
 
 def _bucket_policy(aws: Aws, bucket: str) -> dict[str, Any]:
