@@ -1,10 +1,11 @@
-"""`iraas aws deploy | status | destroy`."""
+"""`iraas aws deploy | status | doctor | destroy`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -17,6 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     for verb, text in (
         ("deploy", "create or update the deployment's stack and upload this iraas version"),
         ("status", "the stack's outputs (URL), queue depth and instances"),
+        ("doctor", "try, harmlessly, each call a role needs with these credentials; print what is missing"),
         ("destroy", "empty the bucket, terminate the instances, delete the stack"),
     ):
         v = verbs.add_parser(verb, help=text, description=text)
@@ -36,6 +38,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
             )
             v.add_argument("--model", default="efficientnet-lite0", help="the model workers serve (e.g. faces)")
             v.add_argument("--gallery", default="", help="model faces: a folder per person, enrolled and stored")
+        if verb == "doctor":
+            v.add_argument(
+                "--role",
+                choices=["web", "worker", "both"],
+                default="both",
+                help="whose needs to check (default both; on an instance, its own)",
+            )
+            v.add_argument("--bucket", help="the deployment's bucket (default: the stack's output)")
         v.set_defaults(func=main)
 
 
@@ -60,7 +70,23 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=1))
     elif args.verb == "status":
         print(json.dumps(status(aws, args.name), indent=1))
+    elif args.verb == "doctor":
+        return _doctor(aws, args)
     else:
         for line in destroy(aws, args.name):
             print(f"removed {line}")
     return 0
+
+
+def _doctor(aws: Any, args: argparse.Namespace) -> int:
+    from . import doctor
+    from .deploy import outputs
+
+    bucket = args.bucket or outputs(aws, args.name)["Bucket"]
+    probes = doctor.Probes(args.name, bucket, aws.s3, aws.sqs, aws.ec2)
+    fine = True
+    for role in ("web", "worker") if args.role == "both" else (args.role,):
+        text, ok = doctor.report(role, [doctor.run(c) for c in doctor.checks(role, probes)])
+        print(text)
+        fine = fine and ok
+    return 0 if fine else 1
