@@ -43,7 +43,6 @@ class Deployment:
 
     account: str
     region: str
-    bucket: str
     worker_role_arn: str
     template_arn: str
     template: dict[str, Any]  # the worker launch template's data

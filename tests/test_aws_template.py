@@ -104,9 +104,24 @@ def test_requests_are_kept_14_days(template: dict[str, Any]) -> None:
     assert template["Resources"]["RequestsQueue"]["Properties"]["MessageRetentionPeriod"] == 14 * 86_400
 
 
+def _user_data(template: dict[str, Any], launch_template: str) -> str:
+    data = template["Resources"][launch_template]["Properties"]["LaunchTemplateData"]
+    return str(data["UserData"]["Fn::Base64"]["Fn::Sub"])
+
+
+def test_worker_and_web_install_the_deployed_version_the_same_checked_way(template: dict[str, Any]) -> None:
+    # CloudFormation has no way to share text between two user-data scripts: the install is
+    # written twice and must not drift.
+    def install(text: str) -> str:
+        return text.split("set -u\n", 1)[1].split('refuse "a package does not match its hash in the lock"', 1)[0]
+
+    worker, web = _user_data(template, "WorkerLaunchTemplate"), _user_data(template, "WebLaunchTemplate")
+    assert install(worker) == install(web)
+    assert "sha256sum -c" in install(worker) and "--require-hashes --no-deps" in install(worker)
+
+
 def test_web_instance_runs_iraas_under_systemd_as_an_unprivileged_user(template: dict[str, Any]) -> None:
-    user_data = template["Resources"]["WebLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
-    text = user_data["Fn::Base64"]["Fn::Sub"]
+    text = _user_data(template, "WebLaunchTemplate")
     unit = text.split("cat > /etc/systemd/system/iraas.service <<EOF\n", 1)[1].split("\nEOF\n", 1)[0]
     section = {line.split("=", 1)[0]: line.split("=", 1)[1] for line in unit.splitlines() if "=" in line}
     assert section["User"] == "iraas" and section["Group"] == "iraas"

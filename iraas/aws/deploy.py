@@ -3,8 +3,9 @@
 deploy: create or update the stack from `iraas.yaml` (beside this file; `infra/aws/` links to
 it), then upload the wheel of this very iraas version and its dependency lock to the stack's
 bucket, where the instances' user-data installs them from — both pinned by SHA-256 in the
-launch templates, and writable by the deploying identity alone. destroy: empty the bucket, terminate every instance
-tagged with the deployment, delete the reply queues the web processes made, delete the stack.
+launch templates, and writable by the deploying identity alone. destroy: empty the bucket,
+terminate every instance tagged with the deployment, delete the reply queues the web processes
+made, delete the stack.
 """
 
 from __future__ import annotations
@@ -35,13 +36,23 @@ class Aws:
     s3: Any
     sqs: Any
     sts: Any
+    region: str | None = None
+    endpoint_url: str | None = None
 
     @classmethod
     def connect(cls, region: str | None = None, endpoint_url: str | None = None) -> Aws:
         def connect(name: str) -> Any:
             return client(name, region, endpoint_url)
 
-        return cls(connect("cloudformation"), connect("ec2"), connect("s3"), connect("sqs"), connect("sts"))
+        return cls(
+            connect("cloudformation"),
+            connect("ec2"),
+            connect("s3"),
+            connect("sqs"),
+            connect("sts"),
+            region=region,
+            endpoint_url=endpoint_url,
+        )
 
     def caller_arn(self) -> str:
         """Who deploys, as IAM policies name it (aws:PrincipalArn): an assumed role's session
@@ -89,7 +100,8 @@ def deploy(
     web_port: int = 8000,
 ) -> dict[str, str]:
     """`lock`: a lock file made before (iraas.aws.lock's format), else one is resolved now
-    (this needs the package index). `gallery`: model "faces", enrolled here and stored for the workers."""
+    (this needs the package index). `gallery`: model "faces", enrolled here and stored for
+    the workers."""
     with tempfile.TemporaryDirectory() as tmp:
         wheel = wheel or build_wheel(Path(tmp))
         lock_text = lock.read_text() if lock else build_lock(wheel)
@@ -126,16 +138,14 @@ def _publish_gallery(aws: Aws, name: str, bucket: str, model: str, gallery: str)
     from ..config import Settings
     from ..serve import publish_gallery_if_given
 
-    region = aws.s3.meta.region_name
-    endpoint = aws.s3.meta.endpoint_url if "amazonaws.com" not in aws.s3.meta.endpoint_url else ""
     settings = Settings(
         backend="aws",
         name=name,
         bucket=bucket,
         model=model,
         gallery=gallery,
-        aws_region=region,
-        aws_endpoint_url=endpoint,
+        aws_region=aws.region or "",
+        aws_endpoint_url=aws.endpoint_url or "",
     )
     publish_gallery_if_given(settings, aws_store(settings))
 

@@ -75,29 +75,21 @@ class Probes:
     def _url(self, queue: str) -> str:
         return str(self.sqs.get_queue_url(QueueName=f"{self.name}-{queue}")["QueueUrl"])
 
+    def _s3(self, permission: str, op: str, **params: Any) -> Check:
+        return Check(permission, lambda: getattr(self.s3, op)(Bucket=self.bucket, **params))
+
     def read(self, prefix: str) -> Check:
-        return Check(
-            f"s3:GetObject on {prefix}* and s3:ListBucket for that prefix (else a missing key is 403)",
-            lambda: self.s3.get_object(Bucket=self.bucket, Key=f"{prefix}doctor-missing"),
-        )
+        need = f"s3:GetObject on {prefix}* and s3:ListBucket for that prefix (else a missing key is 403)"
+        return self._s3(need, "get_object", Key=f"{prefix}doctor-missing")
 
     def write(self, key: str) -> Check:
-        return Check(
-            f"s3:PutObject on {key}",
-            lambda: self.s3.put_object(Bucket=self.bucket, Key=key, Body=b"probe", ContentMD5=_BAD_MD5),
-        )
+        return self._s3(f"s3:PutObject on {key}", "put_object", Key=key, Body=b"probe", ContentMD5=_BAD_MD5)
 
     def delete(self, prefix: str) -> Check:
-        return Check(
-            f"s3:DeleteObject on {prefix}*",
-            lambda: self.s3.delete_object(Bucket=self.bucket, Key=f"{prefix}doctor-missing"),
-        )
+        return self._s3(f"s3:DeleteObject on {prefix}*", "delete_object", Key=f"{prefix}doctor-missing")
 
     def listing(self, prefix: str) -> Check:
-        return Check(
-            f"s3:ListBucket for prefix {prefix}",
-            lambda: self.s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1),
-        )
+        return self._s3(f"s3:ListBucket for prefix {prefix}", "list_objects_v2", Prefix=prefix, MaxKeys=1)
 
     def queue(self, queue: str, action: str) -> Check:
         calls: dict[str, Callable[[str], Any]] = {

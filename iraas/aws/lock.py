@@ -24,11 +24,8 @@ INSTALL_DIR = "/opt/iraas/dist"  # where the instances' user-data puts the wheel
 
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _installed() -> str:

@@ -62,7 +62,7 @@ class SqsQueue:
             self._url = self._find_or_create(False, {})
         return self._url
 
-    def _call(self, op: str, stale_ok: bool = False, **params: Any) -> Any:
+    def _call(self, op: str, *, stale_ok: bool = False, **params: Any) -> Any:
         """`op` on this queue; any refusal as QueueError (QueueDenied when IAM refused it).
         `stale_ok`: None for a receipt that is no longer valid."""
         try:
@@ -150,7 +150,9 @@ class SqsQueue:
 
     def change_visibility(self, receipt: str, visibility_s: int) -> bool:
         check_visibility(visibility_s)
-        done = self._call("change_message_visibility", True, ReceiptHandle=receipt, VisibilityTimeout=visibility_s)
+        done = self._call(
+            "change_message_visibility", stale_ok=True, ReceiptHandle=receipt, VisibilityTimeout=visibility_s
+        )
         return done is not None
 
     def release(self, receipts: Sequence[str]) -> None:

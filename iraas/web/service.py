@@ -41,17 +41,6 @@ class Refused(InputError):
 log = logging.getLogger(__name__)
 
 
-def _unavailable(detail: str, exc: Exception | None = None) -> InputError:
-    if isinstance(exc, PermissionError):
-        # The operator's to fix, not the client's: the log has which permission; the client
-        # learns only that the service is misconfigured.
-        log.error("%s", exc)
-        return InputError(
-            503, "misconfigured", "the service cannot reach its store: a configuration error", retry_after=60
-        )
-    return InputError(503, "store_unavailable", detail[:300], retry_after=5)
-
-
 def location(rid: str) -> str:
     """Where a client asks for one image's status and result."""
     return f"/v1/recognitions/{rid}"
@@ -75,7 +64,11 @@ class WebService:
         s = self.settings
         self.waiter = ReplyWaiter(self.store)
         self.intake = Intake(s, self.store, self.waiter.name)
-        self.store.new_ids(1)  # reads (or makes) the id-signing key now, not on the event loop
+        self._misconfigured = ""  # the configuration error last logged (once, not per request)
+        try:
+            self.store.new_ids(1)  # reads (or makes) the id-signing key now, not on the event loop
+        except PermissionError as exc:  # start anyway: /readyz and intake say what is wrong
+            self._log_misconfigured(exc)
         self.metrics = Metrics()
         self.url_policy = UrlPolicy(s.url_allow, s.url_timeout_s, s.max_file_bytes)
         self.upload_limits = Limits(
@@ -88,6 +81,21 @@ class WebService:
         self.fetches = asyncio.Semaphore(s.max_fetches)
         # what _shed_load last read: (monotonic time, images waiting, free bytes on the data disk)
         self._seen: tuple[float, int, int | None] = (-math.inf, 0, None)
+
+    def _refused(self, what: str, exc: Exception) -> InputError:
+        """Storage failed (`what` could not be done). A refused permission is the operator's to
+        fix, not the client's: the log names it (once per distinct error); the client learns
+        only "misconfigured"."""
+        if not isinstance(exc, PermissionError):
+            return InputError(503, "store_unavailable", f"{what}: {exc}"[:300], retry_after=5)
+        self._log_misconfigured(exc)
+        reason = "the service cannot reach its store: a configuration error"
+        return InputError(503, "misconfigured", reason, retry_after=60)
+
+    def _log_misconfigured(self, exc: PermissionError) -> None:
+        if str(exc) != self._misconfigured:
+            log.error("%s", exc)
+            self._misconfigured = str(exc)
 
     async def gather(self, request: Request, fields: tuple[str, ...]) -> list[Item]:
         """The request's images: multipart uploads in `fields`, or JSON url/urls fetched safely.
@@ -132,7 +140,7 @@ class WebService:
             try:
                 depth, free = await run_in_threadpool(self._load)
             except (QueueError, BlobError, OSError) as exc:
-                raise _unavailable(f"cannot read the queue: {exc}", exc) from None
+                raise self._refused("cannot read the queue", exc) from None
             backlog = depth.visible + depth.delayed
             self._seen = (time.monotonic(), backlog, free)
         if free is not None and free < self.settings.min_free_bytes:
@@ -187,7 +195,7 @@ class WebService:
         except (QueueError, BlobError, OSError) as exc:
             # Locked, full or unreachable storage: nothing was answered to the client yet, so the
             # ids issued here are never seen (a GET of an id it never received cannot happen).
-            raise _unavailable(f"cannot store the request now: {exc}", exc) from None
+            raise self._refused("cannot store the request now", exc) from None
 
     async def submit_and_wait(
         self, items: list[Item], wait: bool, timeout: float, task: str = "recognize", person: str = ""
