@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .blobs.base import BlobStore
 from .blobs.local import DirectoryBlobStore
 from .config import Settings, to_env
 from .fleet.base import Fleet
@@ -23,6 +24,15 @@ def aws_client(service: str, settings: Settings) -> Any:
     return client(service, settings.aws_region or None, settings.aws_endpoint_url or None)
 
 
+def blobs(settings: Settings) -> BlobStore:
+    """The deployment's blob store alone (for `iraas keys`)."""
+    if settings.backend == "aws":
+        from .blobs.s3 import S3BlobStore
+
+        return S3BlobStore(aws_client("s3", settings), settings.bucket)
+    return DirectoryBlobStore(settings.blob_root)
+
+
 def build(settings: Settings) -> Store:
     return aws(settings) if settings.backend == "aws" else embedded(settings)
 
@@ -30,7 +40,6 @@ def build(settings: Settings) -> Store:
 def aws(settings: Settings) -> Store:
     """The deployment's SQS queues, found (not created) as its stack made them, its S3
     bucket, and reply queues `<name>-replies-*` created by the web process that owns one."""
-    from .blobs.s3 import S3BlobStore
     from .queues.sqs import SqsQueue
     from .replies import SqsReplies
 
@@ -38,7 +47,7 @@ def aws(settings: Settings) -> Store:
     requests = SqsQueue(sqs, f"{settings.name}-{REQUESTS}", max_receives=settings.max_receives, create=False)
     return Store(
         requests=requests,
-        blobs=S3BlobStore(aws_client("s3", settings), settings.bucket),
+        blobs=blobs(settings),
         replies=SqsReplies(sqs, f"{settings.name}-replies"),
     )
 
@@ -54,7 +63,7 @@ def embedded(settings: Settings) -> Store:
             max_receives=settings.max_receives,
             lock_timeout_s=settings.store_timeout_s,
         ),
-        blobs=DirectoryBlobStore(settings.blob_root),
+        blobs=blobs(settings),
         replies=SocketReplies(settings.data_dir),
     )
 

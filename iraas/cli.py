@@ -18,6 +18,7 @@ MODEL_HELP = (
     "built-in model name (efficientnet-lite0 [default], -lite1, -lite2), faces (with --gallery), "
     "or a model spec file (TOML/JSON)"
 )
+AWS_SETTINGS_NAMES = ["backend", "name", "bucket", "aws_region", "aws_endpoint_url"]
 GALLERY_HELP = "model faces: a folder per person (GALLERY/<name>/*.jpg, enrolled incrementally) or a gallery file"
 
 
@@ -145,9 +146,39 @@ SETTING_HELP = {
     "launch_template": "AWS: worker launch template (default <name>-worker)",
     "gallery": GALLERY_HELP,
     "face_threshold": "faces: answer unknown below this similarity (default 0: off)",
+    "auth": "API keys: auto (required once a key exists or off loopback; default), required, or off",
+    "anonymous_course": "let POST / (the course clients' contract) be used without a key, rate limited like one key",
+    "allowed_hosts": "comma-separated Host names served (default: loopback names on loopback, any otherwise)",
+    "allowed_origins": "comma-separated origins of other sites' pages allowed to POST (default none)",
+    "requests_per_s": "requests per second per key (and for anonymous course callers together) (default 20)",
+    "images_per_s": "images per second per key (default 50)",
+    "images_per_day": "images per key per UTC day (default 100,000)",
+    "burst_s": "a key may spend this many seconds of its rates at once (default 10)",
 }
-WEB_ONLY = {"host", "port", "max_file_bytes", "max_files", "url_allow", "url_timeout_s", "timeout_s", *WEB_LIMITS}
-AWS_SETTINGS = ["backend", "name", "bucket", "aws_region", "aws_endpoint_url"]
+BOOLEAN = {"anonymous_course"}
+ACCESS = [
+    "auth",
+    "anonymous_course",
+    "allowed_hosts",
+    "allowed_origins",
+    "requests_per_s",
+    "images_per_s",
+    "images_per_day",
+    "burst_s",
+]
+KEYS_SETTINGS = ["data_dir", *AWS_SETTINGS_NAMES]
+WEB_ONLY = {
+    "host",
+    "port",
+    "max_file_bytes",
+    "max_files",
+    "url_allow",
+    "url_timeout_s",
+    "timeout_s",
+    *WEB_LIMITS,
+    *ACCESS,
+}
+AWS_SETTINGS = AWS_SETTINGS_NAMES
 SERVICE_SETTINGS = {
     "up": list(SETTING_HELP),
     "web": [
@@ -165,6 +196,7 @@ SERVICE_SETTINGS = {
         "url_timeout_s",
         "max_receives",
         *WEB_LIMITS,
+        *ACCESS,
         "store_timeout_s",
         "result_ttl_s",
     ],
@@ -194,7 +226,19 @@ SERVICE_SETTINGS = {
 def _add_settings(p: argparse.ArgumentParser, names: list[str]) -> None:
     p.add_argument("--config", help="TOML file of settings (also IRAAS_CONFIG); flags and IRAAS_* variables win")
     for name in names:
-        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=SETTING_HELP[name])
+        flag = "--" + name.replace("_", "-")
+        if name in BOOLEAN:
+            p.add_argument(flag, dest=name, action="store_const", const="true", default=None, help=SETTING_HELP[name])
+        else:
+            p.add_argument(flag, dest=name, default=None, help=SETTING_HELP[name])
+    if "auth" in names:
+        p.add_argument(
+            "--no-auth",
+            dest="auth",
+            action="store_const",
+            const="off",
+            help="serve without API keys, even beyond loopback (a private network only; logged loudly)",
+        )
 
 
 def _cmd_service(args: argparse.Namespace) -> int:
@@ -216,6 +260,7 @@ def _cmd_service(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .access.cli import add_parser as add_keys
     from .aws.cli import add_parser as add_aws
     from .loadgen.cli import add_parser as add_loadgen
 
@@ -232,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=text, description=text + ". Every setting also reads IRAAS_<NAME>.")
         _add_settings(sp, SERVICE_SETTINGS[name])
         sp.set_defaults(func=_cmd_service)
+    add_keys(sub, KEYS_SETTINGS, _add_settings)
     add_loadgen(sub)
     add_aws(sub)
     _add_bench(sub)

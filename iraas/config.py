@@ -49,6 +49,15 @@ class Settings:
     max_backlog: int = 10_000  # images waiting; past it new work is refused (503); 0 = no limit
     store_timeout_s: float = 5.0  # a locked queue file refuses new work (503) after this
     min_free_bytes: int = 256 * 1024 * 1024  # below this free on the data disk: not ready, 503
+    # access (docs/security.md): "auto" requires API keys once one exists or off loopback
+    auth: str = "auto"  # "auto" | "required" | "off" (--no-auth)
+    anonymous_course: bool = False  # POST / (the course contract) without a key, rate limited
+    allowed_hosts: tuple[str, ...] = ()  # Host names served; default: loopback names on loopback
+    allowed_origins: tuple[str, ...] = ()  # other sites' origins allowed to POST (browser pages)
+    requests_per_s: float = 20.0  # per key, and for anonymous course callers together
+    images_per_s: float = 50.0
+    images_per_day: int = 100_000
+    burst_s: float = 10.0  # a key may spend this many seconds of its rates at once
     # retention (embedded store; the S3 lifecycle rules of the AWS template say the same)
     input_ttl_s: float = 86_400.0
     result_ttl_s: float = 7 * 86_400.0
@@ -97,9 +106,20 @@ def _coerce(name: str, kind: Any, raw: Any) -> Any:
             return int(raw)
         if kind == "float":
             return float(raw)
+        if kind == "bool":
+            return _boolean(raw)
         return str(raw)
     except (TypeError, ValueError):
         raise ValueError(f"setting {name}: cannot use {raw!r}") from None
+
+
+def _boolean(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ValueError(raw)
+    return text in ("1", "true", "yes", "on")
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
@@ -124,6 +144,8 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     settings = Settings(**values)
     if not 0 <= settings.min_workers <= settings.max_workers:
         raise ValueError("need 0 <= min_workers <= max_workers")
+    if settings.auth not in ("auto", "required", "off"):
+        raise ValueError(f"auth must be auto, required or off, not {settings.auth!r}")
     if settings.backend not in ("embedded", "aws"):
         raise ValueError(f"backend must be embedded or aws, not {settings.backend!r}")
 

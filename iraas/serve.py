@@ -31,12 +31,33 @@ def publish_gallery_if_given(settings: Settings, store: Store) -> None:
     BlobGallery(store)()  # fails now, clearly, if there is none at all
 
 
+def check_access(settings: Settings, store: Store) -> None:
+    """Beyond loopback, keys are required: refuse to start with none to check against."""
+    from .access.keys import KeyRing
+    from .web.gate import is_loopback
+
+    if settings.auth == "off" or (is_loopback(settings.host) and settings.auth == "auto"):
+        return
+    if not any(key.active for key in KeyRing(store.blobs).all()):
+        where = (
+            f"--data-dir {settings.data_dir}"
+            if settings.backend == "embedded"
+            else f"--backend aws --name {settings.name}"
+        )
+        raise ValueError(
+            f"listening on {settings.host} requires API keys, and this deployment has none. Create one with\n"
+            f"  iraas keys create admin --scope admin {where}\n"
+            "or pass --no-auth to serve without keys on a private network."
+        )
+
+
 def up(settings: Settings, with_controller: bool = True) -> None:
     """The web tier, and (for `up`) the controller and its fleet, in one process."""
     from .web.app import create_app
     from .web.server import serve
 
     store = build(settings)
+    check_access(settings, store)
     publish_gallery_if_given(settings, store)
     background = None
     if with_controller:

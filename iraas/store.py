@@ -11,7 +11,8 @@ result themselves (dramatiq's results backend is the model: the lifecycle writte
     gallery/faces.npz, .version the face gallery (from --gallery) and its version
     gallery/enrolments/<id>.npz each photo enrolled through the API: kept apart, so that a restart
                                or two enrolments at once lose none
-    config/id-key              the key that signs request ids
+    config/id-key              the key that signs request ids (and their owner: the API key's name)
+    keys/, usage/              API keys and the day's image counts: iraas/access owns them
 
 A request id is 16 bytes, 32 hex digits: issue time (4), random (6), HMAC (6). The signature
 lets any web process tell an id it issued (queued, running or done) from one it never did
@@ -28,7 +29,7 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import IO, Any
 
@@ -83,24 +84,30 @@ class Store:
             self._id_key = fresh
         return self._id_key
 
-    def new_ids(self, n: int) -> list[str]:
+    def _mac(self, body: bytes, owner: str) -> bytes:
+        # An owner (the API key's name) is signed into the id: only that key, or an admin who
+        # tries every name, can tell the id was issued. No owner: the MAC of ids before keys.
+        return hmac.new(self._key(), body + (b"\0" + owner.encode() if owner else b""), hashlib.sha256).digest()[:6]
+
+    def new_ids(self, n: int, owner: str = "") -> list[str]:
         stamp = int(self.clock()).to_bytes(4, "big")
         out = []
         for _ in range(n):
             body = stamp + secrets.token_bytes(6)
-            out.append((body + hmac.new(self._key(), body, hashlib.sha256).digest()[:6]).hex())
+            out.append((body + self._mac(body, owner)).hex())
         return out
 
-    def issued_at(self, rid: str) -> float | None:
-        """When this deployment issued `rid`, or None if it never did."""
+    def issued_at(self, rid: str, owners: Iterable[str] = ("",)) -> float | None:
+        """When this deployment issued `rid` for one of `owners`, or None if it never did."""
         try:
             raw = bytes.fromhex(rid)
         except ValueError:
             return None
         if len(raw) != 16:
             return None
-        mac = hmac.new(self._key(), raw[:10], hashlib.sha256).digest()[:6]
-        return float(int.from_bytes(raw[:4], "big")) if hmac.compare_digest(mac, raw[10:]) else None
+        if any(hmac.compare_digest(self._mac(raw[:10], owner), raw[10:]) for owner in owners):
+            return float(int.from_bytes(raw[:4], "big"))
+        return None
 
     # -- intake (web tier) -------------------------------------------------------------------
 
@@ -212,15 +219,16 @@ class Store:
     def inbox(self, name: str) -> Inbox:
         return self.replies.inbox(name)
 
-    def status(self, rid: str, result_ttl_s: float = math.inf) -> dict[str, Any] | None:
-        """`rid`'s result, or where it is ("queued" | "running"); None if never issued. An id
-        older than the results' retention and without one reads `failed: expired`."""
+    def status(self, rid: str, result_ttl_s: float = math.inf, owners: Iterable[str] = ("",)) -> dict[str, Any] | None:
+        """`rid`'s result, or where it is ("queued" | "running"); None if never issued for one
+        of `owners`. An id older than the results' retention and without one reads `failed:
+        expired`."""
+        issued = self.issued_at(rid, owners)
+        if issued is None:
+            return None
         result = self.load_result(rid)
         if result is not None:
             return result.as_dict()
-        issued = self.issued_at(rid)
-        if issued is None:
-            return None
         if self.clock() - issued > result_ttl_s:
             return {"id": rid, "status": "failed", "error": "expired", "reason": "past the results' retention"}
         running = rid in self.cluster_status().get("running", ())
@@ -234,6 +242,7 @@ class Store:
         removed = self.blobs.expire("inputs/", now - input_ttl_s)
         for folder in ("results/", "dedup/"):
             removed += self.blobs.expire(folder, now - result_ttl_s)
+        removed += self.blobs.expire("usage/", now - 2 * 86_400)  # a day's image counts
         return removed
 
     def probe(self) -> None:

@@ -288,16 +288,16 @@ def _raw(svc: Service, data: bytes, wait_s: float = 10) -> bytes:
 @pytest.mark.parametrize(
     ("sent", "status", "code"),
     [
-        (b"POST /v1/recognitions HTTP/1.1\r\nHost: x\r\nX-Half: ", b"408", b"header_timeout"),
+        (b"POST /v1/recognitions HTTP/1.1\r\nHost: localhost\r\nX-Half: ", b"408", b"header_timeout"),
         (
-            b"POST /v1/recognitions HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+            b"POST /v1/recognitions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n"
             b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n",
             b"408",
             b"body_timeout",
         ),
-        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", b"431", b"headers_too_large"),
+        (b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", b"431", b"headers_too_large"),
         (
-            b"POST /v1/recognitions HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000000000\r\n"
+            b"POST /v1/recognitions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2000000000000\r\n"
             b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n",
             b"413",
             b"request_too_large",

@@ -118,7 +118,7 @@ def test_oversized_upload_is_refused_before_the_body_is_read(svc: Service, decla
     ).encode()
     with socket.create_connection(("127.0.0.1", svc.port), timeout=30) as s:
         s.sendall(
-            f"POST /v1/recognitions HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n"
+            f"POST /v1/recognitions HTTP/1.1\r\nHost: localhost\r\nContent-Length: {declared}\r\n"
             f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n".encode()
             + head
         )

@@ -38,7 +38,7 @@ def _settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def client(tmp_path: Path, store: Store) -> Iterator[TestClient]:
-    with TestClient(create_app(_settings(tmp_path), store)) as c:
+    with TestClient(create_app(_settings(tmp_path), store), base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -177,14 +177,15 @@ def test_operational_endpoints(client: TestClient) -> None:
     cluster = client.get("/v1/cluster").json()
     assert set(cluster["queue"]) >= {"visible", "in_flight"} and "running" not in cluster
     page = client.get("/").text
-    assert "<input" in page and "/v1/recognitions" in page
+    assert "<input" in page and '<script src="/static/app.js"' in page
+    assert "/v1/recognitions" in client.get("/static/app.js").text
 
 
 def _client_with(tmp_path: Path, **changes: object) -> TestClient:
     import dataclasses
 
     settings = dataclasses.replace(_settings(tmp_path), **changes)  # type: ignore[arg-type]
-    return TestClient(create_app(settings, embedded(settings)))
+    return TestClient(create_app(settings, embedded(settings)), base_url="http://127.0.0.1")
 
 
 def test_past_max_backlog_new_work_is_shed_with_retry_after(tmp_path: Path) -> None:

@@ -12,17 +12,22 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from ..access.keys import KeyRing
+from ..access.quota import Quotas
 from ..config import Settings
 from ..messages import FACES
 from ..store import Store
+from .access import Access, Caller
 from .errors import InputError
 from .fetch import Resolver, system_resolver
+from .gate import Gate, allowed_hosts
+from .intake import Item
 from .metrics import Metrics
 from .names import person_name
 from .service import WebService, location
@@ -31,7 +36,8 @@ log = logging.getLogger(__name__)
 _ID = re.compile(r"[0-9a-f]{32}")
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 _CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large", 415: "bad_content_type"}
-_UI = Path(__file__).with_name("static") / "index.html"
+_STATIC = Path(__file__).with_name("static")
+_ASSETS = {"app.js": "text/javascript", "app.css": "text/css"}
 COURSE_FIELDS = ("inputFile", "myfile")
 
 
@@ -43,6 +49,7 @@ def create_app(
 ) -> FastAPI:
     """`background(stop)` runs in a thread for the app's lifetime (the controller, in `iraas up`)."""
     svc = WebService(settings, store, resolver)
+    access = Access(settings, KeyRing(store.blobs), Quotas(store.blobs))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -65,11 +72,14 @@ def create_app(
     )
 
     _error_handlers(app)
+    app.add_middleware(
+        Gate, hosts=allowed_hosts(settings.host, settings.allowed_hosts), origins=frozenset(settings.allowed_origins)
+    )
     app.add_middleware(_Observe, metrics=svc.metrics)
-    _recognition_routes(app, svc)
-    _operations_routes(app, svc)
+    _recognition_routes(app, svc, access)
+    _operations_routes(app, svc, access)
     if settings.model == FACES:
-        _gallery_routes(app, svc)
+        _gallery_routes(app, svc, access)
     return app
 
 
@@ -101,23 +111,33 @@ def _error_handlers(app: FastAPI) -> None:
         return JSONResponse(body(request, {"error": "internal", "detail": detail}), status_code=500)
 
 
-def _recognition_routes(app: FastAPI, svc: WebService) -> None:
+def _recognition_routes(app: FastAPI, svc: WebService, access: Access) -> None:
+    async def gather(request: Request, caller: Caller, fields: tuple[str, ...]) -> list[Item]:
+        items = await svc.gather(request, fields)
+        try:
+            await access.images(request, caller, len(items))
+        except InputError:
+            svc.release(items)
+            raise
+        return items
+
     @app.post("/v1/recognitions", summary="Classify one or more images (multipart `files`, or JSON url/urls)")
-    async def recognitions(request: Request) -> Response:
+    async def recognitions(request: Request, caller: Caller = Depends(access.recognize)) -> Response:
         wait = svc.wait(request)
         timeout = svc.timeout(request)
-        items = await svc.gather(request, ("files",))
-        entries = await svc.submit_and_wait(items, wait, timeout)
+        items = await gather(request, caller, ("files",))
+        entries = await svc.submit_and_wait(items, wait, timeout, owner=caller.owner)
         if not wait:
             headers = {"Location": entries[0]["location"]} if len(entries) == 1 else {}
             return JSONResponse(entries, status_code=202, headers=headers)
         return JSONResponse(entries)
 
-    @app.get("/v1/recognitions/{rid}", summary="Status and result of one image")
-    async def recognition(rid: str) -> JSONResponse:
+    @app.get("/v1/recognitions/{rid}", summary="Status and result of one image (the key that sent it, or admin)")
+    async def recognition(rid: str, caller: Caller = Depends(access.recognize)) -> JSONResponse:
         if not _ID.fullmatch(rid):
             raise InputError(400, "bad_id", "an id is 32 lowercase hex digits")
-        status = await run_in_threadpool(svc.store.status, rid, svc.settings.result_ttl_s)
+        owners = await run_in_threadpool(access.owners, caller)
+        status = await run_in_threadpool(svc.store.status, rid, svc.settings.result_ttl_s, owners)
         if status is None:
             raise InputError(404, "not_found", f"no recognition with id {rid}")
         return JSONResponse(status | {"location": location(rid)})
@@ -127,11 +147,17 @@ def _recognition_routes(app: FastAPI, svc: WebService) -> None:
         summary="Course-compatible: multipart `inputFile` or `myfile`; answers name:label",
         response_class=PlainTextResponse,
     )
-    async def course(request: Request) -> Response:
+    async def course(request: Request, caller: Caller = Depends(access.course)) -> Response:
         timeout = svc.timeout(request)
         items = await svc.gather(request, COURSE_FIELDS)
         svc.release(items[1:])
-        (got,) = await svc.submit_and_wait(items[:1], True, timeout)
+        items = items[:1]
+        try:
+            await access.images(request, caller, 1)
+        except InputError:
+            svc.release(items)
+            raise
+        (got,) = await svc.submit_and_wait(items, True, timeout, owner=caller.owner)
         stem = Path(got["name"]).stem
         if got["status"] == "done":
             return PlainTextResponse(f"{stem}:{got['label']}")
@@ -141,10 +167,20 @@ def _recognition_routes(app: FastAPI, svc: WebService) -> None:
         return JSONResponse({"error": "timeout", "detail": "no answer in time", "id": got["id"]}, status_code=504)
 
 
-def _operations_routes(app: FastAPI, svc: WebService) -> None:
+def _operations_routes(app: FastAPI, svc: WebService, access: Access) -> None:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def ui() -> HTMLResponse:
-        return HTMLResponse(_UI.read_text())
+    async def ui() -> FileResponse:
+        return FileResponse(_STATIC / "index.html", media_type="text/html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def asset(name: str) -> FileResponse:
+        if name not in _ASSETS:
+            raise InputError(404, "not_found", f"no file {name[:60]!r}")
+        return FileResponse(_STATIC / name, media_type=_ASSETS[name])
+
+    @app.get("/v1/me", summary="The key this request was made with: its name and scope")
+    async def me(caller: Caller = Depends(access.recognize)) -> JSONResponse:
+        return JSONResponse(access.whoami(caller))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -164,11 +200,14 @@ def _operations_routes(app: FastAPI, svc: WebService) -> None:
             return JSONResponse({"status": "unavailable", "detail": str(exc)[:300]}, status_code=503)
         return JSONResponse({"status": "ready", "queue": depth.__dict__})
 
-    @app.get("/v1/cluster", summary="Queue depth, workers and recent scaling decisions")
-    async def cluster() -> JSONResponse:
-        return JSONResponse(await run_in_threadpool(_cluster, svc.store))
+    @app.get("/v1/cluster", summary="Queue depth and workers; for admin keys, also decisions and errors")
+    async def cluster(caller: Caller = Depends(access.recognize)) -> JSONResponse:
+        info = await run_in_threadpool(_cluster, svc.store)
+        if caller.scope != "admin":  # the load, not the deployment's inner workings
+            info = {"queue": info["queue"], "workers": [{"state": w["state"]} for w in info["workers"]]}
+        return JSONResponse(info)
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(access.metrics)])
     async def prometheus() -> Response:
         info = await run_in_threadpool(_cluster, svc.store)
         m = svc.metrics
@@ -182,7 +221,7 @@ def _operations_routes(app: FastAPI, svc: WebService) -> None:
         return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def _gallery_routes(app: FastAPI, svc: WebService) -> None:
+def _gallery_routes(app: FastAPI, svc: WebService, access: Access) -> None:
     """Model "faces": the people a running service knows, and adding photos of someone. The
     web tier runs no face model: enrolment is a job for the workers, like recognition."""
 
@@ -191,18 +230,20 @@ def _gallery_routes(app: FastAPI, svc: WebService) -> None:
 
         return faces_module().Gallery.merged(svc.store.load_gallery())
 
-    @app.get("/v1/gallery", summary="People enrolled, with their number of photos")
+    @app.get(
+        "/v1/gallery", summary="People enrolled, with their number of photos", dependencies=[Depends(access.admin)]
+    )
     async def people() -> JSONResponse:
         gallery = await run_in_threadpool(current)
         return JSONResponse({"people": gallery.people(), "images": len(gallery.names)})
 
     @app.post("/v1/gallery/{name}", summary="Add photos (multipart `files`) of a person")
-    async def add(name: str, request: Request) -> JSONResponse:
+    async def add(name: str, request: Request, caller: Caller = Depends(access.admin)) -> JSONResponse:
         timeout = svc.timeout(request)
         known = (await run_in_threadpool(current)).people()
         name = person_name(name, known)
         items = await svc.gather(request, ("files",))
-        entries = await svc.submit_and_wait(items, True, timeout, task="enroll", person=name)
+        entries = await svc.submit_and_wait(items, True, timeout, owner=caller.owner, task="enroll", person=name)
         done = [e for e in entries if e["status"] == "done"]
         problems = [e["reason"] for e in done if e.get("reason")]
         problems += [f"{e['name']}: {e.get('reason')}" for e in entries if e["status"] == "failed"]

@@ -22,15 +22,22 @@ class InputError(Exception):
     refusal that a later try may not meet (overload, storage unavailable)."""
 
     def __init__(
-        self, status: int, code: str, reason: str, file: str | None = None, retry_after: int | None = None
+        self,
+        status: int,
+        code: str,
+        reason: str,
+        file: str | None = None,
+        retry_after: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(reason)
         self.status, self.code, self.reason, self.file = status, code, reason, file
-        self.retry_after = retry_after
+        self.retry_after, self._headers = retry_after, headers or {}
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+        retry = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+        return self._headers | retry
 
     @classmethod
     def from_image(cls, err: ImageError, file: str) -> InputError:

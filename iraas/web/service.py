@@ -198,11 +198,19 @@ class WebService:
             raise self._refused("cannot store the request now", exc) from None
 
     async def submit_and_wait(
-        self, items: list[Item], wait: bool, timeout: float, task: str = "recognize", person: str = ""
+        self,
+        items: list[Item],
+        wait: bool,
+        timeout: float,
+        *,
+        owner: str,
+        task: str = "recognize",
+        person: str = "",
     ) -> list[dict[str, Any]]:
         """Queue `items` for the workers (`task` "enroll": faces, add them as `person`) and
-        wait up to `timeout` for the answers; unanswered ones say where to look later."""
-        ids = self.store.new_ids(len(items))
+        wait up to `timeout` for the answers; unanswered ones say where to look later. Only
+        `owner` (or an admin) may read their status later."""
+        ids = self.store.new_ids(len(items), owner)
         futures = {rid: self.waiter.expect(rid) for rid in ids} if wait else {}
         try:
             subs = await run_in_threadpool(self._check_and_submit, items, ids, wait, task, person)

@@ -1,0 +1,68 @@
+"""`iraas keys create | list | revoke`: run where the deployment's store is reachable (the
+embedded data dir, or the AWS bucket with the operator's credentials)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+
+from .keys import SCOPES, KeyRing
+
+
+def add_parser(sub: argparse._SubParsersAction, settings_args: list[str], add_settings: object) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "keys",
+        help="API keys: create (printed once), list, revoke",
+        description="API keys for the service (docs/security.md). Keys are stored as hashes in the "
+        "deployment's store; every web process sees a change within about a second.",
+    )
+    verbs = p.add_subparsers(dest="verb", required=True)
+    create = verbs.add_parser("create", help="create a key; its last line of output is the key alone")
+    create.add_argument("key_name", metavar="NAME", help="who or what the key is for (letters, digits, _.-)")
+    create.add_argument("--scope", choices=SCOPES, default="recognize", help="recognize (default) or admin")
+    create.add_argument("--requests-per-s", type=float, help="this key's request rate (default: the setting)")
+    create.add_argument("--images-per-s", type=float, help="this key's image rate (default: the setting)")
+    create.add_argument("--images-per-day", type=int, help="this key's daily images (default: the setting)")
+    listing = verbs.add_parser("list", help="every key: name, scope, created, revoked")
+    listing.add_argument("--json", action="store_true", help="one JSON object per key")
+    revoke = verbs.add_parser("revoke", help="revoke a key: refused everywhere within about a second")
+    revoke.add_argument("key_name", metavar="NAME")
+    for v in (create, listing, revoke):
+        add_settings(v, settings_args)  # type: ignore[operator]
+        v.set_defaults(func=main, settings_args=settings_args)
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..backends import blobs
+    from ..config import load_settings
+
+    settings = load_settings(args.config, **{n: getattr(args, n) for n in args.settings_args})
+    if settings.backend == "aws" and not settings.bucket:
+        from ..aws.deploy import Aws, outputs
+
+        aws = Aws.connect(settings.aws_region or None, settings.aws_endpoint_url or None)
+        settings = dataclasses.replace(settings, bucket=outputs(aws, settings.name)["Bucket"])
+    ring = KeyRing(blobs(settings))
+    if args.verb == "create":
+        limits = {k: getattr(args, k) for k in ("requests_per_s", "images_per_s", "images_per_day")}
+        token = ring.create(args.key_name, args.scope, **limits)
+        print(f"created {args.scope} key {args.key_name!r}; it is shown this once, store it now:", file=sys.stderr)
+        print(token)
+    elif args.verb == "list":
+        for key in sorted(ring.all(), key=lambda k: k.created_at):
+            if args.json:
+                print(json.dumps(dataclasses.asdict(key)))
+            else:
+                state = f"revoked {_when(key.revoked_at)}" if key.revoked_at else "active"
+                print(f"{key.name:24} {key.scope:10} created {_when(key.created_at)}  {state}")
+    else:
+        key = ring.revoke(args.key_name)
+        print(f"revoked {key.name!r} ({key.scope}) at {_when(key.revoked_at)}")
+    return 0
+
+
+def _when(at: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at or 0))

@@ -1,0 +1,155 @@
+"""API keys, kept in the blob store so that every web process of a deployment shares them.
+
+    keys/by-hash/<sha256 of the key>.json   the key's record: name, scope, limits, revoked_at
+    keys/names/<name>.json                  {"hash": ...}: names are unique, and listable
+
+A key is `iraas_` + 43 random URL-safe characters (256 bits), shown once at creation and
+stored only as its SHA-256: with that much entropy a fast hash is as safe as a slow one (as
+GitHub's and Stripe's tokens), and a lookup is one read by hash, no comparison loop. The
+prefix lets secret scanners recognise a leaked key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+
+from ..blobs.base import BlobNotFound, BlobStore
+
+SCOPES = ("recognize", "admin")
+PREFIX = "iraas_"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_BY_HASH = "keys/by-hash/"
+_NAMES = "keys/names/"
+
+
+class KeyRingError(ValueError):
+    """A key cannot be created or revoked as asked."""
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    scope: str
+    created_at: float
+    revoked_at: float | None = None
+    # per-key overrides of the deployment's defaults; None: the default
+    requests_per_s: float | None = None
+    images_per_s: float | None = None
+    images_per_day: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Key:
+        return cls(**json.loads(raw))
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def check_name(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise KeyRingError(f"a key name is 1-64 letters, digits, '_.-' (starting with a letter or digit), not {name!r}")
+    return name
+
+
+class KeyRing:
+    """Create, list, revoke and find keys. `find` caches each answer for `cache_s` seconds, so
+    a revocation reaches every web process within that (one read per key per second)."""
+
+    def __init__(self, blobs: BlobStore, *, cache_s: float = 1.0, clock: Callable[[], float] = time.time) -> None:
+        self.blobs, self.cache_s, self.clock = blobs, cache_s, clock
+        self._found: dict[str, tuple[float, Key | None]] = {}
+        self._names: tuple[float, list[str]] | None = None
+        self._lock = threading.Lock()
+
+    def create(self, name: str, scope: str, **limits: float | int | None) -> str:
+        """A new key named `name`; returns the key itself (stored nowhere in clear). A revoked
+        key's name may be used again."""
+        check_name(name)
+        if scope not in SCOPES:
+            raise KeyRingError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
+        token = PREFIX + secrets.token_urlsafe(32)
+        key = Key(name=name, scope=scope, created_at=self.clock(), **limits)  # type: ignore[arg-type]
+        self.blobs.put(_BY_HASH + digest(token) + ".json", key.to_json())
+        entry = json.dumps({"hash": digest(token)}).encode()
+        if not self.blobs.put(_NAMES + name + ".json", entry, if_absent=True):
+            old = self._by_name(name)
+            if old is not None and old[1].active:
+                self.blobs.delete(_BY_HASH + digest(token) + ".json")
+                raise KeyRingError(f"a key named {name!r} exists: revoke it first, or choose another name")
+            self.blobs.put(_NAMES + name + ".json", entry)
+        return token
+
+    def _by_name(self, name: str) -> tuple[str, Key] | None:
+        try:
+            h = json.loads(self.blobs.get(_NAMES + name + ".json"))["hash"]
+            return h, Key.from_json(self.blobs.get(_BY_HASH + h + ".json"))
+        except BlobNotFound:
+            return None
+
+    def all(self) -> list[Key]:
+        """Every key, revoked ones included (their names stay readable as result owners)."""
+        out = []
+        for blob in self.blobs.list(_NAMES):
+            found = self._by_name(blob[len(_NAMES) : -len(".json")])
+            if found is not None:
+                out.append(found[1])
+        return out
+
+    def revoke(self, name: str) -> Key:
+        found = self._by_name(check_name(name))
+        if found is None:
+            raise KeyRingError(f"no key named {name!r}")
+        h, key = found
+        if key.active:
+            key = replace(key, revoked_at=self.clock())
+            self.blobs.put(_BY_HASH + h + ".json", key.to_json())
+        return key
+
+    def find(self, token: str) -> Key | None:
+        """The key `token` is, if it exists (revoked or not); cached for `cache_s`."""
+        if not token.startswith(PREFIX) or len(token) > 100:
+            return None
+        h, now = digest(token), time.monotonic()
+        with self._lock:
+            hit = self._found.get(h)
+        if hit is not None and now - hit[0] < self.cache_s:
+            return hit[1]
+        try:
+            key: Key | None = Key.from_json(self.blobs.get(_BY_HASH + h + ".json"))
+        except BlobNotFound:
+            key = None
+        with self._lock:
+            if len(self._found) > 10_000:  # a flood of wrong keys cannot grow this without bound
+                self._found.clear()
+            self._found[h] = (now, key)
+        return key
+
+    def cached(self, token: str) -> tuple[bool, Key | None]:
+        """(fresh, key) from the cache alone: no store read (for the event loop)."""
+        hit = self._found.get(digest(token)) if token.startswith(PREFIX) else (time.monotonic(), None)
+        if hit is None:
+            return False, None
+        return time.monotonic() - hit[0] < self.cache_s, hit[1]
+
+    def names(self) -> list[str]:
+        """Names of every key ever created (owners of results), re-read at most every 2 s."""
+        now = time.monotonic()
+        if self._names is None or now - self._names[0] > 2 * self.cache_s:
+            names = [blob[len(_NAMES) : -len(".json")] for blob in self.blobs.list(_NAMES)]
+            self._names = (now, names)
+        return self._names[1]

@@ -1,0 +1,167 @@
+"""Who is calling, and may they: API keys, scopes and quotas, as FastAPI dependencies.
+
+Keys are required when `auth` is "required", or (the default, "auto") once any key exists or
+when the service listens beyond loopback; with `auth` "off" (`--no-auth`) and on loopback
+before any key exists, every caller is the anonymous admin, without quotas (as before keys).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from ..access.keys import Key, KeyRing
+from ..access.quota import Limits, Quotas, Verdict
+from ..config import Settings
+from .errors import InputError
+from .gate import is_loopback
+
+log = logging.getLogger(__name__)
+
+OPEN_OWNER = ""  # results of requests made while keys were not required
+COURSE_OWNER = "~course"  # anonymous course requests (no key name starts with ~)
+
+
+@dataclass(frozen=True)
+class Caller:
+    name: str
+    scope: str  # "admin" | "recognize" | "course" (anonymous, POST / only)
+    owner: str  # signs the ids of this caller's requests: only it (or an admin) reads them
+    limits: Limits | None  # None: no quotas
+
+
+ANONYMOUS_ADMIN = Caller(name="anonymous", scope="admin", owner=OPEN_OWNER, limits=None)
+
+
+def keys_required(mode: str, listen: str, any_keys: bool) -> bool:
+    if mode == "off":
+        return False
+    return mode == "required" or any_keys or not is_loopback(listen)
+
+
+def presented(request: Request) -> str | None:
+    """The key a request carries: `Authorization: Bearer <key>`, or `X-API-Key: <key>`."""
+    auth = request.headers.get("authorization")
+    if auth is not None:
+        kind, _, value = auth.partition(" ")
+        return value.strip() if kind.lower() == "bearer" else ""
+    return request.headers.get("x-api-key")
+
+
+def _unauthorized(detail: str) -> InputError:
+    challenge = 'Bearer realm="iraas", error="invalid_token"' if "key" in detail else 'Bearer realm="iraas"'
+    return InputError(401, "unauthorized", detail, headers={"WWW-Authenticate": challenge})
+
+
+class Access:
+    def __init__(self, settings: Settings, ring: KeyRing, quotas: Quotas) -> None:
+        self.settings, self.ring, self.quotas = settings, ring, quotas
+        self._any: tuple[float, bool] = (-1e9, False)
+        self._syncs: set[asyncio.Task[None]] = set()
+        if settings.auth == "off":
+            log.warning(
+                "AUTHENTICATION IS OFF (--no-auth): anyone who can reach port %d may use everything", settings.port
+            )
+
+    def limits(self, key: Key | None) -> Limits:
+        """The deployment's defaults, with the key's own limits where it has them."""
+        s = self.settings
+        own = key or Key(name="", scope="", created_at=0)
+        return Limits(
+            requests_per_s=own.requests_per_s or s.requests_per_s,
+            images_per_s=own.images_per_s or s.images_per_s,
+            images_per_day=own.images_per_day or s.images_per_day,
+            burst_s=s.burst_s,
+        )
+
+    async def _required(self) -> bool:
+        s = self.settings
+        if s.auth != "auto" or not is_loopback(s.host):
+            return keys_required(s.auth, s.host, True)
+        at, any_keys = self._any
+        if time.monotonic() - at > 2.0:  # a first key takes effect within 2 s
+            any_keys = bool(await run_in_threadpool(self.ring.names))
+            self._any = (time.monotonic(), any_keys)
+        return any_keys
+
+    async def identify(self, request: Request, *, course: bool = False) -> Caller | None:
+        """The caller; None when keys are required and none was sent. A key sent but wrong or
+        revoked is refused (401) wherever it is sent."""
+        token = presented(request)
+        if token is None:
+            if not await self._required():
+                return ANONYMOUS_ADMIN
+            if course and self.settings.anonymous_course:
+                return Caller(name="anonymous", scope="course", owner=COURSE_OWNER, limits=self.limits(None))
+            return None
+        if not await self._required():
+            return ANONYMOUS_ADMIN
+        fresh, key = self.ring.cached(token)
+        if not fresh:
+            key = await run_in_threadpool(self.ring.find, token)
+        if key is None:
+            raise _unauthorized("the key is not valid")
+        if not key.active:
+            raise _unauthorized("the key was revoked")
+        return Caller(name=key.name, scope=key.scope, owner=key.name, limits=self.limits(key))
+
+    def _spend(self, request: Request, verdict: Verdict) -> None:
+        request.scope.setdefault("state", {})["ratelimit"] = verdict.headers
+        if not verdict.allowed:
+            # the RateLimit fields go on every answer, this one too: the gate adds them
+            raise InputError(429, "rate_limited", verdict.reason, retry_after=verdict.retry_after)
+
+    async def _need(self, request: Request, scope: str, *, course: bool = False) -> Caller:
+        caller = await self.identify(request, course=course)
+        if caller is None:
+            raise _unauthorized("an API key is required: send Authorization: Bearer <key>")
+        if scope == "admin" and caller.scope != "admin":
+            raise InputError(403, "forbidden", f"the key {caller.name!r} may not do this: it needs the admin scope")
+        if caller.limits is not None:
+            self._spend(request, self.quotas.request(caller.owner, caller.limits))
+        return caller
+
+    # FastAPI dependencies, one per kind of route
+    async def recognize(self, request: Request) -> Caller:
+        return await self._need(request, "recognize")
+
+    async def course(self, request: Request) -> Caller:
+        return await self._need(request, "recognize", course=True)
+
+    async def admin(self, request: Request) -> Caller:
+        return await self._need(request, "admin")
+
+    async def metrics(self, request: Request) -> Caller | None:
+        """Open to a scraper on this machine; otherwise admin."""
+        client = request.client.host if request.client else ""
+        if is_loopback(client):
+            return None
+        return await self._need(request, "admin")
+
+    async def images(self, request: Request, caller: Caller, n: int) -> None:
+        """Spend `n` images of `caller`'s quota (after the request was read), or 429."""
+        if caller.limits is None:
+            return
+        if self.quotas.claim_sync():  # in the background: the count is a second behind at most
+            task = asyncio.get_running_loop().create_task(run_in_threadpool(self.quotas.sync))
+            self._syncs.add(task)
+            task.add_done_callback(self._syncs.discard)
+        self._spend(request, self.quotas.images(caller.owner, caller.limits, n))
+
+    def owners(self, caller: Caller) -> list[str]:
+        """Whose requests `caller` may read: its own; an admin, everyone's."""
+        if caller.scope != "admin":
+            return [caller.owner]
+        return [OPEN_OWNER, COURSE_OWNER, *self.ring.names()]
+
+    def whoami(self, caller: Caller) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": caller.name, "scope": caller.scope}
+        if caller is ANONYMOUS_ADMIN:
+            out["auth"] = "off"
+        return out
