@@ -22,18 +22,20 @@ def free_port() -> int:
 
 
 class Service:
-    def __init__(self, data_dir: Path, **settings: object) -> None:
-        self.data_dir = data_dir
+    def __init__(self, data_dir: Path, command: str = "up", **settings: object) -> None:
+        self.data_dir, self.command = data_dir, command
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.settings = settings
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Service:
-        args = [sys.executable, "-m", "iraas.cli", "up", "--data-dir", str(self.data_dir), "--port", str(self.port)]
+        args = [sys.executable, "-m", "iraas.cli", self.command, "--data-dir", str(self.data_dir)]
+        args += ["--port", str(self.port)]
         for key, value in self.settings.items():
-            args += ["--" + key.replace("_", "-"), str(value)]
-        self.log = open(self.data_dir.parent / f"{self.data_dir.name}-up.log", "ab")  # noqa: SIM115
+            flag = "--" + key.replace("_", "-")
+            args += [flag] if value is True else [flag, str(value)]
+        self.log = open(self._log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -45,8 +47,12 @@ class Service:
             assert self.proc.poll() is None, self.output()
         raise AssertionError("service did not start:\n" + self.output())
 
+    @property
+    def _log_path(self) -> Path:
+        return self.data_dir.parent / f"{self.data_dir.name}-{self.command}-{self.port}.log"
+
     def output(self) -> str:
-        return (self.data_dir.parent / f"{self.data_dir.name}-up.log").read_text(errors="replace")
+        return self._log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGINT) -> int:
         assert self.proc is not None
@@ -81,6 +87,29 @@ class Service:
                 return value
             time.sleep(every)
         raise AssertionError(f"timed out waiting; log:\n{self.output()[-3000:]}")
+
+
+def create_key(data_dir: Path, name: str, scope: str = "recognize", *extra: str) -> str:
+    """`iraas keys create`, as an operator types it; the key is its last line of output."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "iraas.cli",
+            "keys",
+            "create",
+            name,
+            "--scope",
+            scope,
+            "--data-dir",
+            str(data_dir),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip().splitlines()[-1]
 
 
 def course_post(url: str, path: Path) -> str:

@@ -4,8 +4,6 @@ need no `eval`, and fail on any CSP violation the browser reports."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +13,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from iraas.model.classifier import Classifier
 
 from .conftest import IMAGENET
-from .service import Service
+from .service import Service, create_key
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -27,17 +25,6 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-
-def create_key(data_dir: Path, name: str, scope: str = "recognize") -> str:
-    """`iraas keys create`, as an operator types it; the key is its last line of output."""
-    out = subprocess.run(
-        [sys.executable, "-m", "iraas.cli", "keys", "create", name, "--scope", scope, "--data-dir", str(data_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout.strip().splitlines()[-1]
 
 
 @pytest.fixture

@@ -30,7 +30,11 @@ _NAMES = "keys/names/"
 
 
 class KeyRingError(ValueError):
-    """A key cannot be created or revoked as asked."""
+    """A key cannot be created or revoked as asked; `status` is the HTTP answer for it."""
+
+    def __init__(self, message: str, status: int = 400, code: str = "bad_key_request") -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,9 @@ class KeyRing:
         check_name(name)
         if scope not in SCOPES:
             raise KeyRingError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
+        for what, value in limits.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not value > 0):
+                raise KeyRingError(f"{what} must be a number above 0, not {value!r}")
         token = PREFIX + secrets.token_urlsafe(32)
         key = Key(name=name, scope=scope, created_at=self.clock(), **limits)  # type: ignore[arg-type]
         self.blobs.put(_BY_HASH + digest(token) + ".json", key.to_json())
@@ -90,7 +97,9 @@ class KeyRing:
             old = self._by_name(name)
             if old is not None and old[1].active:
                 self.blobs.delete(_BY_HASH + digest(token) + ".json")
-                raise KeyRingError(f"a key named {name!r} exists: revoke it first, or choose another name")
+                raise KeyRingError(
+                    f"a key named {name!r} exists: revoke it first, or choose another name", 409, "key_exists"
+                )
             self.blobs.put(_NAMES + name + ".json", entry)
         return token
 
@@ -113,7 +122,7 @@ class KeyRing:
     def revoke(self, name: str) -> Key:
         found = self._by_name(check_name(name))
         if found is None:
-            raise KeyRingError(f"no key named {name!r}")
+            raise KeyRingError(f"no key named {name!r}", 404, "not_found")
         h, key = found
         if key.active:
             key = replace(key, revoked_at=self.clock())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import re
 import threading
@@ -18,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from ..access.keys import KeyRing
+from ..access.keys import KeyRing, KeyRingError
 from ..access.quota import Quotas
 from ..config import Settings
 from ..messages import FACES
@@ -78,6 +80,7 @@ def create_app(
     app.add_middleware(_Observe, metrics=svc.metrics)
     _recognition_routes(app, svc, access)
     _operations_routes(app, svc, access)
+    _key_routes(app, access)
     if settings.model == FACES:
         _gallery_routes(app, svc, access)
     return app
@@ -251,6 +254,46 @@ def _gallery_routes(app: FastAPI, svc: WebService, access: Access) -> None:
         gallery = await run_in_threadpool(current)
         body = {"person": name, "added": len(done), "images": gallery.people().get(name, 0), "problems": problems}
         return JSONResponse(body | {"pending": pending}, status_code=202 if pending else 200)
+
+
+def _key_routes(app: FastAPI, access: Access) -> None:
+    """Key management for admin keys, the same verbs as `iraas keys`: a key is shown once."""
+    ring, admin = access.ring, [Depends(access.admin)]
+
+    def refused(exc: KeyRingError) -> InputError:
+        return InputError(exc.status, exc.code, str(exc))
+
+    @app.get("/v1/keys", summary="Every key: name, scope, limits, created, revoked (never the key)", dependencies=admin)
+    async def keys() -> JSONResponse:
+        return JSONResponse([dataclasses.asdict(k) for k in await run_in_threadpool(ring.all)])
+
+    @app.post(
+        "/v1/keys", summary='Create a key: JSON {"name", "scope", limits}; the answer shows it once', dependencies=admin
+    )
+    async def create(request: Request) -> JSONResponse:
+        try:
+            body = json.loads(await request.body())
+            fields = {k: body[k] for k in ("requests_per_s", "images_per_s", "images_per_day") if k in body}
+            token = await run_in_threadpool(
+                ring.create, str(body["name"]), str(body.get("scope", "recognize")), **fields
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            if isinstance(exc, KeyRingError):
+                raise refused(exc) from None
+            raise InputError(400, "bad_json", 'send {"name": ..., "scope": "recognize" | "admin"}') from None
+        return JSONResponse({"name": body["name"], "scope": body.get("scope", "recognize"), "key": token}, 201)
+
+    @app.delete(
+        "/v1/keys/{name}",
+        summary="Revoke a key: refused by every web process within about a second",
+        dependencies=admin,
+    )
+    async def revoke(name: str) -> JSONResponse:
+        try:
+            key = await run_in_threadpool(ring.revoke, name)
+        except KeyRingError as exc:
+            raise refused(exc) from None
+        return JSONResponse(dataclasses.asdict(key))
 
 
 class _Observe:
