@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import IO, Any
 
+from .access.quota import USAGE, USAGE_RETENTION_S
 from .blobs.base import BlobNotFound, BlobStore
 from .heartbeat import Heartbeat
 from .messages import FACES, MessageError, Request, Result
@@ -242,7 +243,7 @@ class Store:
         removed = self.blobs.expire("inputs/", now - input_ttl_s)
         for folder in ("results/", "dedup/"):
             removed += self.blobs.expire(folder, now - result_ttl_s)
-        removed += self.blobs.expire("usage/", now - 2 * 86_400)  # a day's image counts
+        removed += self.blobs.expire(USAGE, now - USAGE_RETENTION_S)
         return removed
 
     def probe(self) -> None:

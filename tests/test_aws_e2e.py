@@ -119,6 +119,14 @@ class Hypervisor:
             return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
 
+CIDR = "127.0.0.1/32"
+
+
+def admin(out: dict[str, str]) -> dict[str, str]:
+    """The admin key the first deploy made and returned once, as a request header."""
+    return {"Authorization": f"Bearer {out['AdminKey']}"}
+
+
 def recorded(calls: Path) -> list[str]:
     """Run iraas with every AWS call it makes written to `calls` (tests/awscalls.py)."""
     return [sys.executable, "-m", "tests.awscalls", str(calls)]
@@ -129,7 +137,7 @@ def deployed(moto: str, tmp_path: Path) -> Iterator[tuple[Aws, dict[str, str]]]:
     aws = Aws.connect("us-east-1", moto)
     wheel = tmp_path / "iraas-0.1.0-py3-none-any.whl"
     wheel.write_bytes(b"the harness runs the source tree; user-data is not run by moto")
-    yield aws, deploy(aws, NAME, wheel, max_workers=3, lock=_lock(tmp_path, wheel))
+    yield aws, deploy(aws, NAME, wheel, max_workers=3, lock=_lock(tmp_path, wheel), allowed_cidr=CIDR)
 
 
 def _up(
@@ -295,7 +303,12 @@ def _judge(aws: Aws, out: dict[str, str], roles: dict[str, tuple[Role, list[Path
 
 
 def _run_under_roles(
-    moto: str, aws: Aws, tmp_path: Path, burst: Callable[[str], set[str]], model: str = "", gallery: str = ""
+    moto: str,
+    aws: Aws,
+    tmp_path: Path,
+    burst: Callable[[str, dict[str, str]], set[str]],
+    model: str = "",
+    gallery: str = "",
 ) -> None:
     """Deploy; run the web tier + controller and every worker each under its role's policy;
     `burst` (it answers which workers answered); check the fleet went back to zero and every
@@ -303,14 +316,14 @@ def _run_under_roles(
     wheel = tmp_path / "iraas-0.1.0-py3-none-any.whl"
     wheel.write_bytes(b"the harness runs the source tree; user-data is not run by moto")
     kind = {"model": model, "gallery": gallery} if model else {}
-    out = deploy(aws, NAME, wheel, max_workers=3, lock=_lock(tmp_path, wheel), **kind)
+    out = deploy(aws, NAME, wheel, max_workers=3, lock=_lock(tmp_path, wheel), allowed_cidr=CIDR, **kind)
     iam = boto3_client("iam", moto)
     web, worker = _role(aws, iam, "ControllerRole"), _role(aws, iam, "WorkerRole")
     flags = ["--model", model] if model else []
     up, url = _up(moto, tmp_path, out["Bucket"], web.env, flags)
     try:
         with Hypervisor(aws, moto, out["Bucket"], tmp_path, worker.env, flags) as hv:
-            answered_by = burst(url)
+            answered_by = burst(url, admin(out))
             assert answered_by <= hv.launched  # answered by EC2 "instances"
             assert 2 <= hv.peak <= 3  # scaled out, bounded by max_workers
             _wait(
@@ -318,7 +331,7 @@ def _run_under_roles(
                 60,
                 "idle fleet back to min_workers (0)",
             )
-            cluster = httpx.get(url + "/v1/cluster").json()
+            cluster = httpx.get(url + "/v1/cluster", headers=admin(out)).json()
             assert any("scale in" in d["reason"] for d in cluster["decisions"])
             assert httpx.get(url + "/readyz").status_code == 200
     finally:
@@ -342,11 +355,11 @@ def _run_under_roles(
     assert all(s["StackStatus"] == "DELETE_COMPLETE" for s in stacks if s["StackName"] == stack_name(NAME))
 
 
-def _recognise_all(url: str, files: list[Path]) -> list[dict[str, Any]]:
+def _recognise_all(url: str, files: list[Path], auth: dict[str, str]) -> list[dict[str, Any]]:
     """Each file in its own request, all at once; the results in the files' order."""
 
     def one(f: Path) -> dict[str, Any]:
-        r = httpx.post(url + "/v1/recognitions", files={"files": (f.name, f.read_bytes())}, timeout=180)
+        r = httpx.post(url + "/v1/recognitions", files={"files": (f.name, f.read_bytes())}, headers=auth, timeout=180)
         assert r.status_code == 200, r.text
         return dict(r.json()[0])
 
@@ -359,8 +372,8 @@ def test_under_each_roles_own_policy_a_burst_scales_out_answers_right_scales_in_
 ) -> None:
     files = sorted((IMAGENET / "images").iterdir())[300:324]
 
-    def burst(url: str) -> set[str]:
-        results = _recognise_all(url, files)
+    def burst(url: str, auth: dict[str, str]) -> set[str]:
+        results = _recognise_all(url, files, auth)
         expected = [p.label for p in classifier.predict([f.read_bytes() for f in files])]
         assert [r["label"] for r in results] == expected
         return {r["worker"] for r in results}
@@ -376,16 +389,20 @@ def test_a_faces_deployment_under_its_roles_recognises_and_enrols(moto: str, dep
     files = sorted((COURSE / "face_images_100").iterdir())[:16]
     gallery = _course_gallery(tmp_path / "gallery")
 
-    def burst(url: str) -> set[str]:
-        results = _recognise_all(url, files)
+    def burst(url: str, auth: dict[str, str]) -> set[str]:
+        results = _recognise_all(url, files, auth)
         assert [r["label"] for r in results] == [truth[f.stem] for f in files]
         # an enrolment through the API is a worker's job: it writes the enrolment, bumps the version
         newcomer = sorted((COURSE / "face_images_1000").iterdir())[-1]
         r = httpx.post(
-            url + "/v1/gallery/Newcomer", files={"files": (newcomer.name, newcomer.read_bytes())}, timeout=180
+            url + "/v1/gallery/Newcomer",
+            files={"files": (newcomer.name, newcomer.read_bytes())},
+            headers=auth,
+            timeout=180,
         )
         assert r.status_code == 200, r.text
-        _wait(lambda: "Newcomer" in httpx.get(url + "/v1/gallery").json()["people"], 30, "the enrolment counted")
+        gallery = lambda: httpx.get(url + "/v1/gallery", headers=auth).json()["people"]  # noqa: E731
+        _wait(lambda: "Newcomer" in gallery(), 30, "the enrolment counted")
         return {r["worker"] for r in results}
 
     _run_under_roles(moto, deployer, tmp_path, burst, model="faces", gallery=str(gallery))
@@ -396,7 +413,7 @@ def test_a_missing_permission_is_reported_as_a_configuration_error_not_a_crash(
 ) -> None:
     wheel = tmp_path / "iraas-0.1.0-py3-none-any.whl"
     wheel.write_bytes(b"the harness runs the source tree")
-    out = deploy(deployer, NAME, wheel, max_workers=1, lock=_lock(tmp_path, wheel))
+    out = deploy(deployer, NAME, wheel, max_workers=1, lock=_lock(tmp_path, wheel), allowed_cidr=CIDR)
     iam = boto3_client("iam", moto)
     web = _role(deployer, iam, "ControllerRole", without="SendRequests")
     up, url = _up(moto, tmp_path, out["Bucket"], web.env)
@@ -406,10 +423,15 @@ def test_a_missing_permission_is_reported_as_a_configuration_error_not_a_crash(
         detail = ready.json()["detail"]  # which call, and where to look
         assert "refused sqs get_queue_attributes on e2e-requests" in detail and "iraas aws doctor" in detail
         photo = IMAGENET / "images" / "n01440764_tench.JPEG"
-        r = httpx.post(url + "/v1/recognitions", files={"files": (photo.name, photo.read_bytes())}, timeout=30)
+        r = httpx.post(
+            url + "/v1/recognitions",
+            files={"files": (photo.name, photo.read_bytes())},
+            headers=admin(out),
+            timeout=30,
+        )
         assert r.status_code == 503 and r.json()["error"] == "misconfigured" and "Retry-After" in r.headers
         assert "sqs" not in r.text  # which permission is the operator's business: in the log
-        cluster = httpx.get(url + "/v1/cluster", timeout=10).json()
+        cluster = httpx.get(url + "/v1/cluster", headers=admin(out), timeout=10).json()
         assert "refused sqs" in cluster["config_errors"][0]
         time.sleep(2)  # controller ticks fail the same way: logged, never fatal
         assert up.poll() is None
@@ -425,7 +447,7 @@ def test_a_worker_whose_role_may_not_take_requests_says_so_and_ends_when_idle(
 ) -> None:
     wheel = tmp_path / "iraas-0.1.0-py3-none-any.whl"
     wheel.write_bytes(b"the harness runs the source tree")
-    out = deploy(deployer, NAME, wheel, max_workers=1, lock=_lock(tmp_path, wheel))
+    out = deploy(deployer, NAME, wheel, max_workers=1, lock=_lock(tmp_path, wheel), allowed_cidr=CIDR)
     role = _role(deployer, boto3_client("iam", moto), "WorkerRole", without="TakeRequests")
     args = [*recorded(tmp_path / "w.calls.jsonl"), "worker", "--backend", "aws", "--name", NAME]
     args += ["--bucket", out["Bucket"], "--aws-endpoint-url", moto, "--aws-region", "us-east-1"]
@@ -448,7 +470,7 @@ def _doctor(moto: str, role: Role, which: str, bucket: str) -> subprocess.Comple
 def test_doctor_names_the_permission_a_role_lacks(moto: str, deployer: Aws, tmp_path: Path) -> None:
     wheel = tmp_path / "iraas-0.1.0-py3-none-any.whl"
     wheel.write_bytes(b"the harness runs the source tree")
-    out = deploy(deployer, NAME, wheel, max_workers=1, lock=_lock(tmp_path, wheel))
+    out = deploy(deployer, NAME, wheel, max_workers=1, lock=_lock(tmp_path, wheel), allowed_cidr=CIDR)
     iam = boto3_client("iam", moto)
     web, worker = _role(deployer, iam, "ControllerRole"), _role(deployer, iam, "WorkerRole")
     for role, which in ((web, "web"), (worker, "worker")):  # web first: it makes the probe reply queue

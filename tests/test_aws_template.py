@@ -13,8 +13,13 @@ from typing import Any
 import pytest
 from cfnlint.decode import decode
 
+from iraas.access.keys import KeyRing
+from iraas.access.quota import USAGE, USAGE_RETENTION_S
 from iraas.aws.deploy import TEMPLATE, Aws, deploy, destroy, outputs
 from iraas.aws.lock import sha256
+from iraas.blobs.s3 import S3BlobStore
+
+from .test_aws_e2e import boto3_client
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,7 +146,20 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_stack_deploys_into_moto_with_the_expected_properties(moto: str, wheel: Path) -> None:
     aws = Aws.connect("us-east-1", moto)
-    out = deploy(aws, "tpl", wheel, max_workers=5)
+    out = deploy(aws, "tpl", wheel, max_workers=5, allowed_cidr="203.0.113.0/24")
+    # the first admin key: returned once, stored as a hash only; a redeploy makes no other
+    key = out.pop("AdminKey")
+    found = KeyRing(S3BlobStore(aws.s3, out["Bucket"])).find(key)
+    assert found is not None and (found.name, found.scope) == ("admin", "admin")
+    stored = [o["Key"] for o in aws.s3.list_objects_v2(Bucket=out["Bucket"], Prefix="keys/")["Contents"]]
+    assert not any(key in k for k in stored)
+    assert "AdminKey" not in deploy(aws, "tpl", wheel, max_workers=5, allowed_cidr="203.0.113.0/24")
+    # the web port is open to the allowed network alone; no load balancer without a certificate
+    (web_sg,) = aws.ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["*WebSecurityGroup*"]}])[
+        "SecurityGroups"
+    ]
+    assert [r["CidrIp"] for p in web_sg["IpPermissions"] for r in p["IpRanges"]] == ["203.0.113.0/24"]
+    assert out["Url"].startswith("http://")
     # the queue and its dead-letter queue, with redrive after 3 receives
     url = aws.sqs.get_queue_url(QueueName="tpl-requests")["QueueUrl"]
     attrs = aws.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
@@ -183,6 +201,28 @@ def test_stack_deploys_into_moto_with_the_expected_properties(moto: str, wheel: 
     assert any("stack iraas-tpl" in r for r in removed)
 
 
+def test_with_a_certificate_an_https_balancer_is_the_only_way_in(moto: str, wheel: Path) -> None:
+    aws = Aws.connect("us-east-1", moto)
+    acm = boto3_client("acm", moto)
+    cert = acm.request_certificate(DomainName="iraas.example.com")["CertificateArn"]
+    out = deploy(aws, "tls", wheel, max_workers=1, allowed_cidr="198.51.100.0/24", certificate_arn=cert)
+    elb = boto3_client("elbv2", moto)
+    (lb,) = elb.describe_load_balancers()["LoadBalancers"]
+    assert out["Url"] == f"https://{lb['DNSName']}" and lb["Scheme"] == "internet-facing"
+    listeners = {x["Port"]: x for x in elb.describe_listeners(LoadBalancerArn=lb["LoadBalancerArn"])["Listeners"]}
+    assert listeners[443]["Protocol"] == "HTTPS" and listeners[443]["Certificates"][0]["CertificateArn"] == cert
+    assert listeners[80]["DefaultActions"][0]["Type"] == "redirect"
+    groups = {g["GroupId"]: g for g in aws.ec2.describe_security_groups()["SecurityGroups"]}
+    (lb_sg,) = lb["SecurityGroups"]
+    assert {r["CidrIp"] for p in groups[lb_sg]["IpPermissions"] for r in p["IpRanges"]} == {"198.51.100.0/24"}
+    (web_sg,) = [g for g in groups.values() if "WebSecurityGroup" in g["GroupName"]]
+    (rule,) = web_sg["IpPermissions"]
+    assert rule["IpRanges"] == [] and [p["GroupId"] for p in rule["UserIdGroupPairs"]] == [lb_sg]
+    (tg,) = elb.describe_target_groups(LoadBalancerArn=lb["LoadBalancerArn"])["TargetGroups"]
+    assert tg["HealthCheckPath"] == "/readyz"
+    destroy(aws, "tls")
+
+
 def test_bucket_retention_matches_the_embedded_defaults(template: dict[str, Any]) -> None:
     from iraas.config import Settings
 
@@ -193,4 +233,5 @@ def test_bucket_retention_matches_the_embedded_defaults(template: dict[str, Any]
         "inputs/": s.input_ttl_s / 86_400,
         "results/": s.result_ttl_s / 86_400,
         "dedup/": s.result_ttl_s / 86_400,
+        USAGE: USAGE_RETENTION_S / 86_400,
     }

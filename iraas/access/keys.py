@@ -80,26 +80,32 @@ class KeyRing:
         self._names: tuple[float, list[str]] | None = None
         self._lock = threading.Lock()
 
-    def create(self, name: str, scope: str, **limits: float | int | None) -> str:
-        """A new key named `name`; returns the key itself (stored nowhere in clear). A revoked
-        key's name may be used again."""
+    def create(self, name: str, scope: str, *, token: str | None = None, **limits: float | int | None) -> str:
+        """A new key named `name` (or `token`, a key made elsewhere, e.g. given to a deploy);
+        returns the key itself, stored nowhere in clear. A revoked key's name may be reused."""
         check_name(name)
         if scope not in SCOPES:
             raise KeyRingError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
         for what, value in limits.items():
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not value > 0):
                 raise KeyRingError(f"{what} must be a number above 0, not {value!r}")
-        token = PREFIX + secrets.token_urlsafe(32)
+        if token is not None and not (token.startswith(PREFIX) and 43 <= len(token) - len(PREFIX) <= 94):
+            raise KeyRingError(
+                f"a key given is {PREFIX} and 43 to 94 URL-safe characters (iraas keys create makes one)"
+            )
+        exists = f"a key named {name!r} exists: revoke it first, or choose another name"
+        old = self._by_name(name)
+        if old is not None and old[1].active:
+            raise KeyRingError(exists, 409, "key_exists")
+        token = token or PREFIX + secrets.token_urlsafe(32)
         key = Key(name=name, scope=scope, created_at=self.clock(), **limits)  # type: ignore[arg-type]
         self.blobs.put(_BY_HASH + digest(token) + ".json", key.to_json())
         entry = json.dumps({"hash": digest(token)}).encode()
-        if not self.blobs.put(_NAMES + name + ".json", entry, if_absent=True):
-            old = self._by_name(name)
-            if old is not None and old[1].active:
-                self.blobs.delete(_BY_HASH + digest(token) + ".json")
-                raise KeyRingError(
-                    f"a key named {name!r} exists: revoke it first, or choose another name", 409, "key_exists"
-                )
+        if old is None and not self.blobs.put(_NAMES + name + ".json", entry, if_absent=True):
+            # created meanwhile by someone else: theirs stands; this key's record, never
+            # handed out, names nobody and can be used by nobody
+            raise KeyRingError(exists, 409, "key_exists")
+        if old is not None:
             self.blobs.put(_NAMES + name + ".json", entry)
         return token
 

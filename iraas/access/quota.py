@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 from ..blobs.base import BlobError, BlobStore
 
-_USAGE = "usage/"
+USAGE = "usage/"
+USAGE_RETENTION_S = 2 * 86_400  # a day's counts, kept past the day (S3: a lifecycle rule)
 
 
 @dataclass
@@ -155,7 +156,7 @@ class Quotas:
             return
         with self._lock:
             today, mine = self._day, dict(self._mine)
-        folder = f"{_USAGE}{today}/"
+        folder = f"{USAGE}{today}/"
         try:
             if mine:
                 self.blobs.put(f"{folder}{self.process}.json", json.dumps(mine).encode(), durable=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
             )
             v.add_argument("--model", default="efficientnet-lite0", help="the model workers serve (e.g. faces)")
             v.add_argument("--gallery", default="", help="model faces: a folder per person, enrolled and stored")
+            v.add_argument(
+                "--allowed-cidr",
+                required=True,
+                help="who may reach the service, e.g. 203.0.113.0/24 (no default; 0.0.0.0/0 is the whole internet)",
+            )
+            v.add_argument(
+                "--certificate-arn",
+                default="",
+                help="an ACM certificate: serve HTTPS through a load balancer, the only way to the web instance",
+            )
+            v.add_argument(
+                "--admin-key-file",
+                help="the first admin key, made elsewhere (default: a new one, printed once as AdminKey)",
+            )
         if verb == "doctor":
             v.add_argument(
                 "--role",
@@ -66,8 +81,13 @@ def main(args: argparse.Namespace) -> int:
             instance_type=args.instance_type,
             ami=args.ami,
             web_port=args.web_port,
+            allowed_cidr=args.allowed_cidr,
+            certificate_arn=args.certificate_arn,
+            admin_key=Path(args.admin_key_file).read_text().strip() if args.admin_key_file else None,
         )
         print(json.dumps(out, indent=1))
+        if "AdminKey" in out:
+            print("AdminKey is shown this once: keep it (iraas keys create makes more).", file=sys.stderr)
     elif args.verb == "status":
         print(json.dumps(status(aws, args.name), indent=1))
     elif args.verb == "doctor":

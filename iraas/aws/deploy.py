@@ -98,10 +98,16 @@ def deploy(
     instance_type: str | None = None,
     ami: str | None = None,
     web_port: int = 8000,
+    allowed_cidr: str,
+    certificate_arn: str = "",
+    admin_key: str | None = None,
 ) -> dict[str, str]:
     """`lock`: a lock file made before (iraas.aws.lock's format), else one is resolved now
     (this needs the package index). `gallery`: model "faces", enrolled here and stored for
-    the workers."""
+    the workers. `allowed_cidr`: who may reach the service (no default: an open one must be
+    chosen). `certificate_arn`: an ACM certificate; then an HTTPS load balancer is the only
+    way in. The first deploy creates the admin key (`admin_key`, or a new one), returned
+    once as "AdminKey"."""
     with tempfile.TemporaryDirectory() as tmp:
         wheel = wheel or build_wheel(Path(tmp))
         lock_text = lock.read_text() if lock else build_lock(wheel)
@@ -118,7 +124,11 @@ def deploy(
             "DeployerArn": aws.caller_arn(),
             "Model": model,
             "WebPort": str(web_port),
+            "AllowedCidr": allowed_cidr,
+            "CertificateArn": certificate_arn,
         }
+        vpc, subnets = _default_subnets(aws) if certificate_arn else ("", [])
+        params |= {"LoadBalancerVpc": vpc, "LoadBalancerSubnets": ",".join(subnets)}
         if instance_type:
             params["InstanceType"] = instance_type
         if ami:
@@ -129,8 +139,30 @@ def deploy(
         aws.s3.put_object(Bucket=out["Bucket"], Key=lock_key, Body=lock_text.encode())
     if gallery:
         _publish_gallery(aws, name, out["Bucket"], model, gallery)
+    created = _admin_key(aws, out["Bucket"], admin_key)
     log.info("deployed %s: %s", name, out.get("Url"))
-    return out
+    return out | ({"AdminKey": created} if created else {})
+
+
+def _admin_key(aws: Aws, bucket: str, given: str | None) -> str | None:
+    """The deployment's first admin key, named "admin": made (or taken from `given`) on the
+    first deploy; None when one exists (a key is shown once, never again)."""
+    from ..access.keys import KeyRing
+    from ..blobs.s3 import S3BlobStore
+
+    ring = KeyRing(S3BlobStore(aws.s3, bucket))
+    if any(k.name == "admin" and k.active for k in ring.all()):
+        return None
+    return ring.create("admin", "admin", token=given)
+
+
+def _default_subnets(aws: Aws) -> tuple[str, list[str]]:
+    """The default VPC (where the web instance runs) and its default subnets, one per zone:
+    where the load balancer goes."""
+    found = aws.ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"]
+    if len({s["AvailabilityZone"] for s in found}) < 2:
+        raise ValueError("an HTTPS load balancer needs default subnets in two zones; this account has fewer")
+    return found[0]["VpcId"], [s["SubnetId"] for s in sorted(found, key=lambda s: s["AvailabilityZone"])]
 
 
 def _publish_gallery(aws: Aws, name: str, bucket: str, model: str, gallery: str) -> None:
