@@ -158,7 +158,8 @@ def checks(role: str, p: Probes) -> list[Check]:
             p.listing("gallery/enrolments/"),
             p.delete("heartbeats/"),
         ]
-    prefixes = ("inputs/", "results/", "dedup/", "gallery/", "config/", "heartbeats/", "cluster/")
+    prefixes = ("inputs/", "results/", "dedup/", "gallery/", "config/", "heartbeats/", "cluster/", "keys/", "usage/")
+    writes = ("inputs/", "results/", "gallery/", "config/", "cluster/", "keys/", "usage/")
     return [
         p.queue("requests", "GetQueueAttributes"),
         p.queue("requests", "SendMessage"),
@@ -167,7 +168,7 @@ def checks(role: str, p: Probes) -> list[Check]:
         p.reply_queue(),
         *(p.queue("replies-doctor", a) for a in ("ReceiveMessage", "DeleteMessage", "SendMessage")),
         *(p.read(prefix) for prefix in prefixes),
-        *(p.write(f"{prefix}doctor") for prefix in ("inputs/", "results/", "gallery/", "config/", "cluster/")),
+        *(p.write(f"{prefix}doctor") for prefix in writes),
         p.listing("heartbeats/"),
         p.delete("heartbeats/"),
         p.fleet("DescribeInstances", f"{p.name}-worker"),
