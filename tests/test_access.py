@@ -4,6 +4,7 @@ revocation seen by a second web process, anonymous course clients; the pure part
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import math
 import subprocess
@@ -22,6 +23,7 @@ from iraas.access.keys import Key, KeyRing, KeyRingError, digest
 from iraas.access.quota import Bucket, Limits, Quotas
 from iraas.backends import embedded
 from iraas.config import Settings
+from iraas.loadgen.run import Plan, run
 from iraas.model.classifier import Classifier
 from iraas.web.access import keys_required
 from iraas.web.app import create_app
@@ -125,6 +127,16 @@ def test_what_each_scope_sees(dep: Deployment) -> None:
     listed = httpx.get(dep.svc.url + "/v1/keys", headers=dep.headers("admin"))
     assert {k["name"] for k in listed.json()} == {"root", "alice", "bob", "mallory"}
     assert "iraas_" not in listed.text and "hash" not in listed.text  # neither keys nor their hashes
+
+
+def test_the_load_generator_sends_a_key(dep: Deployment) -> None:
+    images = sorted((IMAGENET / "images").iterdir())[:4]
+    with_key = asyncio.run(
+        run(Plan(dep.svc.url, images, {}, requests=4, concurrency=4, api="v1", key=dep.keys["recognize"]))
+    )
+    assert [r.error for r in with_key.records] == [None] * 4
+    without = asyncio.run(run(Plan(dep.svc.url, images, {}, requests=4, concurrency=4, api="v1")))
+    assert {r.error for r in without.records} == {"HTTP 401"}
 
 
 def test_host_and_origin_refusals(dep: Deployment) -> None:

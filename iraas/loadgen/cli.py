@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (default: no limit)")
     p.add_argument("--api", choices=["course", "v1"], default="course", help="POST / (course) or /v1/recognitions")
     p.add_argument("--timeout", type=float, default=120.0, help="per-request time-out, seconds (default 120)")
+    p.add_argument(
+        "--key",
+        default=os.environ.get("IRAAS_API_KEY", ""),
+        help="API key to send (default $IRAAS_API_KEY; the course API may be open: --anonymous-course)",
+    )
     p.add_argument("--out", help="write the JSON report here")
     p.add_argument("--plot", help="write a PNG of latency, workers and queue depth over time")
     p.set_defaults(func=main)
@@ -65,6 +71,7 @@ def main(args: argparse.Namespace) -> int:
         args.duration,
         args.api,
         args.timeout,
+        args.key,
     )
     console = Console(stderr=True)
     with Progress(
