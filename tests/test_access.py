@@ -115,6 +115,37 @@ def test_every_route_against_every_caller(dep: Deployment, method: str, path: st
         assert "revoked" in got["revoked"].json()["detail"]
 
 
+def test_the_gallery_routes_of_a_faces_service_against_every_caller(tmp_path: Path) -> None:
+    from .test_faces import COURSE as FACES
+    from .test_faces import _course_gallery
+
+    data = tmp_path / "data"
+    keys = {"admin": create_key(data, "root", "admin"), "recognize": create_key(data, "alice")}
+    keys |= {"other": create_key(data, "bob"), "revoked": create_key(data, "mallory"), "wrong": "iraas_" + "y" * 43}
+    subprocess.run(
+        [sys.executable, "-m", "iraas.cli", "keys", "revoke", "mallory", "--data-dir", str(data)], check=True
+    )
+    svc = Service(data, model="faces", gallery=_course_gallery(tmp_path / "gallery"), max_workers=1).start()
+    face = sorted((FACES / "face_images_100").iterdir())[0]
+    try:
+        dep = Deployment(svc, keys, "")
+        admin_only = ANY_KEY | {"recognize": 403, "other": 403}
+        for method, path, expected in (
+            ("GET", "/v1/gallery", admin_only),
+            ("POST", "/v1/gallery/Newcomer?timeout=60", admin_only),
+        ):
+            got = {}
+            for caller in CALLERS:
+                files = [("files", (face.name, face.read_bytes()))] if method == "POST" else None
+                got[caller] = httpx.request(
+                    method, svc.url + path, headers=dep.headers(caller), files=files, timeout=90
+                )
+            assert {c: r.status_code for c, r in got.items()} == expected, {c: r.text[:200] for c, r in got.items()}
+        assert httpx.get(svc.url + "/v1/gallery", headers=dep.headers("admin")).json()["people"]["Newcomer"] == 1
+    finally:
+        svc.stop()
+
+
 def test_what_each_scope_sees(dep: Deployment) -> None:
     me = httpx.get(dep.svc.url + "/v1/me", headers={"X-API-Key": dep.keys["recognize"]}).json()  # the other header
     assert me == {"name": "alice", "scope": "recognize"}
@@ -263,6 +294,27 @@ def test_metrics_beyond_loopback_and_the_gallery_need_admin(tmp_path: Path) -> N
             refused = client.request(method, path, headers={"X-API-Key": keys["recognize"]})
             assert (refused.status_code, refused.json()["error"]) == (403, "forbidden")
         assert client.get("/v1/gallery", headers={"X-API-Key": keys["admin"]}).status_code == 200
+
+
+def test_no_auth_serves_everyone_as_admin_and_says_so_loudly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = Settings(data_dir=tmp_path, host="0.0.0.0", auth="off")
+    store = embedded(settings)
+    KeyRing(store.blobs).create("root", "admin")
+    with TestClient(create_app(settings, store), base_url="http://api.example") as client:
+        assert client.get("/v1/me").json() == {"name": "anonymous", "scope": "admin", "auth": "off"}
+        assert client.get("/v1/keys").status_code == 200
+    assert "AUTHENTICATION IS OFF" in caplog.text
+
+
+def test_anonymous_course_callers_share_one_rate_limit(tmp_path: Path) -> None:
+    client, _ = _app(tmp_path, anonymous_course=True, requests_per_s=0.1, burst_s=20)  # 2 requests, then 10 s
+    with client:
+        photo = [("inputFile", (PHOTO.name, PHOTO.read_bytes()))]
+        first = [client.post("/?timeout=0", files=photo) for _ in range(2)]
+        assert [r.status_code for r in first] == [504, 504]  # queued (no worker here), not refused
+        third = client.post("/?timeout=0", files=photo)
+        assert (third.status_code, third.json()["error"]) == (429, "rate_limited")
+        assert int(third.headers["retry-after"]) == 10
 
 
 def test_keys_are_stored_only_as_hashes(tmp_path: Path) -> None:
