@@ -1,12 +1,14 @@
 """iraas against a plain FastAPI server without a queue, side by side in one run.
 
-    python benchmarks/versus.py [--rounds 3] [--requests 500]
+    python benchmarks/versus.py [--rounds 3] [--requests 500] [--with-key]
 
 Both serve the same ONNX model with the same preprocessing in 2 model processes: iraas with 2
 always-on workers (`iraas up --min-workers 2 --max-workers 2`), the baseline as
 `uvicorn benchmarks.baseline:app --workers 2`. Rounds are interleaved (baseline, iraas,
 baseline, iraas, ...) and every request is byte-distinct (a unique trailer after the image),
 so no cache answers one. Printed: medians over the rounds and the ratios iraas / baseline.
+`--with-key` adds a third server, iraas with an API key required (quotas set out of reach), to
+measure what checking a key and counting its quota costs.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from iraas.bench import image_files, run_bench  # noqa: E402
 from iraas.loadgen.run import Plan, run  # noqa: E402
-from tests.service import Service, free_port  # noqa: E402
+from tests.service import Service, create_key, free_port  # noqa: E402
 
 SAMPLE = ROOT.parent / "shared" / "datasets" / "imagenet-sample" / "images"
 _unique = itertools.count()
@@ -104,13 +106,14 @@ def _distinct(files: list[Path], n: int, folder: Path) -> list[Path]:
     return out
 
 
-def _measure(url: str, root: int, files: list[Path], n: int, tmp: Path) -> dict[str, float]:
+def _measure(url: str, root: int, files: list[Path], n: int, tmp: Path, key: str = "") -> dict[str, float]:
     out: dict[str, float] = {}
+    auth = {"Authorization": f"Bearer {key}"} if key else {}
     for c in (32, 100):
         batch = _distinct(files, n, tmp / f"c{c}-{next(_unique)}")
         pids = _tree(root)
         before = _cpu_s(pids)
-        report = asyncio.run(run(Plan(url, batch, {}, requests=n, concurrency=c, api="v1")))
+        report = asyncio.run(run(Plan(url, batch, {}, requests=n, concurrency=c, api="v1", key=key)))
         s = report.summary()
         assert s["answered"] == n, s
         out[f"c{c}"] = float(s["throughput_per_s"])  # type: ignore[arg-type]
@@ -118,7 +121,7 @@ def _measure(url: str, root: int, files: list[Path], n: int, tmp: Path) -> dict[
             out["cpu_ms"] = 1000 * (_cpu_s(pids) - before) / n
     single = _distinct(files, 50, tmp / f"one-{next(_unique)}")
     lat = []
-    with httpx.Client() as client:
+    with httpx.Client(headers=auth) as client:
         for i, f in enumerate(single):
             t = time.perf_counter()
             r = client.post(url + "/v1/recognitions", files={"files": (f.name, f.read_bytes())}, timeout=60)
@@ -134,6 +137,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--requests", type=int, default=500, help="per throughput run")
+    ap.add_argument("--with-key", action="store_true", help="also iraas with an API key required")
     args = ap.parse_args()
     files = image_files([SAMPLE])
     ceiling = run_bench(None, files, batch=8, procs=2).images_per_s
@@ -141,20 +145,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         base = Baseline(tmp / "baseline.log")
-        svc = Service(tmp / "iraas", min_workers=2, max_workers=2).start()
+        svcs = {"iraas": (Service(tmp / "iraas", min_workers=2, max_workers=2), "")}
+        if args.with_key:
+            limits = ["--requests-per-s", "1000000", "--images-per-s", "1000000", "--images-per-day", "1000000000"]
+            key = create_key(tmp / "iraas-key", "bench", "recognize", *limits)
+            svcs["iraas+key"] = (Service(tmp / "iraas-key", min_workers=2, max_workers=2), key)
         try:
-            svc.wait_for(lambda: len(svc.worker_pids()) == 2, timeout=60)
-            svc.wait_for(base.ready, timeout=60)
-            assert svc.proc is not None
-            servers = {"baseline": (base.url, base.proc.pid), "iraas": (svc.url, svc.proc.pid)}
+            servers = {"baseline": (base.url, base.proc.pid, "")}
+            for name, (svc, key) in svcs.items():
+                svc.start().wait_for(lambda s=svc: len(s.worker_pids()) == 2, timeout=60)
+                assert svc.proc is not None
+                servers[name] = (svc.url, svc.proc.pid, key)
+            svcs["iraas"][0].wait_for(base.ready, timeout=60)
             rows: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
             for r in range(args.rounds):
-                for name, (url, pid) in servers.items():
-                    m = _measure(url, pid, files, args.requests, tmp)
+                for name, (url, pid, key) in servers.items():
+                    m = _measure(url, pid, files, args.requests, tmp, key)
                     rows[name].append(m)
                     print(f"round {r + 1} {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in m.items()), flush=True)
         finally:
-            svc.stop()
+            for svc, _ in svcs.values():
+                if svc.proc is not None:
+                    svc.stop()
             base.stop()
     _report(rows, ceiling)
 
@@ -162,6 +174,11 @@ def main() -> None:
 def _report(rows: dict[str, list[dict[str, float]]], ceiling: float) -> None:
     med = {name: {k: statistics.median(m[k] for m in ms) for k in ms[0]} for name, ms in rows.items()}
     b, i = med["baseline"], med["iraas"]
+    if "iraas+key" in med:
+        k = med["iraas+key"]
+        print("\nwith an API key required, as a ratio of iraas without (medians):")
+        for key in ("c32", "c100", "p50_ms", "cpu_ms"):
+            print(f"  {key:<8} {i[key]:>9.1f} → {k[key]:>9.1f}   x{k[key] / i[key]:.3f}")
     print(f"\nmedians over {len(rows['iraas'])} interleaved rounds      baseline      iraas    iraas/baseline")
     for key, label in (
         ("c32", "throughput c=32 (img/s)"),
