@@ -82,26 +82,24 @@ class Access:
 
     async def _required(self) -> bool:
         s = self.settings
-        if s.auth != "auto" or not is_loopback(s.host):
-            return keys_required(s.auth, s.host, True)
-        at, any_keys = self._any
-        if time.monotonic() - at > 2.0:  # a first key takes effect within 2 s
-            any_keys = bool(await run_in_threadpool(self.ring.names))
-            self._any = (time.monotonic(), any_keys)
-        return any_keys
+        any_keys = True
+        if s.auth == "auto" and is_loopback(s.host):  # key-free until a first key exists
+            at, any_keys = self._any
+            if time.monotonic() - at > 2.0:  # a first key takes effect within 2 s
+                any_keys = bool(await run_in_threadpool(self.ring.names))
+                self._any = (time.monotonic(), any_keys)
+        return keys_required(s.auth, s.host, any_keys)
 
     async def identify(self, request: Request, *, course: bool = False) -> Caller | None:
         """The caller; None when keys are required and none was sent. A key sent but wrong or
         revoked is refused (401) wherever it is sent."""
+        if not await self._required():
+            return ANONYMOUS_ADMIN
         token = presented(request)
         if token is None:
-            if not await self._required():
-                return ANONYMOUS_ADMIN
             if course and self.settings.anonymous_course:
                 return Caller(name="anonymous", scope="course", owner=COURSE_OWNER, limits=self.limits(None))
             return None
-        if not await self._required():
-            return ANONYMOUS_ADMIN
         fresh, key = self.ring.cached(token)
         if not fresh:
             key = await run_in_threadpool(self.ring.find, token)
