@@ -213,6 +213,8 @@ def test_quota_429_with_retry_after_then_recovery(tmp_path: Path) -> None:
         files = [("files", (PHOTO.name, PHOTO.read_bytes()))] * 2
         first = httpx.post(svc.url + "/v1/recognitions?wait=false", files=files, headers=auth)
         assert first.status_code == 202 and '"daily";r=1;' in first.headers["ratelimit"]
+        policies = first.headers["ratelimit-policy"]
+        assert policies.startswith('"requests";q=3;w=3;qu="requests", "images";') and '"daily";q=3;w=86400' in policies
         second = httpx.post(svc.url + "/v1/recognitions?wait=false", files=files, headers=auth)
         assert second.status_code == 429 and "daily quota of 3" in second.json()["detail"]
         assert int(second.headers["retry-after"]) <= 86_400

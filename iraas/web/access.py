@@ -110,7 +110,9 @@ class Access:
         return Caller(name=key.name, scope=key.scope, owner=key.name, limits=self.limits(key))
 
     def _spend(self, request: Request, verdict: Verdict) -> None:
-        request.scope.setdefault("state", {})["ratelimit"] = verdict.headers
+        state = request.scope.setdefault("state", {})
+        had = state.get("ratelimit", {})  # the request's policy, then its images' policies
+        state["ratelimit"] = {k: f"{had[k]}, {v}" if k in had else v for k, v in verdict.headers.items()}
         if not verdict.allowed:
             # the RateLimit fields go on every answer, this one too: the gate adds them
             raise InputError(429, "rate_limited", verdict.reason, retry_after=verdict.retry_after)
