@@ -11,6 +11,7 @@ result themselves (dramatiq's results backend is the model: the lifecycle writte
     gallery/faces.npz, .version the face gallery (from --gallery) and its version
     gallery/enrolments/<id>.npz each photo enrolled through the API: kept apart, so that a restart
                                or two enrolments at once lose none
+    gallery/removals/<h>.json  a person removed, and when: photos enrolled before then are left out
     config/id-key              the key that signs request ids (and their owner: the API key's name)
     keys/, usage/              API keys and the day's image counts: iraas/access owns them
 
@@ -21,6 +22,7 @@ lets any web process tell an id it issued (queued, running or done) from one it 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -30,7 +32,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import IO, Any
 
 from .access.quota import USAGE, USAGE_RETENTION_S
@@ -48,12 +50,22 @@ _STATUS = "cluster/status.json"
 _GALLERY = "gallery/faces.npz"
 _GALLERY_VERSION = "gallery/faces.version"
 _ENROLMENTS = "gallery/enrolments/"
+_REMOVALS = "gallery/removals/"
 _ID_KEY = "config/id-key"
 _PROBE = "config/ready-probe"
 
 
 def _result_key(rid: str) -> str:
     return f"results/{rid}.json"
+
+
+@dataclass(frozen=True)
+class GalleryParts:
+    """The gallery as stored: each part with when it was enrolled (the base gallery: 0), and
+    each person removed with when; a row counts unless its person was removed after it."""
+
+    parts: list[tuple[float, bytes]]
+    removed: dict[str, float]
 
 
 class Store:
@@ -310,13 +322,27 @@ class Store:
         except BlobNotFound:
             return ""
 
-    def load_gallery(self) -> list[bytes]:
-        """The base gallery, then every enrolment in the order they were issued; [] if none."""
+    def remove_person(self, name: str) -> None:
+        """Leave out every photo of `name` enrolled until now, the base gallery's included; a
+        later enrolment of the same name counts again."""
+        record = json.dumps({"name": name, "at": self.clock()}).encode()
+        self.blobs.put(f"{_REMOVALS}{hashlib.sha256(name.encode()).hexdigest()[:32]}.json", record)
+        self._bump_gallery()
+
+    def load_gallery(self) -> GalleryParts:
+        """The base gallery, then every enrolment in the order they were issued, and removals."""
         parts = []
         # No exists() first: a get of a missing base is the same one trip.
         for key in [_GALLERY, *self.blobs.list(_ENROLMENTS)]:
             try:
-                parts.append(self.blobs.get(key))
+                data = self.blobs.get(key)
             except BlobNotFound:
                 continue
-        return parts
+            # an enrolment's key is its request id, whose first 4 bytes are its issue time
+            parts.append((0.0 if key == _GALLERY else float(int(key[len(_ENROLMENTS) :][:8], 16)), data))
+        removed: dict[str, float] = {}
+        for key in self.blobs.list(_REMOVALS):
+            with contextlib.suppress(BlobNotFound, ValueError, KeyError):
+                entry = json.loads(self.blobs.get(key))
+                removed[str(entry["name"])] = float(entry["at"])
+        return GalleryParts(parts, removed)

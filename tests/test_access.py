@@ -5,6 +5,7 @@ revocation seen by a second web process, anonymous course clients; the pure part
 from __future__ import annotations
 
 import asyncio
+import csv
 import functools
 import math
 import subprocess
@@ -142,6 +143,22 @@ def test_the_gallery_routes_of_a_faces_service_against_every_caller(tmp_path: Pa
                 )
             assert {c: r.status_code for c, r in got.items()} == expected, {c: r.text[:200] for c, r in got.items()}
         assert httpx.get(svc.url + "/v1/gallery", headers=dep.headers("admin")).json()["people"]["Newcomer"] == 1
+
+        # removal, admin only; then the workers (re-reading the gallery) no longer name that person
+        with open(FACES / "labels-100.csv", newline="") as f:
+            truth = {r["Image"]: r["Results"] for r in csv.DictReader(f)}[face.stem]
+
+        def label() -> str:
+            r = httpx.post(svc.url + "/v1/recognitions", files=[("files", (face.name, face.read_bytes()))], **auth)
+            return str(r.json()[0]["label"])
+
+        auth = {"headers": dep.headers("admin"), "timeout": 90}
+        assert label() == truth
+        got = {c: httpx.delete(f"{svc.url}/v1/gallery/{truth}", headers=dep.headers(c)).status_code for c in CALLERS}
+        assert got == ANY_KEY | {"recognize": 403, "other": 403}
+        assert truth not in httpx.get(svc.url + "/v1/gallery", headers=dep.headers("admin")).json()["people"]
+        assert httpx.delete(f"{svc.url}/v1/gallery/{truth}", headers=dep.headers("admin")).status_code == 404
+        svc.wait_for(lambda: label() != truth, timeout=20, every=0.5)
     finally:
         svc.stop()
 

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from iraas.backends import embedded
@@ -13,6 +14,7 @@ from iraas.config import Settings
 from iraas.queues.group import GroupSender
 from iraas.queues.sqlite import SqliteQueue
 from iraas.replies import SocketReplies
+from iraas.store import Store
 
 
 def test_ids_are_recognised_by_every_process_of_the_deployment_and_carry_their_time(tmp_path: Path) -> None:
@@ -95,9 +97,39 @@ def test_enrolments_are_kept_apart_from_the_base_gallery(tmp_path: Path) -> None
     web1.add_enrolment(a, b"alice")
     web2.add_enrolment(b, b"bob")  # another process at the same time: both kept
     assert web1.gallery_version() != v0
-    assert sorted(web1.load_gallery()) == [b"alice", b"base", b"bob"]
+    assert sorted(d for _, d in web1.load_gallery().parts) == [b"alice", b"base", b"bob"]
     web2.publish_gallery(b"base again")  # a restart with the same --gallery
-    assert sorted(web2.load_gallery()) == [b"alice", b"base again", b"bob"]
+    assert sorted(d for _, d in web2.load_gallery().parts) == [b"alice", b"base again", b"bob"]
+
+
+def test_a_person_removed_leaves_out_earlier_photos_not_later_ones(tmp_path: Path) -> None:
+    from iraas.model.faces import Gallery
+
+    clock = [1000.0]
+    parts = embedded(Settings(data_dir=tmp_path))
+    store = Store(requests=parts.requests, blobs=parts.blobs, replies=parts.replies, clock=lambda: clock[0])
+    row = np.ones(128, np.float32)
+
+    def one(name: str) -> bytes:
+        g = Gallery()
+        g.add(name, row, "test")
+        return bytes(g.to_bytes())
+
+    base = Gallery()
+    for name in ("Alice", "Bob"):
+        base.add(name, row, "base")
+    store.publish_gallery(base.to_bytes())
+    (early,) = store.new_ids(1)
+    store.add_enrolment(early, one("Alice"))
+    version = store.gallery_version()
+    clock[0] = 2000.0
+    store.remove_person("Alice")
+    assert store.gallery_version() != version  # workers reload
+    assert Gallery.merged(store.load_gallery()).people() == {"Bob": 1}  # base and enrolment rows
+    clock[0] = 3000.0
+    (late,) = store.new_ids(1)
+    store.add_enrolment(late, one("Alice"))  # enrolled again after the removal: counts
+    assert Gallery.merged(store.load_gallery()).people() == {"Alice": 1, "Bob": 1}
 
 
 def test_retention_expires_inputs_results_and_dedup_but_keeps_enrolments(tmp_path: Path) -> None:
@@ -120,7 +152,7 @@ def test_retention_expires_inputs_results_and_dedup_but_keeps_enrolments(tmp_pat
     assert store.expire(input_ttl_s=day, result_ttl_s=day) == 2
     assert not store.blobs.exists("inputs/" + "a" * 64) and store.blobs.exists("inputs/" + "b" * 64)
     assert store.load_result(old) is None and store.load_result(new) is not None
-    assert store.load_gallery() == [b"one row"]  # enrolments are records, never expired
+    assert [d for _, d in store.load_gallery().parts] == [b"one row"]  # records, never expired
     # The same bytes sent again make the stored copy young again: it is wanted.
     os.utime(tmp_path / "blobs" / ("inputs/" + "b" * 64), (past, past))
     store.put_input(b"new bytes", "b" * 64)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -23,6 +23,9 @@ import numpy as np
 from ..imaging import DEFAULT_LIMITS, IMAGE_SUFFIXES, ImageError, Limits, decode
 from .classifier import Label, Prediction, StageTimes
 from .spec import SpecError
+
+if TYPE_CHECKING:
+    from ..store import GalleryParts
 
 Array = np.ndarray[Any, Any]
 MODELS = {
@@ -151,14 +154,16 @@ class Gallery:
         return buf.getvalue()
 
     @classmethod
-    def merged(cls, parts: Sequence[bytes]) -> Gallery:
-        """One gallery from the base and the enrolments the store keeps apart."""
+    def merged(cls, stored: GalleryParts) -> Gallery:
+        """One gallery from the base and the enrolments the store keeps apart, without the
+        rows of people removed after those rows were enrolled."""
         out = cls()
-        for part in parts:
+        for when, part in stored.parts:
             g = cls.from_bytes(part)
-            out.names += g.names
-            out.sources += g.sources
-            out.embeddings = np.vstack([out.embeddings, g.embeddings])
+            keep = [i for i, n in enumerate(g.names) if stored.removed.get(n, -1.0) < when]
+            out.names += [g.names[i] for i in keep]
+            out.sources += [g.sources[i] for i in keep]
+            out.embeddings = np.vstack([out.embeddings, g.embeddings[keep]])
         return out
 
     @classmethod

@@ -6,12 +6,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..imaging import DEFAULT_LIMITS, ImageError, Limits
 from ..messages import FACES
 from .classifier import Classifier, Prediction, StageTimes
 from .spec import SpecError
+
+if TYPE_CHECKING:
+    from ..store import GalleryParts
 
 
 def faces_module() -> Any:
@@ -88,7 +91,7 @@ def gallery_from_path(path: str | Path) -> object:
 class _GalleryStore(Protocol):
     def gallery_version(self) -> str: ...
 
-    def load_gallery(self) -> list[bytes]: ...
+    def load_gallery(self) -> GalleryParts: ...
 
 
 class BlobGallery:
@@ -112,7 +115,7 @@ class BlobGallery:
             version = self.store.gallery_version()
             if version and (version != self.version or self._gallery is None):
                 parts = self.store.load_gallery()
-                if parts:
+                if parts.parts:
                     self._gallery, self.version = Gallery.merged(parts), version
             if self._gallery is None:
                 raise SpecError("no gallery has been published: start with --gallery")

@@ -233,12 +233,23 @@ def _gallery_routes(app: FastAPI, svc: WebService, access: Access) -> None:
 
         return faces_module().Gallery.merged(svc.store.load_gallery())
 
-    @app.get(
-        "/v1/gallery", summary="People enrolled, with their number of photos", dependencies=[Depends(access.admin)]
-    )
+    admin = [Depends(access.admin)]
+
+    @app.get("/v1/gallery", summary="People enrolled, with their number of photos", dependencies=admin)
     async def people() -> JSONResponse:
         gallery = await run_in_threadpool(current)
         return JSONResponse({"people": gallery.people(), "images": len(gallery.names)})
+
+    @app.delete("/v1/gallery/{name}", summary="Remove a person: every photo enrolled until now", dependencies=admin)
+    async def remove(name: str) -> JSONResponse:
+        people = (await run_in_threadpool(current)).people()
+        name = person_name(name, people)
+        if name not in people:
+            raise InputError(404, "not_found", f"nobody named {name!r} is enrolled")
+        if len(people) == 1:
+            raise InputError(409, "last_person", "the gallery would be empty: enrol someone else first")
+        await run_in_threadpool(svc.store.remove_person, name)
+        return JSONResponse({"person": name, "removed": people[name]})
 
     @app.post("/v1/gallery/{name}", summary="Add photos (multipart `files`) of a person")
     async def add(name: str, request: Request, caller: Caller = Depends(access.admin)) -> JSONResponse:
