@@ -183,16 +183,19 @@ def test_gallery_api_teaches_a_running_service(face_svc: Service, people: dict[s
     assert r.status_code == 200 and r.json()["images"] == 1, r.text
     assert httpx.get(face_svc.url + "/v1/gallery").json()["people"]["Newcomer"] == 1
 
+    seen: list[dict[str, object]] = []  # what each try got: the failure message shows them
+
     def answer() -> str | None:
         got = httpx.post(
             face_svc.url + "/v1/recognitions", files={"files": (probe.name, probe.read_bytes())}, timeout=60
         ).json()[0]
+        seen.append({k: got.get(k) for k in ("status", "label", "cached", "worker", "error")})
         return got["label"] if got["label"] == "Newcomer" else None
 
     deadline = time.monotonic() + 20  # workers re-read the gallery within about a second, no restart
     while time.monotonic() < deadline and answer() is None:
         time.sleep(0.5)
-    assert answer() == "Newcomer"
+    assert answer() == "Newcomer", seen[-6:]
     bad = httpx.post(face_svc.url + "/v1/gallery/..%2F..", files={"files": ("x.jpg", b"nope")})
     assert bad.status_code in (400, 404)
 
