@@ -189,6 +189,10 @@ class Worker:
             if job.req.task == "enroll" and job.data is not None:
                 job.result = self._enroll(job.req, job.data)
         runnable = [j for j in todo if j.data is not None and j.result is None]
+        if any(j.req.model_version not in ("", self.clf.version) for j in runnable):
+            # the web asked about a gallery this worker has not read yet (it checks once a
+            # second): read it now, or the answer would come from the one before
+            self.clf.refresh()
         t0 = self.clock()
         outcomes = self._classify([j.data or b"" for j in runnable]) if runnable else []
         per_image = (self.clock() - t0) / max(len(runnable), 1)

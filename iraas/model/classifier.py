@@ -115,6 +115,9 @@ class Classifier:
     def version(self) -> str:
         return ""  # the weights never change under a running classifier
 
+    def refresh(self) -> None:
+        return None
+
     def enroll(self, person: str, image: bytes, source: str) -> tuple[bytes, str | None]:
         raise SpecError(f"model {self.spec.name} has no gallery to enrol {person} into")
 

@@ -193,6 +193,11 @@ class FaceRecognizer:
         self.name = "faces"
         self.version = ""  # of the gallery used last: dedup entries are kept per gallery version
 
+    def refresh(self) -> None:
+        refresh = getattr(self._gallery, "refresh", None)  # a gallery given as a file never changes
+        if refresh is not None:
+            refresh()
+
     def classify(self, images: Sequence[bytes], top_k: int = 5) -> list[Prediction | ImageError]:
         gallery = self._gallery()
         self.version = str(getattr(self._gallery, "version", ""))

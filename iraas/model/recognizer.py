@@ -47,6 +47,11 @@ class Recognizer(Protocol):
     @property
     def version(self) -> str: ...
 
+    def refresh(self) -> None:
+        """Re-read what changes while serving (the gallery) before the next answer: a request
+        named a newer version than this one answers with."""
+        ...
+
     def enroll(self, person: str, image: bytes, source: str) -> tuple[bytes, str | None]:
         """Faces: `image` as a one-row gallery of `person`, and a problem worth reporting.
         Raises ImageError for an unreadable image, SpecError for a model with no gallery."""
@@ -103,6 +108,10 @@ class BlobGallery:
         self._gallery: object | None = None
         self._checked = 0.0
         self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        with self._lock:
+            self._checked = -1e9  # the next call reads the version, whenever it last did
 
     def __call__(self) -> object:
         Gallery = faces_module().Gallery
