@@ -3,6 +3,7 @@ start-up from the settings and passed in explicitly."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -22,6 +23,16 @@ def aws_client(service: str, settings: Settings) -> Any:
     from ._aws import client
 
     return client(service, settings.aws_region or None, settings.aws_endpoint_url or None)
+
+
+def located(settings: Settings) -> Settings:
+    """On AWS without a bucket given, the deployment's bucket, from its stack's outputs."""
+    if settings.backend != "aws" or settings.bucket:
+        return settings
+    from .aws.deploy import Aws, outputs
+
+    aws = Aws.connect(settings.aws_region or None, settings.aws_endpoint_url or None)
+    return dataclasses.replace(settings, bucket=outputs(aws, settings.name)["Bucket"])
 
 
 def blobs(settings: Settings) -> BlobStore:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -18,7 +17,7 @@ MODEL_HELP = (
     "built-in model name (efficientnet-lite0 [default], -lite1, -lite2), faces (with --gallery), "
     "or a model spec file (TOML/JSON)"
 )
-AWS_SETTINGS_NAMES = ["backend", "name", "bucket", "aws_region", "aws_endpoint_url"]
+AWS_SETTINGS = ["backend", "name", "bucket", "aws_region", "aws_endpoint_url"]
 GALLERY_HELP = "model faces: a folder per person (GALLERY/<name>/*.jpg, enrolled incrementally) or a gallery file"
 
 
@@ -166,7 +165,7 @@ ACCESS = [
     "images_per_day",
     "burst_s",
 ]
-KEYS_SETTINGS = ["data_dir", *AWS_SETTINGS_NAMES]
+KEYS_SETTINGS = ["data_dir", *AWS_SETTINGS]
 WEB_ONLY = {
     "host",
     "port",
@@ -178,7 +177,6 @@ WEB_ONLY = {
     *WEB_LIMITS,
     *ACCESS,
 }
-AWS_SETTINGS = AWS_SETTINGS_NAMES
 SERVICE_SETTINGS = {
     "up": list(SETTING_HELP),
     "web": [
@@ -243,15 +241,12 @@ def _add_settings(p: argparse.ArgumentParser, names: list[str]) -> None:
 
 def _cmd_service(args: argparse.Namespace) -> int:
     from . import serve
+    from .backends import located
     from .config import load_settings
 
     names = SERVICE_SETTINGS[args.command]
     settings = load_settings(args.config, **{n: getattr(args, n) for n in names})
-    if settings.backend == "aws" and not settings.bucket:
-        from .aws.deploy import Aws, outputs
-
-        aws = Aws.connect(settings.aws_region or None, settings.aws_endpoint_url or None)
-        settings = dataclasses.replace(settings, bucket=outputs(aws, settings.name)["Bucket"])
+    settings = located(settings)
     if args.command in ("up", "web"):
         serve.up(settings, with_controller=args.command == "up")
     else:

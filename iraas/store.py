@@ -55,6 +55,11 @@ _ID_KEY = "config/id-key"
 _PROBE = "config/ready-probe"
 
 
+def _stamp(rid: str) -> float:
+    """When a request id was issued: its first 4 bytes (8 hex digits), epoch seconds."""
+    return float(int(rid[:8], 16))
+
+
 def _result_key(rid: str) -> str:
     return f"results/{rid}.json"
 
@@ -119,7 +124,7 @@ class Store:
         if len(raw) != 16:
             return None
         if any(hmac.compare_digest(self._mac(raw[:10], owner), raw[10:]) for owner in owners):
-            return float(int.from_bytes(raw[:4], "big"))
+            return _stamp(rid)
         return None
 
     # -- intake (web tier) -------------------------------------------------------------------
@@ -339,7 +344,7 @@ class Store:
             except BlobNotFound:
                 continue
             # an enrolment's key is its request id, whose first 4 bytes are its issue time
-            parts.append((0.0 if key == _GALLERY else float(int(key[len(_ENROLMENTS) :][:8], 16)), data))
+            parts.append((0.0 if key == _GALLERY else _stamp(key[len(_ENROLMENTS) :]), data))
         removed: dict[str, float] = {}
         for key in self.blobs.list(_REMOVALS):
             with contextlib.suppress(BlobNotFound, ValueError, KeyError):

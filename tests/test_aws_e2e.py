@@ -127,6 +127,14 @@ def admin(out: dict[str, str]) -> dict[str, str]:
     return {"Authorization": f"Bearer {out['AdminKey']}"}
 
 
+def _deploy(aws: Aws, tmp_path: Path, **options: Any) -> dict[str, str]:
+    """Deploy the stack as the tests run it: a stand-in wheel (the harness runs the source tree;
+    moto runs no user-data), a lock made without the index, `CIDR` allowed."""
+    wheel = tmp_path / "iraas-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"the harness runs the source tree; user-data is not run by moto")
+    return deploy(aws, NAME, wheel, lock=_lock(tmp_path, wheel), allowed_cidr=CIDR, **options)
+
+
 def recorded(calls: Path) -> list[str]:
     """Run iraas with every AWS call it makes written to `calls` (tests/awscalls.py)."""
     return [sys.executable, "-m", "tests.awscalls", str(calls)]
@@ -135,9 +143,7 @@ def recorded(calls: Path) -> list[str]:
 @pytest.fixture
 def deployed(moto: str, tmp_path: Path) -> Iterator[tuple[Aws, dict[str, str]]]:
     aws = Aws.connect("us-east-1", moto)
-    wheel = tmp_path / "iraas-0.1.0-py3-none-any.whl"
-    wheel.write_bytes(b"the harness runs the source tree; user-data is not run by moto")
-    yield aws, deploy(aws, NAME, wheel, max_workers=3, lock=_lock(tmp_path, wheel), allowed_cidr=CIDR)
+    yield aws, _deploy(aws, tmp_path, max_workers=3)
 
 
 def _up(
@@ -313,10 +319,8 @@ def _run_under_roles(
     """Deploy; run the web tier + controller and every worker each under its role's policy;
     `burst` (it answers which workers answered); check the fleet went back to zero and every
     call each made was allowed; destroy."""
-    wheel = tmp_path / "iraas-0.1.0-py3-none-any.whl"
-    wheel.write_bytes(b"the harness runs the source tree; user-data is not run by moto")
     kind = {"model": model, "gallery": gallery} if model else {}
-    out = deploy(aws, NAME, wheel, max_workers=3, lock=_lock(tmp_path, wheel), allowed_cidr=CIDR, **kind)
+    out = _deploy(aws, tmp_path, max_workers=3, **kind)
     iam = boto3_client("iam", moto)
     web, worker = _role(aws, iam, "ControllerRole"), _role(aws, iam, "WorkerRole")
     flags = ["--model", model] if model else []
@@ -411,9 +415,7 @@ def test_a_faces_deployment_under_its_roles_recognises_and_enrols(moto: str, dep
 def test_a_missing_permission_is_reported_as_a_configuration_error_not_a_crash(
     moto: str, deployer: Aws, tmp_path: Path
 ) -> None:
-    wheel = tmp_path / "iraas-0.1.0-py3-none-any.whl"
-    wheel.write_bytes(b"the harness runs the source tree")
-    out = deploy(deployer, NAME, wheel, max_workers=1, lock=_lock(tmp_path, wheel), allowed_cidr=CIDR)
+    out = _deploy(deployer, tmp_path, max_workers=1)
     iam = boto3_client("iam", moto)
     web = _role(deployer, iam, "ControllerRole", without="SendRequests")
     up, url = _up(moto, tmp_path, out["Bucket"], web.env)
@@ -445,9 +447,7 @@ def test_a_missing_permission_is_reported_as_a_configuration_error_not_a_crash(
 def test_a_worker_whose_role_may_not_take_requests_says_so_and_ends_when_idle(
     moto: str, deployer: Aws, tmp_path: Path
 ) -> None:
-    wheel = tmp_path / "iraas-0.1.0-py3-none-any.whl"
-    wheel.write_bytes(b"the harness runs the source tree")
-    out = deploy(deployer, NAME, wheel, max_workers=1, lock=_lock(tmp_path, wheel), allowed_cidr=CIDR)
+    out = _deploy(deployer, tmp_path, max_workers=1)
     role = _role(deployer, boto3_client("iam", moto), "WorkerRole", without="TakeRequests")
     args = [*recorded(tmp_path / "w.calls.jsonl"), "worker", "--backend", "aws", "--name", NAME]
     args += ["--bucket", out["Bucket"], "--aws-endpoint-url", moto, "--aws-region", "us-east-1"]
@@ -468,9 +468,7 @@ def _doctor(moto: str, role: Role, which: str, bucket: str) -> subprocess.Comple
 
 
 def test_doctor_names_the_permission_a_role_lacks(moto: str, deployer: Aws, tmp_path: Path) -> None:
-    wheel = tmp_path / "iraas-0.1.0-py3-none-any.whl"
-    wheel.write_bytes(b"the harness runs the source tree")
-    out = deploy(deployer, NAME, wheel, max_workers=1, lock=_lock(tmp_path, wheel), allowed_cidr=CIDR)
+    out = _deploy(deployer, tmp_path, max_workers=1)
     iam = boto3_client("iam", moto)
     web, worker = _role(deployer, iam, "ControllerRole"), _role(deployer, iam, "WorkerRole")
     for role, which in ((web, "web"), (worker, "worker")):  # web first: it makes the probe reply queue

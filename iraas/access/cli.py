@@ -36,16 +36,11 @@ def add_parser(sub: argparse._SubParsersAction, settings_args: list[str], add_se
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..backends import blobs
+    from ..backends import blobs, located
     from ..config import load_settings
 
     settings = load_settings(args.config, **{n: getattr(args, n) for n in args.settings_args})
-    if settings.backend == "aws" and not settings.bucket:
-        from ..aws.deploy import Aws, outputs
-
-        aws = Aws.connect(settings.aws_region or None, settings.aws_endpoint_url or None)
-        settings = dataclasses.replace(settings, bucket=outputs(aws, settings.name)["Bucket"])
-    ring = KeyRing(blobs(settings))
+    ring = KeyRing(blobs(located(settings)))
     if args.verb == "create":
         limits = {k: getattr(args, k) for k in ("requests_per_s", "images_per_s", "images_per_day")}
         token = ring.create(args.key_name, args.scope, **limits)

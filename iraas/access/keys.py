@@ -135,36 +135,42 @@ class KeyRing:
             self.blobs.put(_BY_HASH + h + ".json", key.to_json())
         return key
 
+    def cached(self, token: str) -> tuple[bool, Key | None]:
+        """(known, key) from the cache alone, no store read (for the event loop): known is
+        False when the store must be asked (`find`). Not a key at all is known: None."""
+        if not token.startswith(PREFIX) or len(token) > 100:
+            return True, None
+        hit = self._found.get(digest(token))
+        if hit is None or time.monotonic() - hit[0] >= self.cache_s:
+            return False, None
+        return True, hit[1]
+
     def find(self, token: str) -> Key | None:
         """The key `token` is, if it exists (revoked or not); cached for `cache_s`."""
-        if not token.startswith(PREFIX) or len(token) > 100:
-            return None
-        h, now = digest(token), time.monotonic()
-        with self._lock:
-            hit = self._found.get(h)
-        if hit is not None and now - hit[0] < self.cache_s:
-            return hit[1]
+        known, key = self.cached(token)
+        if known:
+            return key
+        h = digest(token)
         try:
-            key: Key | None = Key.from_json(self.blobs.get(_BY_HASH + h + ".json"))
+            key = Key.from_json(self.blobs.get(_BY_HASH + h + ".json"))
         except BlobNotFound:
             key = None
         with self._lock:
             if len(self._found) > 10_000:  # a flood of wrong keys cannot grow this without bound
                 self._found.clear()
-            self._found[h] = (now, key)
+            self._found[h] = (time.monotonic(), key)
         return key
 
-    def cached(self, token: str) -> tuple[bool, Key | None]:
-        """(fresh, key) from the cache alone: no store read (for the event loop)."""
-        hit = self._found.get(digest(token)) if token.startswith(PREFIX) else (time.monotonic(), None)
-        if hit is None:
-            return False, None
-        return time.monotonic() - hit[0] < self.cache_s, hit[1]
+    def cached_names(self) -> list[str] | None:
+        """`names()` if read within the last 2 s, else None: no store read (for the event loop)."""
+        if self._names is None or time.monotonic() - self._names[0] > 2 * self.cache_s:
+            return None
+        return self._names[1]
 
     def names(self) -> list[str]:
         """Names of every key ever created (owners of results), re-read at most every 2 s."""
-        now = time.monotonic()
-        if self._names is None or now - self._names[0] > 2 * self.cache_s:
+        names = self.cached_names()
+        if names is None:
             names = [blob[len(_NAMES) : -len(".json")] for blob in self.blobs.list(_NAMES)]
-            self._names = (now, names)
-        return self._names[1]
+            self._names = (time.monotonic(), names)
+        return names

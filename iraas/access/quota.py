@@ -84,7 +84,7 @@ def day(now: float) -> str:
 class Quotas:
     """Per caller: request bucket, image bucket, and the day's image count."""
 
-    def __init__(self, blobs: BlobStore | None, *, clock: Callable[[], float] = time.time, sync_s: float = 1.0) -> None:
+    def __init__(self, blobs: BlobStore, *, clock: Callable[[], float] = time.time, sync_s: float = 1.0) -> None:
         self.blobs, self.clock, self.sync_s = blobs, clock, sync_s
         self.process = uuid.uuid4().hex[:12]
         self._buckets: dict[tuple[str, str], Bucket] = {}
@@ -145,15 +145,13 @@ class Quotas:
     def claim_sync(self) -> bool:
         """True (once a `sync_s`) when it is time to `sync`: the caller then runs it."""
         with self._lock:
-            if self.blobs is None or time.monotonic() - self._synced < self.sync_s:
+            if time.monotonic() - self._synced < self.sync_s:
                 return False
             self._synced = time.monotonic()
             return True
 
     def sync(self) -> None:
         """Publish this process's counts for the day; read the other processes' (blocking I/O)."""
-        if self.blobs is None:
-            return
         with self._lock:
             today, mine = self._day, dict(self._mine)
         folder = f"{USAGE}{today}/"
@@ -179,9 +177,9 @@ def _ceil(seconds: float) -> int:
 
 def _headers(name: str, burst: int, b: Bucket, window: float, now: float) -> dict[str, str]:
     """IETF RateLimit fields (draft-ietf-httpapi-ratelimit-headers-10): the policy, and what is
-    left of it with the seconds until the bucket is full again."""
-    unit = "requests" if name == "requests" else "images"
+    left of it with the seconds until the bucket is full again. The policy is named for its
+    unit: "requests" or "images"."""
     return {
-        "RateLimit-Policy": f'"{name}";q={burst};w={window:g};qu="{unit}"',
+        "RateLimit-Policy": f'"{name}";q={burst};w={window:g};qu="{name}"',
         "RateLimit": f'"{name}";r={math.floor(b.level(now))};t={math.ceil(b.full_in(now))}',
     }

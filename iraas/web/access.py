@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +20,7 @@ from ..access.quota import Limits, Quotas, Verdict
 from ..config import Settings
 from .errors import InputError
 from .gate import is_loopback
+from .intake import Item
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +54,15 @@ def presented(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-def _unauthorized(detail: str) -> InputError:
-    challenge = 'Bearer realm="iraas", error="invalid_token"' if "key" in detail else 'Bearer realm="iraas"'
+def _unauthorized(detail: str, *, invalid: bool) -> InputError:
+    """401; `invalid`: a key was sent but is wrong or revoked (RFC 6750's invalid_token)."""
+    challenge = 'Bearer realm="iraas", error="invalid_token"' if invalid else 'Bearer realm="iraas"'
     return InputError(401, "unauthorized", detail, headers={"WWW-Authenticate": challenge})
 
 
 class Access:
     def __init__(self, settings: Settings, ring: KeyRing, quotas: Quotas) -> None:
         self.settings, self.ring, self.quotas = settings, ring, quotas
-        self._any: tuple[float, bool] = (-1e9, False)
         self._syncs: set[asyncio.Task[None]] = set()
         if settings.auth == "off":
             log.warning(
@@ -83,11 +83,9 @@ class Access:
     async def _required(self) -> bool:
         s = self.settings
         any_keys = True
-        if s.auth == "auto" and is_loopback(s.host):  # key-free until a first key exists
-            at, any_keys = self._any
-            if time.monotonic() - at > 2.0:  # a first key takes effect within 2 s
-                any_keys = bool(await run_in_threadpool(self.ring.names))
-                self._any = (time.monotonic(), any_keys)
+        if s.auth == "auto" and is_loopback(s.host):  # key-free until a first key exists (2 s)
+            names = self.ring.cached_names()
+            any_keys = bool(names if names is not None else await run_in_threadpool(self.ring.names))
         return keys_required(s.auth, s.host, any_keys)
 
     async def identify(self, request: Request, *, course: bool = False) -> Caller | None:
@@ -100,13 +98,13 @@ class Access:
             if course and self.settings.anonymous_course:
                 return Caller(name="anonymous", scope="course", owner=COURSE_OWNER, limits=self.limits(None))
             return None
-        fresh, key = self.ring.cached(token)
-        if not fresh:
+        known, key = self.ring.cached(token)
+        if not known:
             key = await run_in_threadpool(self.ring.find, token)
         if key is None:
-            raise _unauthorized("the key is not valid")
+            raise _unauthorized("the key is not valid", invalid=True)
         if not key.active:
-            raise _unauthorized("the key was revoked")
+            raise _unauthorized("the key was revoked", invalid=True)
         return Caller(name=key.name, scope=key.scope, owner=key.name, limits=self.limits(key))
 
     def _spend(self, request: Request, verdict: Verdict) -> None:
@@ -120,7 +118,7 @@ class Access:
     async def _need(self, request: Request, scope: str, *, course: bool = False) -> Caller:
         caller = await self.identify(request, course=course)
         if caller is None:
-            raise _unauthorized("an API key is required: send Authorization: Bearer <key>")
+            raise _unauthorized("an API key is required: send Authorization: Bearer <key>", invalid=False)
         if scope == "admin" and caller.scope != "admin":
             raise InputError(403, "forbidden", f"the key {caller.name!r} may not do this: it needs the admin scope")
         if caller.limits is not None:
@@ -144,15 +142,22 @@ class Access:
             return None
         return await self._need(request, "admin")
 
-    async def images(self, request: Request, caller: Caller, n: int) -> None:
-        """Spend `n` images of `caller`'s quota (after the request was read), or 429."""
+    async def charge(self, request: Request, caller: Caller, items: list[Item]) -> list[Item]:
+        """Spend one image of `caller`'s quota per item (the request read), or 429 with the
+        items' spools closed."""
         if caller.limits is None:
-            return
+            return items
         if self.quotas.claim_sync():  # in the background: the count is a second behind at most
             task = asyncio.get_running_loop().create_task(run_in_threadpool(self.quotas.sync))
             self._syncs.add(task)
             task.add_done_callback(self._syncs.discard)
-        self._spend(request, self.quotas.images(caller.owner, caller.limits, n))
+        try:
+            self._spend(request, self.quotas.images(caller.owner, caller.limits, len(items)))
+        except InputError:
+            for item in items:
+                item.body.close()
+            raise
+        return items
 
     def owners(self, caller: Caller) -> list[str]:
         """Whose requests `caller` may read: its own; an admin, everyone's."""

@@ -29,7 +29,6 @@ from .access import Access, Caller
 from .errors import InputError
 from .fetch import Resolver, system_resolver
 from .gate import Gate, allowed_hosts
-from .intake import Item
 from .metrics import Metrics
 from .names import person_name
 from .service import WebService, location
@@ -115,20 +114,11 @@ def _error_handlers(app: FastAPI) -> None:
 
 
 def _recognition_routes(app: FastAPI, svc: WebService, access: Access) -> None:
-    async def gather(request: Request, caller: Caller, fields: tuple[str, ...]) -> list[Item]:
-        items = await svc.gather(request, fields)
-        try:
-            await access.images(request, caller, len(items))
-        except InputError:
-            svc.release(items)
-            raise
-        return items
-
     @app.post("/v1/recognitions", summary="Classify one or more images (multipart `files`, or JSON url/urls)")
     async def recognitions(request: Request, caller: Caller = Depends(access.recognize)) -> Response:
         wait = svc.wait(request)
         timeout = svc.timeout(request)
-        items = await gather(request, caller, ("files",))
+        items = await access.charge(request, caller, await svc.gather(request, ("files",)))
         entries = await svc.submit_and_wait(items, wait, timeout, owner=caller.owner)
         if not wait:
             headers = {"Location": entries[0]["location"]} if len(entries) == 1 else {}
@@ -154,12 +144,7 @@ def _recognition_routes(app: FastAPI, svc: WebService, access: Access) -> None:
         timeout = svc.timeout(request)
         items = await svc.gather(request, COURSE_FIELDS)
         svc.release(items[1:])
-        items = items[:1]
-        try:
-            await access.images(request, caller, 1)
-        except InputError:
-            svc.release(items)
-            raise
+        items = await access.charge(request, caller, items[:1])
         (got,) = await svc.submit_and_wait(items, True, timeout, owner=caller.owner)
         stem = Path(got["name"]).stem
         if got["status"] == "done":
@@ -256,7 +241,7 @@ def _gallery_routes(app: FastAPI, svc: WebService, access: Access) -> None:
         timeout = svc.timeout(request)
         known = (await run_in_threadpool(current)).people()
         name = person_name(name, known)
-        items = await svc.gather(request, ("files",))
+        items = await access.charge(request, caller, await svc.gather(request, ("files",)))
         entries = await svc.submit_and_wait(items, True, timeout, owner=caller.owner, task="enroll", person=name)
         done = [e for e in entries if e["status"] == "done"]
         problems = [e["reason"] for e in done if e.get("reason")]
@@ -284,14 +269,14 @@ def _key_routes(app: FastAPI, access: Access) -> None:
     async def create(request: Request) -> JSONResponse:
         try:
             body = json.loads(await request.body())
+            name, scope = str(body["name"]), str(body.get("scope", "recognize"))
             fields = {k: body[k] for k in ("requests_per_s", "images_per_s", "images_per_day") if k in body}
-            token = await run_in_threadpool(
-                ring.create, str(body["name"]), str(body.get("scope", "recognize")), **fields
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            if isinstance(exc, KeyRingError):
-                raise refused(exc) from None
+        except (ValueError, KeyError, TypeError):
             raise InputError(400, "bad_json", 'send {"name": ..., "scope": "recognize" | "admin"}') from None
+        try:
+            token = await run_in_threadpool(ring.create, name, scope, **fields)
+        except KeyRingError as exc:
+            raise refused(exc) from None
         return JSONResponse({"name": body["name"], "scope": body.get("scope", "recognize"), "key": token}, 201)
 
     @app.delete(

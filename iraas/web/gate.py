@@ -115,7 +115,7 @@ class Gate:
 
         async def send_with_headers(message: Any) -> None:
             if message["type"] == "http.response.start":
-                extra = [*HEADERS, (b"content-security-policy", CSP.encode())] if csp else HEADERS
+                extra = [*HEADERS, (b"content-security-policy", CSP.encode())] if csp else [*HEADERS]
                 limits = scope.get("state", {}).get("ratelimit", {})
                 extra += [(k.lower().encode(), v.encode()) for k, v in limits.items()]
                 message["headers"] = [*message.get("headers", []), *extra]
