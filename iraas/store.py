@@ -321,6 +321,11 @@ class Store:
         self.blobs.put(_GALLERY_VERSION, f"{time.time_ns()}-{secrets.token_hex(4)}".encode())
         self._version_cache = None
 
+    def gallery_changed(self) -> None:
+        """Another process changed the gallery (a worker enrolled someone): read its version anew
+        rather than answer from this process's cached one for up to a second."""
+        self._version_cache = None
+
     def gallery_version(self) -> str:
         try:
             return self.blobs.get(_GALLERY_VERSION).decode()

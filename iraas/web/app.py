@@ -243,6 +243,7 @@ def _gallery_routes(app: FastAPI, svc: WebService, access: Access) -> None:
         name = person_name(name, known)
         items = await access.charge(request, caller, await svc.gather(request, ("files",)))
         entries = await svc.submit_and_wait(items, True, timeout, owner=caller.owner, task="enroll", person=name)
+        svc.store.gallery_changed()  # the next recognition here asks for the gallery with them
         done = [e for e in entries if e["status"] == "done"]
         problems = [e["reason"] for e in done if e.get("reason")]
         problems += [f"{e['name']}: {e.get('reason')}" for e in entries if e["status"] == "failed"]
