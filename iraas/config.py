@@ -40,6 +40,9 @@ class Settings:
     max_side: int = 20_000
     max_aspect: float = 20.0
     timeout_s: float = 60.0
+    # the course contract (docs/service.md): where its clients POST and what they expect back
+    course_paths: tuple[str, ...] = ("/",)
+    course_reply: str = "name:label"  # "name:label" (2024 clients) | "label" (2022 faces clients)
     url_allow: tuple[str, ...] = ()  # hosts or CIDRs that URL intake may reach despite being private
     url_timeout_s: float = 10.0  # the whole fetch of one URL, redirects included
     max_fetches: int = 16  # URL fetches in flight per web process
@@ -148,8 +151,25 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         raise ValueError(f"auth must be auto, required or off, not {settings.auth!r}")
     if settings.backend not in ("embedded", "aws"):
         raise ValueError(f"backend must be embedded or aws, not {settings.backend!r}")
+    if settings.course_reply not in COURSE_REPLIES:
+        raise ValueError(f"course_reply must be {' or '.join(COURSE_REPLIES)}, not {settings.course_reply!r}")
+    for path in settings.course_paths:
+        _check_course_path(path)
 
     return settings
+
+
+COURSE_REPLIES = ("name:label", "label")
+# The service's own routes: a course path may not shadow them.
+_RESERVED = ("/v1/", "/static/", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/redoc")
+
+
+def _check_course_path(path: str) -> None:
+    ok = path.startswith("/") and all(c.isalnum() or c in "/-_." for c in path) and "//" not in path
+    if not ok or ".." in path:
+        raise ValueError(f"course_paths: {path!r} is not a plain URL path such as /upload")
+    if any(path == r.rstrip("/") or path.startswith(r) for r in _RESERVED):
+        raise ValueError(f"course_paths: {path!r} is one of the service's own routes")
 
 
 def to_env(settings: Settings) -> dict[str, str]:

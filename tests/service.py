@@ -112,12 +112,13 @@ def create_key(data_dir: Path, name: str, scope: str = "recognize", *extra: str)
     return out.stdout.strip().splitlines()[-1]
 
 
-def course_post(url: str, path: Path) -> str:
-    """One request of the unchanged course workload generator: `requests`, field inputFile."""
+def course_post(url: str, path: Path, field: str = "inputFile", route: str = "/") -> str:
+    """One request of an unchanged course workload generator: `requests`, one file in `field`
+    (inputFile in 2024, myfile in 2021-2022), POSTed to the deployment's `route`."""
     import requests
 
     with open(path, "rb") as fh:
-        r = requests.post(url + "/", files={"inputFile": fh}, timeout=120)
+        r = requests.post(url + route, files={field: fh}, timeout=120)
     assert r.status_code == 200, r.text
     return r.text
 

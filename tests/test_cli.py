@@ -43,3 +43,13 @@ def test_bench_model_prints_figures(tmp_path: Path) -> None:
     out = _iraas("bench", "model", str(tmp_path), "--procs", "1", "--batch", "4")
     assert out.returncode == 0, out.stderr
     assert "8 images in" in out.stdout and "img/s" in out.stdout and "inference" in out.stdout
+
+
+def test_course_settings_that_cannot_work_refuse_to_start(tmp_path: Path) -> None:
+    data = ["--data-dir", str(tmp_path)]
+    shadow = _iraas("up", *data, "--course-paths", "/upload,/v1/recognitions")
+    assert shadow.returncode == 2 and "'/v1/recognitions' is one of the service's own routes" in shadow.stderr
+    odd = _iraas("up", *data, "--course-paths", "upload")
+    assert odd.returncode == 2 and "not a plain URL path" in odd.stderr
+    reply = _iraas("up", *data, "--course-reply", "json")
+    assert reply.returncode == 2 and "course_reply must be name:label or label" in reply.stderr

@@ -162,14 +162,44 @@ def face_svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     svc.stop()
 
 
-def test_course_face_workload_100_concurrent(face_svc: Service) -> None:
+def _course_100() -> tuple[list[Path], dict[str, str]]:
     with open(COURSE / "labels-100.csv", newline="") as f:
         truth = {r["Image"]: r["Results"] for r in csv.DictReader(f)}
-    files = sorted((COURSE / "face_images_100").iterdir())
+    return sorted((COURSE / "face_images_100").iterdir()), truth
 
+
+@pytest.mark.parametrize("field", ["inputFile", "myfile"])  # the 2024 client's field, the 2021-22 clients'
+def test_course_face_workload_100_concurrent(face_svc: Service, field: str) -> None:
+    files, truth = _course_100()
     with ThreadPoolExecutor(100) as pool:
-        answers = list(pool.map(functools.partial(course_post, face_svc.url), files))
+        answers = list(pool.map(functools.partial(course_post, face_svc.url, field=field), files))
     assert answers == [f"{f.stem}:{truth[f.stem]}" for f in files]
+
+
+def test_course_2022_clients_get_plain_labels_on_their_own_paths(tmp_path: Path) -> None:
+    """The 2022 faces version: "for test_00.jpg the output should be `Paul` in plain text", at the
+    path each deployment chose; 100 concurrent clients per path, as the course generator runs."""
+    svc = Service(
+        tmp_path / "data",
+        model="faces",
+        gallery=_course_gallery(tmp_path / "gallery"),
+        max_workers=2,
+        course_reply="label",
+        course_paths="/upload,/getfacerecognizationperImage",
+    ).start()
+    try:
+        files, truth = _course_100()
+        for route, field in (("/getfacerecognizationperImage", "myfile"), ("/upload", "inputFile")):
+            post = functools.partial(course_post, svc.url, field=field, route=route)
+            with ThreadPoolExecutor(100) as pool:
+                answers = list(pool.map(post, files))
+            assert answers == [truth[f.stem] for f in files], route
+        # "/" is no longer a course path: its POST is refused as JSON, and the page still loads
+        refused = httpx.post(svc.url + "/", files={"myfile": files[0].read_bytes()})
+        assert refused.status_code == 405 and refused.json()["error"] == "method_not_allowed", refused.text
+        assert httpx.get(svc.url + "/").status_code == 200
+    finally:
+        svc.stop()
 
 
 def test_gallery_api_teaches_a_running_service(face_svc: Service, people: dict[str, list[Path]]) -> None:

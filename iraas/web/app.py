@@ -135,24 +135,31 @@ def _recognition_routes(app: FastAPI, svc: WebService, access: Access) -> None:
             raise InputError(404, "not_found", f"no recognition with id {rid}")
         return JSONResponse(status | {"location": location(rid)})
 
-    @app.post(
-        "/",
-        summary="Course-compatible: multipart `inputFile` or `myfile`; answers name:label",
-        response_class=PlainTextResponse,
-    )
+    plain = svc.settings.course_reply == "label"
+
     async def course(request: Request, caller: Caller = Depends(access.course)) -> Response:
         timeout = svc.timeout(request)
         items = await svc.gather(request, COURSE_FIELDS)
         svc.release(items[1:])
         items = await access.charge(request, caller, items[:1])
         (got,) = await svc.submit_and_wait(items, True, timeout, owner=caller.owner)
-        stem = Path(got["name"]).stem
         if got["status"] == "done":
-            return PlainTextResponse(f"{stem}:{got['label']}")
+            label = str(got["label"])
+            return PlainTextResponse(label if plain else f"{Path(got['name']).stem}:{label}")
         if got["status"] == "failed":
             body = {"error": got.get("error"), "detail": got.get("reason"), "file": got["name"]}
             return JSONResponse(body, status_code=422)
         return JSONResponse({"error": "timeout", "detail": "no answer in time", "id": got["id"]}, status_code=504)
+
+    answer = "the label" if plain else "name:label"
+    for path in svc.settings.course_paths:  # wherever the deployment's course clients POST
+        app.add_api_route(
+            path,
+            course,
+            methods=["POST"],
+            summary=f"Course-compatible: multipart `inputFile` or `myfile`; answers {answer} in plain text",
+            response_class=PlainTextResponse,
+        )
 
 
 def _operations_routes(app: FastAPI, svc: WebService, access: Access) -> None:
