@@ -37,7 +37,18 @@ FACES = DATA / "cse546-faces" / "face_images_1000"
 
 
 def _service(tmp: Path, **settings: object) -> Service:
-    return Service(tmp / f"data-{time.monotonic_ns()}", **settings).start()
+    """A service at rest: started, and its worker template (if any) ready to fork."""
+    svc = Service(tmp / f"data-{time.monotonic_ns()}", **settings).start()
+    if settings.get("warm_start") is not False:
+        svc.wait_for(lambda: (svc.cluster().get("warm") or {}).get("ready"), timeout=60)
+    return svc
+
+
+def _warm_rss_mb(svc: Service) -> float:
+    return float((svc.cluster().get("warm") or {}).get("rss_bytes", 0)) / 2**20
+
+
+WARM = {"warm template": {}, "new interpreter (before)": {"warm_start": False}}
 
 
 def _distinct_copies(files: list[Path], copies: int, folder: Path) -> list[Path]:
@@ -113,19 +124,21 @@ def course(tmp: Path) -> None:
     labels = read_labels(DATA / "cse546-faces" / "labels-1000.csv")
     assert labels
     for name, folder, n in (("course 100 (imagenet-100)", COURSE, 100), ("course 1000 (faces, plain)", FACES, 1000)):
-        svc = _service(tmp, scale_in_after_s=2)
-        try:
-            files = image_files([folder])[:n]
-            s = _load(svc, files, requests=n, concurrency=n, api="course")
-            lat: dict[str, float] = s["latency_s"]  # type: ignore[assignment]
-            back = _time_to_min(svc, 0)
-            print(
-                f"{name}: {s['answered']}/{s['sent']} answered from zero workers; latency mean {lat['mean']:.3f} s, "
-                f"p99 {lat['p99']:.3f} s, max {lat['max']:.3f} s; back to 0 workers {back:.1f} s after the "
-                f"last answer (idle period 2 s)"
-            )
-        finally:
-            svc.stop()
+        for start, extra in WARM.items():
+            svc = _service(tmp, scale_in_after_s=2, **extra)
+            try:
+                files = image_files([folder])[:n]
+                s = _load(svc, files, requests=n, concurrency=n, api="course")
+                lat: dict[str, float] = s["latency_s"]  # type: ignore[assignment]
+                back = _time_to_min(svc, 0)
+                print(
+                    f"{name}, {start}: {s['answered']}/{s['sent']} answered from zero workers; latency mean "
+                    f"{lat['mean']:.3f} s, p99 {lat['p99']:.3f} s, max {lat['max']:.3f} s; back to 0 workers "
+                    f"{back:.1f} s after the last answer (idle period 2 s)"
+                    + (f"; errors {s['errors']}" if s["errors"] else "")
+                )
+            finally:
+                svc.stop()
 
 
 def single(tmp: Path) -> None:
@@ -153,18 +166,35 @@ def single(tmp: Path) -> None:
         svc.stop()
 
 
+def _wait_idle(svc: Service) -> None:
+    svc.wait_for(lambda: _workers(svc) == 0 and not svc.worker_pids(), timeout=60)
+
+
 def cold(tmp: Path) -> None:
-    svc = _service(tmp, scale_in_after_s=1)
-    try:
-        times = []
-        for f in image_files([SAMPLE])[:3]:
-            svc.wait_for(lambda: _workers(svc) == 0 and not svc.worker_pids(), timeout=60)
-            t = time.perf_counter()
-            httpx.post(svc.url + "/v1/recognitions", files={"files": (f.name, f.read_bytes())}, timeout=60)
-            times.append(time.perf_counter() - t)
-        print("cold start (zero workers → first answer): " + ", ".join(f"{x:.2f} s" for x in times))
-    finally:
-        svc.stop()
+    """Zero workers → first answer, seen by a client (one connection, made beforehand) and by
+    the service (the result's `total`: from the request's arrival to its result)."""
+    for start, extra in WARM.items():
+        svc = _service(tmp, scale_in_after_s=1, **extra)
+        try:
+            seen, served = [], []
+            with httpx.Client() as client:
+                client.get(svc.url + "/healthz")
+                for f in image_files([SAMPLE])[:5]:
+                    _wait_idle(svc)
+                    t = time.perf_counter()
+                    r = client.post(svc.url + "/v1/recognitions", files={"files": (f.name, f.read_bytes())}, timeout=60)
+                    seen.append(time.perf_counter() - t)
+                    served.append(r.json()[0]["timings"]["total"])
+            rss = f"; template RSS {_warm_rss_mb(svc):.0f} MB" if start == "warm template" else ""
+            print(
+                f"cold start, {start} (zero workers → first answer): client "
+                + ", ".join(f"{x:.3f}" for x in seen)
+                + " s; in the service "
+                + ", ".join(f"{x:.3f}" for x in served)
+                + f" s; median {statistics.median(seen):.3f} / {statistics.median(served):.3f} s{rss}"
+            )
+        finally:
+            svc.stop()
 
 
 def spike(tmp: Path, plot: str | None) -> None:

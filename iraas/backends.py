@@ -91,4 +91,4 @@ def make_fleet(settings: Settings) -> Fleet:
     logs = settings.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = to_env(settings) | {"IRAAS_PARENT_PID": str(os.getpid())}
-    return LocalFleet(env, log_dir=str(logs))
+    return LocalFleet(env, log_dir=str(logs), warm_start=settings.warm_start)

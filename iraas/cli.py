@@ -130,6 +130,7 @@ SETTING_HELP = {
     "threads": "onnxruntime threads per worker process (default 1)",
     "heartbeat_s": "seconds between worker heartbeats (default 1)",
     "worker_max_idle_s": "a worker exits after this long idle; 0 = never (default 0)",
+    "warm_start": "fork local workers from a template process that has loaded the model (default on)",
     "min_workers": "workers kept running when idle (default 0)",
     "max_workers": "most workers (default: CPU count)",
     "target_per_worker": "backlog one worker should hold before another is started (default 8)",
@@ -157,6 +158,7 @@ SETTING_HELP = {
     "burst_s": "a key may spend this many seconds of its rates at once (default 10)",
 }
 BOOLEAN = {"anonymous_course"}
+NEGATED = {"warm_start": "start each local worker as a new interpreter (~0.5 s), with no template process"}
 ACCESS = [
     "auth",
     "anonymous_course",
@@ -231,7 +233,10 @@ def _add_settings(p: argparse.ArgumentParser, names: list[str]) -> None:
     p.add_argument("--config", help="TOML file of settings (also IRAAS_CONFIG); flags and IRAAS_* variables win")
     for name in names:
         flag = "--" + name.replace("_", "-")
-        if name in BOOLEAN:
+        if name in NEGATED:
+            flag = "--no-" + name.replace("_", "-")
+            p.add_argument(flag, dest=name, action="store_const", const="false", default=None, help=NEGATED[name])
+        elif name in BOOLEAN:
             p.add_argument(flag, dest=name, action="store_const", const="true", default=None, help=SETTING_HELP[name])
         else:
             p.add_argument(flag, dest=name, default=None, help=SETTING_HELP[name])

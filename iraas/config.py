@@ -75,6 +75,7 @@ class Settings:
     heartbeat_s: float = 1.0
     worker_max_idle_s: float = 0.0  # 0: run until stopped (the controller scales in)
     # controller
+    warm_start: bool = True  # fork local workers from a template process (its RSS: docs/service.md)
     min_workers: int = 0
     max_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     target_per_worker: int = 8  # backlog one worker should hold (HPA target value)

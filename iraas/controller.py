@@ -9,6 +9,7 @@ saw and did through the store, for `/v1/cluster` and status queries.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -24,6 +25,7 @@ from .messages import MessageError, Request, Result
 from .store import Store
 
 log = logging.getLogger(__name__)
+REACT_S = 0.01  # the shortest time between two ticks that requests woke
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -45,17 +47,35 @@ class Controller:
         self._work_total: int | None = None
         self._swept_at = -float("inf")
         self._failing: tuple[str, float, int] | None = None  # (error, logged at, repeats since)
+        self._short = True  # below max_workers at the last tick: a new request may need one more
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                self.tick()
-                if self._failing is not None:
-                    log.warning("controller recovered after %d failed tick(s)", self._failing[2] + 1)
-                    self._failing = None
-            except Exception as exc:  # a failed tick must not end the controller: the next may work
-                self._log_failure(exc)
-            stop.wait(self.s.tick_s)
+        # On the embedded queue a send wakes the controller: from zero workers the first one is
+        # launched within milliseconds of the request, not at the next tick (on SQS the launch
+        # takes a minute anyway: the tick is the wait).
+        watch = getattr(self.store.requests, "wakeups", None)
+        with watch() if watch is not None else contextlib.nullcontext(None) as woken:
+            while not stop.is_set():
+                ticked = time.monotonic()
+                self._safe_tick()
+                if woken is not None and self._short:
+                    time.sleep(max(ticked + REACT_S - time.monotonic(), 0))  # a burst: one tick per REACT_S
+                    until = ticked + self.s.tick_s
+                    while not stop.is_set() and (left := until - time.monotonic()) > 0:
+                        if woken(min(left, 0.5)):  # a short wait: a stop is seen within 0.5 s
+                            break
+                else:
+                    stop.wait(self.s.tick_s)
+
+    def _safe_tick(self) -> None:
+        try:
+            decision = self.tick()
+            self._short = decision.desired < self.policy.max_workers
+            if self._failing is not None:
+                log.warning("controller recovered after %d failed tick(s)", self._failing[2] + 1)
+                self._failing = None
+        except Exception as exc:  # a failed tick must not end the controller: the next may work
+            self._log_failure(exc)
 
     def _log_failure(self, exc: Exception) -> None:
         """The first failure in full; the same one again at most once a minute (a full disk
@@ -223,6 +243,7 @@ class Controller:
             # per worker).
             "running": sorted({rid for beat in beats.values() for rid in beat.current}),
             "fleet_errors": self.fleet.errors[-5:],
+            "warm": self.fleet.warm(),
             "at": now,
             "queue": {"visible": visible, "in_flight": in_flight, "dead_lettered": dead},
             "workers": workers,

@@ -76,6 +76,9 @@ class Worker:
 
     def run(self, burst: bool = False, max_idle_s: float = 0.0) -> None:
         """Until stopped; `burst`: until the queue is empty; `max_idle_s`: until idle that long."""
+        # The first beat before the first receive: a worker holding messages is a known worker
+        # (for the controller, and for anyone looking for the process that holds them).
+        self._write_beat()
         beat = threading.Thread(target=self._beat_loop, daemon=True, name="heartbeat")
         beat.start()
         # One thread for the worker's life, not one per batch (a thread start costs ~0.1 ms).
@@ -336,6 +339,5 @@ class Worker:
                 self.store.requests.change_visibility(receipt, vis)
 
     def _beat_loop(self) -> None:
-        self._write_beat()
         while not self._stop.wait(self.s.heartbeat_s):
             self._write_beat()

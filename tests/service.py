@@ -34,7 +34,10 @@ class Service:
         args += ["--port", str(self.port)]
         for key, value in self.settings.items():
             flag = "--" + key.replace("_", "-")
-            args += [flag] if value is True else [flag, str(value)]
+            if value is False:  # a setting on by default: its --no- flag
+                args += ["--no-" + key.replace("_", "-")]
+            else:
+                args += [flag] if value is True else [flag, str(value)]
         self.log = open(self._log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,6 +47,9 @@ class FakeFleet:
 
     def list(self) -> list[Instance]:
         return list(self.instances.values())
+
+    def warm(self) -> dict[str, Any] | None:
+        return None
 
     def shutdown(self) -> None:
         self.stop(list(self.instances))

@@ -33,6 +33,11 @@ class Fleet(Protocol):
         """Workers that count as capacity (pending and running), and those stopping."""
         ...
 
+    def warm(self) -> dict[str, Any] | None:
+        """What keeps starts fast, for /v1/cluster: the local template (ready, RSS) or the EC2
+        warm pool (stopped instances kept); None when there is none."""
+        ...
+
     def shutdown(self) -> None:
         """The controller is exiting: end what would otherwise be orphaned."""
         ...

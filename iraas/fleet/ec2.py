@@ -104,6 +104,9 @@ class Ec2Fleet:
         except ClientError as exc:  # gone already, or throttled: the next tick tries again
             log.warning("TerminateInstances %s: %s", list(ids), exc)
 
+    def warm(self) -> dict[str, Any] | None:
+        return None
+
     def shutdown(self) -> None:
         """Nothing: instances outlive the controller and end themselves when idle
         (`worker_max_idle_s` in their user-data, shutdown behaviour "terminate")."""

@@ -1,4 +1,5 @@
-"""Workers as local processes: `python -m iraas.cli worker`, settings passed in the environment."""
+"""Workers as local processes: `python -m iraas.cli worker`, settings passed in the environment;
+forked from a warm template (template.py) when `warm_start` is on, a new interpreter otherwise."""
 
 from __future__ import annotations
 
@@ -13,18 +14,32 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from .base import Instance
+from .template import Forked, Template
 
 log = logging.getLogger(__name__)
 
 
 class LocalFleet:
-    def __init__(self, env: dict[str, str], clock: Callable[[], float] = time.time, log_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        clock: Callable[[], float] = time.time,
+        log_dir: str | None = None,
+        warm_start: bool = False,
+    ) -> None:
         self._env = {**os.environ, **env}
         self._clock = clock
         self._log_dir = log_dir
-        self._procs: dict[str, tuple[subprocess.Popen[bytes], float]] = {}
+        self._procs: dict[str, tuple[subprocess.Popen[bytes] | Forked, float]] = {}
         self._stopping: set[str] = set()
         self.errors: list[dict[str, object]] = []
+        self.template = self._new_template() if warm_start else None
+
+    def _new_template(self) -> Template:
+        return Template(self._env, self._log("template"))
+
+    def _log(self, name: str) -> str | None:
+        return os.path.join(self._log_dir, f"{name}.log") if self._log_dir else None
 
     def launch(self, n: int) -> list[str]:
         ids = []
@@ -41,14 +56,22 @@ class LocalFleet:
             ids.append(wid)
         return ids
 
-    def _spawn(self, wid: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, wid: str, env: dict[str, str]) -> subprocess.Popen[bytes] | Forked:
+        if self.template is not None:
+            try:
+                return Forked(self.template.spawn(wid, self._log(wid) or os.devnull), self.template)
+            except OSError as exc:
+                log.warning("warm start of %s failed (%s): starting a new interpreter instead", wid, exc)
+                if not self.template.alive():
+                    self.template = self._new_template()  # for the next launch
         # Own session: a Ctrl-C in the terminal reaches `iraas up`, which stops workers in order.
         cmd = [sys.executable, "-m", "iraas.cli", "worker"]
-        if not self._log_dir:
+        path = self._log(wid)
+        if not path:
             return subprocess.Popen(
                 cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
             )
-        with open(os.path.join(self._log_dir, f"{wid}.log"), "ab") as out:
+        with open(path, "ab") as out:
             return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def stop(self, ids: Sequence[str]) -> None:
@@ -77,6 +100,12 @@ class LocalFleet:
             out.append(Instance(wid, "stopping" if wid in self._stopping else "running", at))
         return out
 
+    def warm(self) -> dict[str, object] | None:
+        if self.template is None:
+            return None
+        t = self.template
+        return {"kind": "template", "pid": t.pid, "ready": t.ready(), "rss_bytes": t.rss_bytes()}
+
     def shutdown(self, grace_s: float = 10.0) -> None:
         """Stop every worker: SIGTERM, then SIGKILL after `grace_s`. No orphans."""
         ids = list(self._procs)
@@ -90,3 +119,5 @@ class LocalFleet:
                 proc.kill()
                 proc.wait()
         self._procs.clear()
+        if self.template is not None:
+            self.template.close()

@@ -6,6 +6,7 @@ directory, keyed by the weights' SHA-256, so later starts only load a file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.resources
 import logging
@@ -46,6 +47,12 @@ def _weights_file(package: str) -> Path:
 
 
 def _sha256(path: Path) -> str:
+    st = path.stat()
+    return _digest(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.cache  # a worker forked from the warm template finds it here, not in 20 MB of hashing
+def _digest(path: str, size: int, mtime_ns: int) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 

@@ -158,6 +158,12 @@ class SqliteQueue:
                     return got
                 Waker.wait(sock, min(remaining, self._poll_s, self._next_visible_in()))
 
+    @contextmanager
+    def wakeups(self) -> Iterator[Callable[[float], bool]]:
+        """For a watcher of the queue (the controller): a wait that ends early on a send (True)."""
+        with self._waker.listening() as sock:
+            yield lambda timeout: Waker.wait(sock, timeout)
+
     def _claim(self, n: int, visibility_s: int) -> list[Message]:
         now = self._clock()
         out: list[Message] = []

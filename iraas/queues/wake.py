@@ -43,12 +43,14 @@ class Waker:
             path.unlink(missing_ok=True)
 
     @staticmethod
-    def wait(sock: socket.socket, timeout: float) -> None:
+    def wait(sock: socket.socket, timeout: float) -> bool:
+        """True when woken, False when `timeout` passed."""
         ready, _, _ = select.select([sock], [], [], max(timeout, 0.0))
         if ready:
             with contextlib.suppress(OSError):
                 while sock.recv(64):  # drain: one check of the database serves them all
                     pass
+        return bool(ready)
 
     def notify(self) -> None:
         try:
