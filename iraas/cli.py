@@ -73,6 +73,21 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
     return 0 if gallery.names else 2
 
 
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from .bench import image_files
+    from .messages import FACES
+    from .model.builtin import resolve_model
+    from .model.quantize import quantize
+
+    if args.model == FACES:
+        raise SpecError("quantize makes int8 image classifiers; the faces model is not one")
+    files = image_files([Path(p) for p in args.calibration])[: args.limit]
+    out = Path(args.out)
+    n = quantize(resolve_model(args.model), files, out)
+    print(f"int8 model calibrated on {n} image(s): serve it with --model {out}")
+    return 0
+
+
 def _cmd_bench_model(args: argparse.Namespace) -> int:
     from .bench import image_files, run_bench
 
@@ -287,7 +302,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_loadgen(sub)
     add_aws(sub)
     _add_bench(sub)
+    _add_quantize(sub)
     return p
+
+
+def _add_quantize(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    q = sub.add_parser(
+        "quantize",
+        help="build a static int8 (QDQ) version of a model, calibrated on your own images",
+        description="Build a static int8 (QDQ) version of a model from calibration images like those it "
+        "will serve (a few hundred are plenty), and write a model spec for --model. Writes NAME.toml, "
+        "NAME.onnx and NAME.labels.json.",
+    )
+    q.add_argument("--calibration", required=True, nargs="+", metavar="DIR", help="image folders or files")
+    q.add_argument("--out", required=True, metavar="NAME.toml", help="the model spec to write")
+    q.add_argument("--model", default=None, help=MODEL_HELP)
+    q.add_argument("--limit", type=int, default=500, help="most calibration images used (default 500)")
+    q.set_defaults(func=_cmd_quantize)
 
 
 def _add_classify(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
