@@ -85,7 +85,7 @@ def make_fleet(settings: Settings) -> Fleet:
         from .fleet.ec2 import Ec2Fleet
 
         template = settings.launch_template or f"{settings.name}-worker"
-        return Ec2Fleet(aws_client("ec2", settings), settings.name, template)
+        return Ec2Fleet(aws_client("ec2", settings), settings.name, template, warm_pool=settings.warm_pool)
     from .fleet.local import LocalFleet
 
     logs = settings.data_dir / "logs"

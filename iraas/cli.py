@@ -146,6 +146,7 @@ SETTING_HELP = {
     "heartbeat_s": "seconds between worker heartbeats (default 1)",
     "worker_max_idle_s": "a worker exits after this long idle; 0 = never (default 0)",
     "warm_start": "fork local workers from a template process that has loaded the model (default on)",
+    "warm_pool": "AWS: scaled-in workers kept stopped (disk cost only), to start in seconds; at most (default 0)",
     "min_workers": "workers kept running when idle (default 0)",
     "max_workers": "most workers (default: CPU count)",
     "target_per_worker": "backlog one worker should hold before another is started (default 8)",

@@ -76,6 +76,7 @@ class Settings:
     worker_max_idle_s: float = 0.0  # 0: run until stopped (the controller scales in)
     # controller
     warm_start: bool = True  # fork local workers from a template process (its RSS: docs/service.md)
+    warm_pool: int = 0  # AWS: scaled-in workers kept stopped, up to this many, to start in seconds
     min_workers: int = 0
     max_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     target_per_worker: int = 8  # backlog one worker should hold (HPA target value)
@@ -148,6 +149,8 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     settings = Settings(**values)
     if not 0 <= settings.min_workers <= settings.max_workers:
         raise ValueError("need 0 <= min_workers <= max_workers")
+    if not 0 <= settings.warm_pool <= settings.max_workers:
+        raise ValueError("need 0 <= warm_pool <= max_workers")
     if settings.auth not in ("auto", "required", "off"):
         raise ValueError(f"auth must be auto, required or off, not {settings.auth!r}")
     if settings.backend not in ("embedded", "aws"):

@@ -609,3 +609,73 @@ def test_controller_survives_a_throttled_describe_and_reports_fleet_errors(
     thread.join()
     status = b.cluster_status()
     assert status["fleet_errors"][-1]["code"] == "InsufficientInstanceCapacity"
+
+
+def _states(aws: Aws) -> dict[str, str]:
+    pages = aws.ec2.get_paginator("describe_instances").paginate(
+        Filters=[{"Name": "tag:iraas:deployment", "Values": [NAME]}, {"Name": "tag:iraas:role", "Values": ["worker"]}]
+    )
+    return {i["InstanceId"]: i["State"]["Name"] for p in pages for r in p["Reservations"] for i in r["Instances"]}
+
+
+def test_a_warm_pool_stops_scaled_in_workers_and_starts_them_again_never_past_max(
+    moto: str, deployed: tuple[Aws, dict[str, str]]
+) -> None:
+    """--warm-pool 2, max 3: a scale-in keeps two stopped (the third ends), the next burst starts
+    those two again and launches one, a hung worker is never pooled, and no tick ever has more
+    than max workers pending or running."""
+    from iraas.backends import aws as aws_backends
+    from iraas.config import Settings
+    from iraas.controller import Controller
+
+    aws, out = deployed
+    settings = Settings(
+        backend="aws",
+        name=NAME,
+        bucket=out["Bucket"],
+        aws_endpoint_url=moto,
+        aws_region="us-east-1",
+        max_workers=3,
+        warm_pool=2,
+        target_per_worker=1,
+        scale_in_after_s=5,
+        start_grace_s=1e6,  # no heartbeats here: nobody is replaced for lacking one
+    )
+    store = aws_backends(settings)
+    fleet = Ec2Fleet(aws.ec2, NAME, f"{NAME}-worker", warm_pool=2)
+    clock = [time.time()]
+    ctl = Controller(store, fleet, settings, clock=lambda: clock[0])
+    peak = 0
+
+    def tick() -> dict[str, str]:
+        nonlocal peak
+        ctl.tick()
+        states = _states(aws)
+        peak = max(peak, sum(s in ("pending", "running") for s in states.values()))
+        return states
+
+    store.requests.send_batch([f'{{"burst": {i}}}' for i in range(6)])
+    for _ in range(4):  # moto launches MinCount (1) per call where AWS gives MaxCount: a tick each
+        first = {i for i, s in tick().items() if s in ("pending", "running")}
+    assert len(first) == 3  # nothing pooled yet: three new instances
+    store.requests.purge()
+    for _ in range(3):
+        clock[0] += 3
+        states = tick()
+    pooled = {i for i, s in states.items() if s in ("stopping", "stopped")}
+    assert len(pooled) == 2 and pooled < first
+    assert [s for i, s in states.items() if i in first - pooled] in (["shutting-down"], ["terminated"])
+    assert store.cluster_status()["warm"]["size"] == 2
+
+    tick()  # the pool as it stands (stopped), then a burst
+    store.requests.send_batch([f'{{"again": {i}}}' for i in range(6)])
+    for _ in range(3):
+        clock[0] += 1
+        states = tick()
+    running = {i for i, s in states.items() if s in ("pending", "running")}
+    assert pooled < running and len(running) == 3  # the pooled two started, one launched
+    assert not any(s == "stopped" for s in states.values())
+
+    fleet.kill([next(iter(pooled))])  # a hung worker: terminated, not kept
+    assert _states(aws)[next(iter(pooled))] in ("shutting-down", "terminated")
+    assert peak == 3

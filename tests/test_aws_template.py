@@ -235,3 +235,22 @@ def test_bucket_retention_matches_the_embedded_defaults(template: dict[str, Any]
         "dedup/": s.result_ttl_s / 86_400,
         USAGE: USAGE_RETENTION_S / 86_400,
     }
+
+
+def test_workers_run_under_systemd_so_a_pooled_instance_works_again_when_started(template: dict[str, Any]) -> None:
+    text = _user_data(template, "WorkerLaunchTemplate")
+    unit = text.split("cat > /etc/systemd/system/iraas-worker.service <<EOF\n", 1)[1].split("\nEOF\n", 1)[0]
+    section = {line.split("=", 1)[0]: line.split("=", 1)[1] for line in unit.splitlines() if "=" in line}
+    assert section["ExecStart"] == "/opt/iraas/venv/bin/iraas worker" and section["User"] == "iraas"
+    assert section["WantedBy"] == "multi-user.target" and "systemctl enable --now iraas-worker.service" in text
+    # a worker ending by itself ends its instance; a machine being stopped into the pool does not
+    assert section["ExecStopPost"] == "+/opt/iraas/end-instance"
+    assert '[ "$(systemctl is-system-running)" = stopping ] || shutdown -h now' in text
+    by_sid = {s["Sid"]: s for s in _statements(template, "ControllerRole")}
+    pool = by_sid["WarmPoolOnlyThisDeployment"]
+    assert sorted(_actions(pool)) == ["ec2:StartInstances", "ec2:StopInstances"]
+    assert pool["Condition"]["StringEquals"] == {
+        "aws:ResourceTag/iraas:deployment": {"Ref": "DeploymentName"},
+        "aws:ResourceTag/iraas:role": "worker",
+    }
+    assert template["Parameters"]["WarmPool"]["Default"] == 0

@@ -29,6 +29,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         if verb == "deploy":
             v.add_argument("--max-workers", type=int, default=20, help="most worker instances (default 20)")
             v.add_argument("--min-workers", type=int, default=0, help="always-on workers (default 0)")
+            v.add_argument(
+                "--warm-pool",
+                type=int,
+                default=0,
+                help="scaled-in workers kept stopped, started in seconds instead of launched in a minute (default 0)",
+            )
             v.add_argument("--instance-type", help="instance type (default c7i.large)")
             v.add_argument("--ami", help="AMI id (default: Amazon Linux 2023 from the public SSM parameter)")
             v.add_argument("--web-port", type=int, default=8000, help="the web tier's port (default 8000)")
@@ -78,6 +84,7 @@ def main(args: argparse.Namespace) -> int:
             gallery=args.gallery,
             min_workers=args.min_workers,
             max_workers=args.max_workers,
+            warm_pool=args.warm_pool,
             instance_type=args.instance_type,
             ami=args.ami,
             web_port=args.web_port,

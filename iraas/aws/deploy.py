@@ -95,6 +95,7 @@ def deploy(
     gallery: str = "",
     min_workers: int = 0,
     max_workers: int = 20,
+    warm_pool: int = 0,
     instance_type: str | None = None,
     ami: str | None = None,
     web_port: int = 8000,
@@ -107,7 +108,7 @@ def deploy(
     the workers. `allowed_cidr`: who may reach the service (no default: an open one must be
     chosen). `certificate_arn`: an ACM certificate; then an HTTPS load balancer is the only
     way in. The first deploy creates the admin key (`admin_key`, or a new one), returned
-    once as "AdminKey"."""
+    once as "AdminKey". `warm_pool`: scaled-in workers kept stopped, to start in seconds."""
     with tempfile.TemporaryDirectory() as tmp:
         wheel = wheel or build_wheel(Path(tmp))
         lock_text = lock.read_text() if lock else build_lock(wheel)
@@ -117,6 +118,7 @@ def deploy(
             "DeploymentName": name,
             "MinWorkers": str(min_workers),
             "MaxWorkers": str(max_workers),
+            "WarmPool": str(warm_pool),
             "WheelKey": key,
             "WheelSha256": sha256(wheel),
             "LockKey": lock_key,
