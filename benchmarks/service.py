@@ -141,6 +141,29 @@ def course(tmp: Path) -> None:
                 svc.stop()
 
 
+def course_int8(tmp: Path) -> None:
+    """Course 100 from zero workers, fp32 and the int8 model (`iraas quantize`, calibrated on the
+    shared ImageNet photos, not on the course images), rounds interleaved."""
+    from iraas.model.builtin import resolve_model
+    from iraas.model.quantize import quantize
+
+    spec = tmp / "lite0-int8.toml"
+    quantize(resolve_model(None), image_files([SAMPLE])[1::5], spec)
+    files = image_files([COURSE])[:100]
+    for _ in range(3):
+        for name, extra in (("fp32", {}), ("int8", {"model": str(spec)})):
+            svc = _service(tmp, scale_in_after_s=2, **extra)
+            try:
+                s = _load(svc, files, requests=100, concurrency=100, api="course")
+                lat: dict[str, float] = s["latency_s"]  # type: ignore[assignment]
+                print(
+                    f"course 100, {name}, warm template: {s['answered']}/{s['sent']} answered from zero workers; "
+                    f"latency mean {lat['mean']:.3f} s, p99 {lat['p99']:.3f} s"
+                )
+            finally:
+                svc.stop()
+
+
 def single(tmp: Path) -> None:
     svc = _service(tmp, min_workers=1, max_workers=1)
     try:
@@ -233,6 +256,7 @@ def rss(tmp: Path) -> None:
 SCENARIOS: dict[str, Callable[[Path], None]] = {
     "ceiling": ceiling,
     "course": course,
+    "course-int8": course_int8,
     "single": single,
     "cold": cold,
     "rss": rss,
