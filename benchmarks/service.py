@@ -40,7 +40,7 @@ def _service(tmp: Path, **settings: object) -> Service:
     """A service at rest: started, and its worker template (if any) ready to fork."""
     svc = Service(tmp / f"data-{time.monotonic_ns()}", **settings).start()
     if settings.get("warm_start") is not False:
-        svc.wait_for(lambda: (svc.cluster().get("warm") or {}).get("ready"), timeout=60)
+        svc.ready_template()
     return svc
 
 

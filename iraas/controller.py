@@ -9,7 +9,6 @@ saw and did through the store, for `/v1/cluster` and status queries.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -50,22 +49,25 @@ class Controller:
         self._short = True  # below max_workers at the last tick: a new request may need one more
 
     def run(self, stop: threading.Event) -> None:
-        # On the embedded queue a send wakes the controller: from zero workers the first one is
-        # launched within milliseconds of the request, not at the next tick (on SQS the launch
-        # takes a minute anyway: the tick is the wait).
-        watch = getattr(self.store.requests, "wakeups", None)
-        with watch() if watch is not None else contextlib.nullcontext(None) as woken:
+        with self.store.requests.wakeups() as woken:
             while not stop.is_set():
                 ticked = time.monotonic()
                 self._safe_tick()
-                if woken is not None and self._short:
-                    time.sleep(max(ticked + REACT_S - time.monotonic(), 0))  # a burst: one tick per REACT_S
-                    until = ticked + self.s.tick_s
-                    while not stop.is_set() and (left := until - time.monotonic()) > 0:
-                        if woken(min(left, 0.5)):  # a short wait: a stop is seen within 0.5 s
-                            break
-                else:
-                    stop.wait(self.s.tick_s)
+                self._pause(stop, woken if self._short else None, ticked)
+
+    def _pause(self, stop: threading.Event, woken: Callable[[float], bool] | None, ticked: float) -> None:
+        """Until the next tick: `tick_s` after the last, or sooner when a request is sent (on
+        the embedded queue, while the fleet is short): from zero workers the first one is
+        launched within milliseconds of the request. On SQS the tick is the wait (a launch
+        takes a minute anyway)."""
+        if woken is None:
+            stop.wait(self.s.tick_s)
+            return
+        stop.wait(max(ticked + REACT_S - time.monotonic(), 0))  # a burst: one tick per REACT_S
+        until = ticked + self.s.tick_s
+        while not stop.is_set() and (left := until - time.monotonic()) > 0:
+            if woken(min(left, 0.5)):  # short waits: a stop is seen within 0.5 s
+                return
 
     def _safe_tick(self) -> None:
         try:

@@ -319,7 +319,7 @@ class Store:
         # Workers reload when the version changes; a lost race between two writers still
         # changes it, and a reload reads every part, whoever wrote the version.
         self.blobs.put(_GALLERY_VERSION, f"{time.time_ns()}-{secrets.token_hex(4)}".encode())
-        self._version_cache = None
+        self.gallery_changed()
 
     def gallery_changed(self) -> None:
         """Another process changed the gallery (a worker enrolled someone): read its version anew

@@ -72,6 +72,10 @@ class Service:
     def cluster(self) -> dict[str, Any]:
         return dict(httpx.get(self.url + "/v1/cluster", timeout=10).json())
 
+    def ready_template(self) -> dict[str, Any]:
+        """/v1/cluster's view of the worker template, once it is ready to fork."""
+        return dict(self.wait_for(lambda: (w := self.cluster()["warm"] or {}).get("ready") and w, timeout=60))
+
     def worker_pids(self) -> dict[str, int]:
         beats = {}
         for f in (self.data_dir / "blobs" / "heartbeats").glob("*.json"):

@@ -31,8 +31,11 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from iraas.aws.deploy import Aws, deploy, destroy, stack_name
+from iraas.controller import Controller
+from iraas.fleet.base import Fleet
 from iraas.fleet.ec2 import Ec2Fleet
 from iraas.model.classifier import Classifier
+from iraas.store import Store
 
 from . import iampolicy
 from .conftest import IMAGENET, ROOT
@@ -570,26 +573,25 @@ def test_capacity_and_throttling_errors_back_off_and_are_reported(moto: str) -> 
         stub.assert_no_pending_responses()
 
 
+def _controller(
+    moto: str, out: dict[str, str], clock: Callable[[], float] = time.time, **settings: Any
+) -> tuple[Store, Fleet, Controller]:
+    """The deployment's store, fleet (as `iraas up` makes them, from the settings) and a controller."""
+    from iraas.backends import aws as aws_backends
+    from iraas.backends import make_fleet
+    from iraas.config import Settings
+
+    s = Settings(
+        backend="aws", name=NAME, bucket=out["Bucket"], aws_endpoint_url=moto, aws_region="us-east-1", **settings
+    )
+    store, fleet = aws_backends(s), make_fleet(s)
+    return store, fleet, Controller(store, fleet, s, clock=clock)
+
+
 def test_controller_survives_a_throttled_describe_and_reports_fleet_errors(
     moto: str, deployed: tuple[Aws, dict[str, str]]
 ) -> None:
-    from iraas.backends import aws as aws_backends
-    from iraas.config import Settings
-    from iraas.controller import Controller
-
-    aws, out = deployed
-    settings = Settings(
-        backend="aws",
-        name=NAME,
-        bucket=out["Bucket"],
-        aws_endpoint_url=moto,
-        aws_region="us-east-1",
-        max_workers=2,
-        tick_s=0.05,
-    )
-    b = aws_backends(settings)
-    fleet = Ec2Fleet(aws.ec2, NAME, f"{NAME}-worker")
-    ctl = Controller(b, fleet, settings)
+    b, fleet, ctl = _controller(moto, deployed[1], max_workers=2, tick_s=0.05)
     calls = {"n": 0}
     real_list = fleet.list
 
@@ -624,27 +626,18 @@ def test_a_warm_pool_stops_scaled_in_workers_and_starts_them_again_never_past_ma
     """--warm-pool 2, max 3: a scale-in keeps two stopped (the third ends), the next burst starts
     those two again and launches one, a hung worker is never pooled, and no tick ever has more
     than max workers pending or running."""
-    from iraas.backends import aws as aws_backends
-    from iraas.config import Settings
-    from iraas.controller import Controller
-
-    aws, out = deployed
-    settings = Settings(
-        backend="aws",
-        name=NAME,
-        bucket=out["Bucket"],
-        aws_endpoint_url=moto,
-        aws_region="us-east-1",
+    aws = deployed[0]
+    clock = [time.time()]
+    store, fleet, ctl = _controller(
+        moto,
+        deployed[1],
+        lambda: clock[0],
         max_workers=3,
         warm_pool=2,
         target_per_worker=1,
         scale_in_after_s=5,
         start_grace_s=1e6,  # no heartbeats here: nobody is replaced for lacking one
     )
-    store = aws_backends(settings)
-    fleet = Ec2Fleet(aws.ec2, NAME, f"{NAME}-worker", warm_pool=2)
-    clock = [time.time()]
-    ctl = Controller(store, fleet, settings, clock=lambda: clock[0])
     peak = 0
 
     def tick() -> dict[str, str]:

@@ -42,8 +42,8 @@ def _warm(svc: Service) -> dict[str, object]:
 def test_workers_fork_from_the_template_and_the_fleet_sees_them_end(tmp_path: Path) -> None:
     svc = Service(tmp_path / "data", max_workers=1, scale_in_after_s=3).start()
     try:
-        warm = svc.wait_for(lambda: _warm(svc) if _warm(svc).get("ready") else None, timeout=60)
-        assert warm["kind"] == "template" and int(warm["rss_bytes"]) > 50 * 2**20  # type: ignore[call-overload]
+        warm = svc.ready_template()
+        assert warm["kind"] == "template" and int(warm["rss_bytes"]) > 50 * 2**20
         _recognize(svc)
         (pid,) = svc.worker_pids().values()
         assert _parent(pid) == warm["pid"]  # forked by the template, not a new interpreter
@@ -59,15 +59,15 @@ def test_workers_fork_from_the_template_and_the_fleet_sees_them_end(tmp_path: Pa
 def test_a_dead_template_costs_one_slow_start_and_is_replaced(tmp_path: Path) -> None:
     svc = Service(tmp_path / "data", max_workers=1, scale_in_after_s=3).start()
     try:
-        first = svc.wait_for(lambda: _warm(svc) if _warm(svc).get("ready") else None, timeout=60)
-        os.kill(int(first["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
+        first = svc.ready_template()
+        os.kill(int(first["pid"]), signal.SIGKILL)
         assert _recognize(svc)["status"] == "done"  # a new interpreter answered
         (pid,) = svc.worker_pids().values()
         assert _parent(pid) == svc.proc.pid  # type: ignore[union-attr]
         assert "starting a new interpreter instead" in svc.output()
         svc.wait_for(lambda: not svc.cluster()["workers"], timeout=30)
         # a new template took its place for the next start
-        again = svc.wait_for(lambda: _warm(svc) if _warm(svc).get("ready") else None, timeout=60)
+        again = svc.ready_template()
         assert again["pid"] != first["pid"]
         assert _recognize(svc)["status"] == "done"
         (pid,) = svc.worker_pids().values()
@@ -79,7 +79,7 @@ def test_a_dead_template_costs_one_slow_start_and_is_replaced(tmp_path: Path) ->
 def test_kill_9_of_the_service_leaves_no_template_and_no_worker(tmp_path: Path) -> None:
     svc = Service(tmp_path / "data", max_workers=1, scale_in_after_s=60).start()
     try:
-        template = int(svc.wait_for(lambda: _warm(svc).get("ready") and _warm(svc)["pid"], timeout=60))
+        template = int(svc.ready_template()["pid"])
         assert _recognize(svc)["status"] == "done"
         (worker,) = svc.worker_pids().values()
         assert _parent(worker) == template

@@ -174,5 +174,5 @@ class Ec2Fleet:
             # controller launch a whole new fleet, so re-raise only after logging.
             log.warning("DescribeInstances: %s", exc)
             raise
-        self._stopped, self._pooled = sorted(stopped), pooled if self.warm_pool else 0
+        self._stopped, self._pooled = sorted(stopped), pooled
         return out

@@ -66,12 +66,7 @@ class LocalFleet:
                     self.template = self._new_template()  # for the next launch
         # Own session: a Ctrl-C in the terminal reaches `iraas up`, which stops workers in order.
         cmd = [sys.executable, "-m", "iraas.cli", "worker"]
-        path = self._log(wid)
-        if not path:
-            return subprocess.Popen(
-                cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-            )
-        with open(path, "ab") as out:
+        with open(self._log(wid) or os.devnull, "ab") as out:
             return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def stop(self, ids: Sequence[str]) -> None:

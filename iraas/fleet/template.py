@@ -40,9 +40,8 @@ log = logging.getLogger(__name__)
 class Template:
     """The parent's handle on one template process."""
 
-    def __init__(self, env: dict[str, str], log_path: str | None, ready_timeout_s: float = 60.0) -> None:
-        out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 (closed below)
-        try:
+    def __init__(self, env: dict[str, str], log_path: str | None) -> None:
+        with open(log_path or os.devnull, "ab") as out:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "iraas.fleet.template"],
                 env=env,
@@ -51,15 +50,11 @@ class Template:
                 stderr=out,
                 start_new_session=True,  # a Ctrl-C reaches `iraas up`, which stops workers in order
             )
-        finally:
-            if log_path:
-                out.close()  # type: ignore[union-attr]
         self.pid = self._proc.pid
         self._cond = threading.Condition()
         self._ready = False
         self._spawned: dict[str, int | str] = {}  # worker id → pid, or why the fork failed
-        self.exits: dict[int, int] = {}  # pid → return code, for children that ended
-        self._ready_by = time.monotonic() + ready_timeout_s
+        self._exits: dict[int, int] = {}  # pid → return code, for children that ended
         threading.Thread(target=self._read, name="template-reader", daemon=True).start()
 
     def _read(self) -> None:
@@ -74,7 +69,7 @@ class Template:
                 elif kind == "failed":
                     self._spawned[rest[0]] = " ".join(rest[1:])
                 elif kind == "exited":
-                    self.exits[int(rest[0])] = int(rest[1])
+                    self._exits[int(rest[0])] = int(rest[1])
                 self._cond.notify_all()
         with self._cond:
             self._cond.notify_all()
@@ -105,12 +100,7 @@ class Template:
 
     def exit_code(self, pid: int) -> int | None:
         with self._cond:
-            return self.exits.get(pid)
-
-    def wait_ready(self) -> bool:
-        with self._cond:
-            self._cond.wait_for(lambda: self._ready or not self.alive(), max(self._ready_by - time.monotonic(), 0))
-            return self._ready
+            return self._exits.get(pid)
 
     def rss_bytes(self) -> int:
         """The template's resident memory: what warm starts cost while no worker runs."""

@@ -8,7 +8,8 @@ instead of delivering it for the (`max_receives` + 1)-th time, as SQS redrive do
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -106,6 +107,11 @@ class Queue(Protocol):
 
     def purge(self) -> None:
         """Remove every message."""
+        ...
+
+    def wakeups(self) -> AbstractContextManager[Callable[[float], bool] | None]:
+        """For a watcher of the queue (the controller): a wait that ends early on a send and
+        says whether one came; None where the backend cannot tell (SQS: poll instead)."""
         ...
 
 

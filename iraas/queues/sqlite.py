@@ -159,8 +159,7 @@ class SqliteQueue:
                 Waker.wait(sock, min(remaining, self._poll_s, self._next_visible_in()))
 
     @contextmanager
-    def wakeups(self) -> Iterator[Callable[[float], bool]]:
-        """For a watcher of the queue (the controller): a wait that ends early on a send (True)."""
+    def wakeups(self) -> Iterator[Callable[[float], bool] | None]:
         with self._waker.listening() as sock:
             yield lambda timeout: Waker.wait(sock, timeout)
 

@@ -7,6 +7,7 @@ same messages as the embedded queue.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -174,6 +175,9 @@ class SqsQueue:
         ]
         attrs = self._call("get_queue_attributes", AttributeNames=names)["Attributes"]
         return Depth(*(int(attrs.get(n, 0)) for n in names))
+
+    def wakeups(self) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()  # SQS tells nobody of a send
 
     def purge(self) -> None:
         self._call("purge_queue")
