@@ -9,13 +9,14 @@ from typing import Any
 
 from .blobs.base import BlobStore
 from .blobs.local import DirectoryBlobStore
-from .config import Settings, to_env
+from .config import SECRET, Settings, to_env
 from .fleet.base import Fleet
 from .queues.sqlite import SqliteQueue
 from .replies import SocketReplies
 from .store import Store
 
 REQUESTS = "requests"
+WEBHOOKS = "webhooks"  # the deliveries queue: no dead letters (deliveries give up on time)
 
 
 def aws_client(service: str, settings: Settings) -> Any:
@@ -60,6 +61,7 @@ def aws(settings: Settings) -> Store:
         requests=requests,
         blobs=blobs(settings),
         replies=SqsReplies(sqs, f"{settings.name}-replies"),
+        deliveries=SqsQueue(sqs, f"{settings.name}-{WEBHOOKS}", create=False),
     )
 
 
@@ -76,6 +78,7 @@ def embedded(settings: Settings) -> Store:
         ),
         blobs=blobs(settings),
         replies=SocketReplies(settings.data_dir),
+        deliveries=SqliteQueue(settings.queue_path, WEBHOOKS, lock_timeout_s=settings.store_timeout_s),
     )
 
 
@@ -91,4 +94,5 @@ def make_fleet(settings: Settings) -> Fleet:
     logs = settings.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = to_env(settings) | {"IRAAS_PARENT_PID": str(os.getpid())}
-    return LocalFleet(env, log_dir=str(logs), warm_start=settings.warm_start)
+    # Workers deliver no webhooks: the secret, if it came as a variable, stays here.
+    return LocalFleet(env, log_dir=str(logs), warm_start=settings.warm_start, hide=(f"IRAAS_{SECRET.upper()}",))

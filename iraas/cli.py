@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import logs
 from .imaging import ImageError
 from .model.spec import SpecError
+from .webhooks.sign import new_secret
 
 DEFAULT_BENCH_DIR = Path("../shared/datasets/imagenet-sample/images")
 MODEL_HELP = (
@@ -162,6 +164,14 @@ SETTING_HELP = {
     "launch_template": "AWS: worker launch template (default <name>-worker)",
     "gallery": GALLERY_HELP,
     "face_threshold": "faces: answer unknown below this similarity (default 0: off)",
+    "webhook_secret": "whsec_… key that signs webhooks (several, space-separated, all sign: a rotation); "
+    "pass it as IRAAS_WEBHOOK_SECRET, not a flag others can read in ps (iraas webhook-secret makes one)",
+    "webhook_timeout_s": "one webhook delivery attempt, seconds (default 10)",
+    "webhook_backoff_s": "delay before a webhook's first retry, doubled each time, with jitter (default 5)",
+    "webhook_backoff_max_s": "longest delay between two webhook attempts, seconds (default 3600)",
+    "webhook_retry_for_s": "webhook retries stop this long after the result, seconds (default 1 day)",
+    "webhook_concurrency": "webhook deliveries in flight (default 16)",
+    "log_format": "text (default) or json: one object per line, with request_id and traceparent",
     "course_paths": "comma-separated URL paths of the course contract's POST (default /), e.g. /,/upload",
     "course_reply": "what a course POST answers: name:label (2024 clients; default) or label (2022 faces clients)",
     "auth": "API keys: auto (required once a key exists or off loopback; default), required, or off",
@@ -221,6 +231,8 @@ SERVICE_SETTINGS = {
         *ACCESS,
         "store_timeout_s",
         "result_ttl_s",
+        "webhook_secret",
+        "log_format",
     ],
     "worker": [
         *AWS_SETTINGS,
@@ -238,6 +250,7 @@ SERVICE_SETTINGS = {
         "threads",
         "heartbeat_s",
         "worker_max_idle_s",
+        "log_format",
     ],
     "controller": [
         k for k in SETTING_HELP if k in ("input_ttl_s", "result_ttl_s", "store_timeout_s") or k not in WEB_ONLY
@@ -274,6 +287,7 @@ def _cmd_service(args: argparse.Namespace) -> int:
     names = SERVICE_SETTINGS[args.command]
     settings = load_settings(args.config, **{n: getattr(args, n) for n in names})
     settings = located(settings)
+    logs.configure(settings.log_format, args.verbose)  # a config file may name it
     if args.command in ("up", "web"):
         serve.up(settings, with_controller=args.command == "up")
     else:
@@ -304,7 +318,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_aws(sub)
     _add_bench(sub)
     _add_quantize(sub)
+    _add_client(sub)
     return p
+
+
+def _add_client(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from .client.cli import add_parser
+
+    add_parser(sub)
+    w = sub.add_parser("webhook-secret", help="print a new webhook signing secret (whsec_…) for --webhook-secret")
+    w.set_defaults(func=lambda _: print(new_secret()) or 0)
 
 
 def _add_quantize(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -355,11 +378,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # otherwise a line per request
     try:
+        logs.configure(getattr(args, "log_format", None) or os.environ.get("IRAAS_LOG_FORMAT") or "text", args.verbose)
         return int(args.func(args))
     except (SpecError, ValueError) as exc:
         print(f"iraas: {exc}", file=sys.stderr)

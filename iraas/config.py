@@ -9,6 +9,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .logs import FORMATS
+from .webhooks.sign import secret_keys
+
 if TYPE_CHECKING:
     from .imaging import Limits
 
@@ -61,6 +64,14 @@ class Settings:
     images_per_s: float = 50.0
     images_per_day: int = 100_000
     burst_s: float = 10.0  # a key may spend this many seconds of its rates at once
+    # results that come to you (docs/integrating.md): signed webhooks
+    webhook_secret: str = ""  # whsec_<base64>; several (space-separated) all sign, for a rotation
+    webhook_timeout_s: float = 10.0  # one delivery attempt, connection included
+    webhook_backoff_s: float = 5.0  # the first retry's delay; doubled each time, with jitter
+    webhook_backoff_max_s: float = 3600.0
+    webhook_retry_for_s: float = 86_400.0  # retries stop this long after the result was final
+    webhook_concurrency: int = 16  # deliveries in flight per delivering process
+    log_format: str = "text"  # text | json (one object per line)
     # retention (embedded store; the S3 lifecycle rules of the AWS template say the same)
     input_ttl_s: float = 86_400.0
     result_ttl_s: float = 7 * 86_400.0
@@ -159,6 +170,11 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         raise ValueError(f"course_reply must be {' or '.join(COURSE_REPLIES)}, not {settings.course_reply!r}")
     for path in settings.course_paths:
         _check_course_path(path)
+    secret_keys(settings.webhook_secret)
+    if settings.log_format not in FORMATS:
+        raise ValueError(f"log_format must be {' or '.join(FORMATS)}, not {settings.log_format!r}")
+    if settings.webhook_concurrency < 1 or settings.webhook_backoff_s <= 0:
+        raise ValueError("need webhook_concurrency >= 1 and webhook_backoff_s > 0")
 
     return settings
 
@@ -176,9 +192,13 @@ def _check_course_path(path: str) -> None:
         raise ValueError(f"course_paths: {path!r} is one of the service's own routes")
 
 
+SECRET = "webhook_secret"  # only the delivering process needs it: never handed on
+
+
 def to_env(settings: Settings) -> dict[str, str]:
-    """The settings as IRAAS_* variables, to hand to worker processes."""
+    """The settings as IRAAS_* variables, to hand to worker processes (secrets left out)."""
     out = {}
     for key, value in dataclasses.asdict(settings).items():
-        out[f"IRAAS_{key.upper()}"] = ",".join(value) if isinstance(value, tuple) else str(value)
+        if key != SECRET:
+            out[f"IRAAS_{key.upper()}"] = ",".join(value) if isinstance(value, tuple) else str(value)
     return out

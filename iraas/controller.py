@@ -20,11 +20,13 @@ from .autoscale import Decision, Observation, Policy, State, decide
 from .config import Settings
 from .fleet.base import Fleet, Instance
 from .heartbeat import Heartbeat
+from .logs import about
 from .messages import MessageError, Request, Result
 from .store import Store
 
 log = logging.getLogger(__name__)
 REACT_S = 0.01  # the shortest time between two ticks that requests woke
+HISTORY_EVERY_S, HISTORY_LEN = 2.0, 300  # ten minutes of load, kept in the published status
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -47,6 +49,9 @@ class Controller:
         self._swept_at = -float("inf")
         self._failing: tuple[str, float, int] | None = None  # (error, logged at, repeats since)
         self._short = True  # below max_workers at the last tick: a new request may need one more
+        self.dead_total = 0  # dead letters given up since this controller started (a counter)
+        # (at, waiting, in flight, workers) every HISTORY_EVERY_S, for the page's chart
+        self.history: deque[tuple[float, int, int, int]] = deque(maxlen=HISTORY_LEN)
 
     def run(self, stop: threading.Event) -> None:
         with self.store.requests.wakeups() as woken:
@@ -108,6 +113,9 @@ class Controller:
         changed = self._apply(decision, active, beats) or len(active) != len(live)
         self._record(decision, obs, now)
         dead = self.drain_dead_letters()
+        self.dead_total += dead
+        if not self.history or now - self.history[-1][0] >= HISTORY_EVERY_S:
+            self.history.append((round(now, 2), depth.visible + depth.delayed, depth.in_flight, len(active)))
         self._sweep(now)
         # List again only when this tick launched, stopped or killed (on EC2 a list is an API call).
         self._publish(now, depth.visible, depth.in_flight, dead, beats, self.fleet.list() if changed else listed)
@@ -211,8 +219,8 @@ class Controller:
             f"gave up after {attempts} attempts: the worker failed or timed out each time",
             timings={"total": round(self.clock() - req.submitted_at, 4)},
         )
-        final = self.store.publish_result(failed)  # a late worker may have finished after all
-        log.warning("request %s (%s) %s", req.id, req.name, final.reason or final.status)
+        final = self.store.finish(req, failed)  # a late worker may have finished after all
+        log.warning("request %s (%s) %s", req.id, req.name, final.reason or final.status, extra=about(req))
         self.store.reply(req.reply_to, final)
 
     # -- status -----------------------------------------------------------------------------
@@ -248,6 +256,8 @@ class Controller:
             "warm": self.fleet.warm(),
             "at": now,
             "queue": {"visible": visible, "in_flight": in_flight, "dead_lettered": dead},
+            "dead_letters_total": self.dead_total,
+            "history": list(self.history),
             "workers": workers,
             "policy": self.policy.__dict__,
             "decisions": list(self.decisions),

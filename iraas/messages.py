@@ -41,6 +41,10 @@ class Request(_Json):
     model_version: str = ""  # faces: the gallery version that key is for
     task: str = "recognize"  # recognize | enroll (faces: add the image to the gallery as `person`)
     person: str = ""
+    trace: str = ""  # the client's X-Request-ID (or the one the web made): in every log line about it
+    traceparent: str = ""  # W3C trace context, when the client sent one
+    deadline: float = 0.0  # epoch seconds past which it is answered `failed: expired`, never inferred
+    callback: str = ""  # where its final result is POSTed, signed (webhooks.py)
     v: int = VERSION
 
 
@@ -58,6 +62,7 @@ class Result(_Json):
     timings: dict[str, float] = field(default_factory=dict)  # seconds: queued, inference, total
     worker: str | None = None
     cached: bool = False
+    request_id: str = ""  # the X-Request-ID of the HTTP request that sent it
     v: int = VERSION
 
     @classmethod
@@ -74,6 +79,7 @@ class Result(_Json):
             reason=reason,
             timings=timings,
             worker=worker,
+            request_id=req.trace,
         )
 
     @cached_property
@@ -95,6 +101,20 @@ def _load(text: str | bytes, cls: type) -> dict[str, Any]:
         raise MessageError(f"not a version-{VERSION} {cls.__name__.lower()}")
     known = {f.name for f in fields(cls)}
     return {k: v for k, v in raw.items() if k in known}
+
+
+@dataclass(frozen=True)
+class Delivery(_Json):
+    """One webhook to deliver: a final result for a request that named a callback URL. The
+    payload is made once; every attempt signs it anew with the same id."""
+
+    id: str  # the request id: the webhook-id header, the same on every attempt
+    url: str
+    payload: str  # the JSON body POSTed
+    first_at: float  # when the result was final: retries stop `webhook_retry_for_s` after it
+    trace: str = ""
+    traceparent: str = ""
+    v: int = VERSION
 
 
 FACES = "faces"  # the face recognizer's model name

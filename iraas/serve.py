@@ -14,6 +14,7 @@ from .backends import build, make_fleet
 from .config import Settings
 from .controller import Controller
 from .store import Store
+from .webhooks.deliver import Deliverer
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,16 @@ def up(settings: Settings, with_controller: bool = True) -> None:
     if with_controller:
         fleet = make_fleet(settings)
         controller = Controller(store, fleet, settings)
+        deliverer = Deliverer(store, settings)
 
         def background(stop: threading.Event) -> None:
+            hooks = threading.Thread(target=deliverer.run, args=(stop,), daemon=True, name="webhooks")
+            hooks.start()
             try:
                 controller.run(stop)
             finally:
                 fleet.shutdown()
+                hooks.join(timeout=settings.webhook_timeout_s + 2)
 
     app = create_app(settings, store, background=background)
     where = settings.data_dir if settings.backend == "embedded" else f"AWS deployment {settings.name}"
@@ -82,10 +87,13 @@ def controller(settings: Settings) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    hooks = threading.Thread(target=Deliverer(store, settings).run, args=(stop,), daemon=True, name="webhooks")
+    hooks.start()
     try:
         Controller(store, fleet, settings).run(stop)
     finally:
         fleet.shutdown()
+        hooks.join(timeout=settings.webhook_timeout_s + 2)
 
 
 def worker(settings: Settings) -> None:

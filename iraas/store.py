@@ -6,6 +6,8 @@ result themselves (dramatiq's results backend is the model: the lifecycle writte
     inputs/<sha256>            the image bytes, content-addressed (many requests share one)
     results/<id>.json          the final Result: the first write wins, every reader sees it
     dedup/<model>/<sha256>.json the answer for the same bytes later
+    callbacks/<id>.json        a webhook's delivery: status, attempts, last error (webhooks/)
+    cluster/webhooks.json      the delivering process's counts by outcome, for /metrics
     heartbeats/<worker>.json   each worker's state (not fsynced: a lost beat is the next one)
     cluster/status.json        what the controller saw and did, ids in hand included
     gallery/faces.npz, .version the face gallery (from --gallery) and its version
@@ -38,7 +40,7 @@ from typing import IO, Any
 from .access.quota import USAGE, USAGE_RETENTION_S
 from .blobs.base import BlobNotFound, BlobStore
 from .heartbeat import Heartbeat
-from .messages import FACES, MessageError, Request, Result
+from .messages import FACES, Delivery, MessageError, Request, Result
 from .queues.base import Queue
 from .queues.group import GroupSender
 from .replies import Inbox, Replies
@@ -47,6 +49,8 @@ log = logging.getLogger(__name__)
 
 _HEARTBEATS = "heartbeats/"
 _STATUS = "cluster/status.json"
+_DELIVERY_STATS = "cluster/webhooks.json"
+_CALLBACKS = "callbacks/"
 _GALLERY = "gallery/faces.npz"
 _GALLERY_VERSION = "gallery/faces.version"
 _ENROLMENTS = "gallery/enrolments/"
@@ -58,6 +62,11 @@ _PROBE = "config/ready-probe"
 def _stamp(rid: str) -> float:
     """When a request id was issued: its first 4 bytes (8 hex digits), epoch seconds."""
     return float(int(rid[:8], 16))
+
+
+def _shown(callback: dict[str, Any]) -> dict[str, Any]:
+    """A delivery's state as a status answer shows it (not the URL: it may carry a token)."""
+    return {k: callback.get(k) for k in ("status", "attempts", "last_error", "delivered_at", "next_attempt_at")}
 
 
 def _result_key(rid: str) -> str:
@@ -80,10 +89,13 @@ class Store:
         requests: Queue,
         blobs: BlobStore,
         replies: Replies,
+        deliveries: Queue | None = None,
         clock: Callable[[], float] = time.time,
         status_ttl_s: float = 0.25,
     ) -> None:
+        """`deliveries`: the webhooks' own queue (None: this deployment delivers none)."""
         self.requests, self.blobs, self.replies, self.clock = requests, blobs, replies, clock
+        self.deliveries = deliveries
         self.status_ttl_s = status_ttl_s
         self._sender = GroupSender(requests)
         self._id_key: bytes | None = None
@@ -147,6 +159,10 @@ class Store:
         submitted_at: float,
         task: str = "recognize",
         person: str = "",
+        trace: str = "",
+        traceparent: str = "",
+        deadline: float = 0.0,
+        callback: str = "",
     ) -> Request:
         version = self.model_version(model)
         dedup = task == "recognize"
@@ -161,26 +177,31 @@ class Store:
             model_version=version,
             task=task,
             person=person,
+            trace=trace,
+            traceparent=traceparent,
+            deadline=deadline,
+            callback=callback,
         )
 
     def enqueue(self, reqs: list[Request]) -> None:
         """Send the requests, sharing queue calls with other threads sending at the same time."""
         self._sender.send([r.to_json() for r in reqs])
 
-    def answer_from_cache(self, *, rid: str, name: str, model: str, digest: str, now: float) -> Result | None:
-        """The stored answer for the same bytes and model, published as `rid`'s result."""
-        prior = self._load(self._dedup_key(model, self.model_version(model), digest))
+    def answer_from_cache(self, req: Request) -> Result | None:
+        """The stored answer for the same bytes and model, published as `req`'s result."""
+        prior = self._load(req.dedup) if req.dedup else None
         if prior is None:
             return None
         result = replace(
             prior,
-            id=rid,
-            name=name,
-            timings={"queued": 0.0, "inference": 0.0, "total": round(self.clock() - now, 4)},
+            id=req.id,
+            name=req.name,
+            timings={"queued": 0.0, "inference": 0.0, "total": round(self.clock() - req.submitted_at, 4)},
             worker=None,
             cached=True,
+            request_id=req.trace,
         )
-        return self.publish_result(result)
+        return self.finish(req, result)
 
     @staticmethod
     def _dedup_key(model: str, version: str, digest: str) -> str:
@@ -225,6 +246,65 @@ class Store:
             return result
         return self._load(key) or result
 
+    def finish(self, req: Request, result: Result) -> Result:
+        """`req`'s final result: stored unless one exists (the one that stands is returned),
+        then its webhook queued if it named a callback."""
+        final = self.publish_result(result)
+        if req.callback:
+            if final is result:
+                self.schedule_delivery(req, final)
+            else:
+                self.ensure_delivery(req, final)
+        return final
+
+    def ensure_delivery(self, req: Request, result: Result) -> None:
+        """Queue `req`'s webhook unless it was (a redelivery of a request whose result exists:
+        the worker before may have died before queueing it). Its record is written after the
+        send, so a crash between the two queues it twice: at least once, with the same
+        webhook-id, which receivers use to drop repeats."""
+        if req.callback and self.callback_state(req.id) is None:
+            self.schedule_delivery(req, result)
+
+    def schedule_delivery(self, req: Request, result: Result) -> None:
+        if self.deliveries is None:
+            log.error("request %s named a callback, but this deployment delivers no webhooks", req.id)
+            return
+        status = "recognition.done" if result.status == "done" else "recognition.failed"
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock()))
+        payload = json.dumps({"type": status, "timestamp": stamp, "data": result.as_dict()}, separators=(",", ":"))
+        job = Delivery(
+            id=req.id,
+            url=req.callback,
+            payload=payload,
+            first_at=self.clock(),
+            trace=req.trace,
+            traceparent=req.traceparent,
+        )
+        self.deliveries.send(job.to_json())
+        pending = json.dumps({"status": "pending", "attempts": 0, "last_error": None}).encode()
+        self.blobs.put(f"{_CALLBACKS}{req.id}.json", pending, if_absent=True, durable=False)
+
+    def callback_state(self, rid: str) -> dict[str, Any] | None:
+        """A webhook's delivery so far ({status, attempts, last_error, …}), None before any."""
+        try:
+            state: dict[str, Any] = json.loads(self.blobs.get(f"{_CALLBACKS}{rid}.json"))
+        except (BlobNotFound, ValueError):
+            return None
+        return state
+
+    def record_callback(self, rid: str, state: dict[str, Any]) -> None:
+        self.blobs.put(f"{_CALLBACKS}{rid}.json", json.dumps(state).encode(), durable=False)
+
+    def publish_delivery_stats(self, stats: dict[str, Any]) -> None:
+        self.blobs.put(_DELIVERY_STATS, json.dumps(stats).encode(), durable=False)
+
+    def delivery_stats(self) -> dict[str, Any]:
+        try:
+            stats: dict[str, Any] = json.loads(self.blobs.get(_DELIVERY_STATS))
+        except (BlobNotFound, ValueError):
+            return {}
+        return stats
+
     def remember(self, req: Request, result: Result) -> None:
         """The answer for the same bytes later (an optimisation: after the reply)."""
         if req.dedup and result.status == "done":
@@ -246,7 +326,8 @@ class Store:
             return None
         result = self.load_result(rid)
         if result is not None:
-            return result.as_dict()
+            callback = self.callback_state(rid) if result.status in ("done", "failed") else None
+            return result.as_dict() | ({"callback": _shown(callback)} if callback else {})
         if self.clock() - issued > result_ttl_s:
             return {"id": rid, "status": "failed", "error": "expired", "reason": "past the results' retention"}
         running = rid in self.cluster_status().get("running", ())
@@ -258,7 +339,7 @@ class Store:
         gallery and the id key are kept."""
         now = self.clock()
         removed = self.blobs.expire("inputs/", now - input_ttl_s)
-        for folder in ("results/", "dedup/"):
+        for folder in ("results/", "dedup/", _CALLBACKS):
             removed += self.blobs.expire(folder, now - result_ttl_s)
         removed += self.blobs.expire(USAGE, now - USAGE_RETENTION_S)
         return removed

@@ -16,13 +16,14 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from .blobs.base import BlobError
 from .config import Settings
 from .heartbeat import Heartbeat
 from .imaging import ImageError
+from .logs import about
 from .messages import MessageError, Request, Result
 from .model.classifier import Prediction
 from .model.recognizer import Recognizer
@@ -41,6 +42,7 @@ class _Job:
     data: bytes | None = None
     result: Result | None = None
     version: str | None = None  # the model version that answered it (the face gallery's)
+    fetch_s: float = 0.0
 
 
 class Worker:
@@ -67,6 +69,8 @@ class Worker:
         self._held: list[str] = []  # receipts of the batch in hand, kept hidden while it runs
         self._count_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="fetch")
+        self._received_at = 0.0  # of the batch in hand
+        self._store_s = 0.0  # its results' store time, per image
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -138,6 +142,7 @@ class Worker:
             return 0
         msgs = self._alone_if_redelivered(msgs)
         jobs = self._parse(msgs)
+        self._received_at = self.clock()
         # Heartbeats report this state on their own period: a beat forced per batch would cost
         # two writes an image under light load, for a "running" that lasts ~15 ms.
         self.state, self.current = "busy", [j.req.id for j in jobs]
@@ -184,28 +189,46 @@ class Worker:
         for job in jobs:
             if job.msg.receive_count > 1:  # a redelivery: another worker may have finished it
                 job.result = self.store.load_result(job.req.id)
+                if job.result is not None:
+                    self.store.ensure_delivery(job.req, job.result)
             if job.result is None:
                 todo.append(job)
-        for job, data in zip(todo, self._each(self._fetch, todo), strict=True):
+        for job in todo:  # never inferred past its deadline: the client said it is of no use then
+            if job.req.deadline and self._received_at > job.req.deadline:
+                job.result = self._expired(job.req)
+        live = [j for j in todo if j.result is None]
+        for job, data in zip(live, self._each(self._fetch, live), strict=True):
             job.data = data
-        for job in todo:
+        for job in live:
             if job.req.task == "enroll" and job.data is not None:
                 job.result = self._enroll(job.req, job.data)
-        runnable = [j for j in todo if j.data is not None and j.result is None]
+        runnable = [j for j in live if j.data is not None and j.result is None]
         if any(j.req.model_version not in ("", self.clf.version) for j in runnable):
             # the web asked about a gallery this worker has not read yet (it checks once a
             # second): read it now, or the answer would come from the one before
             self.clf.refresh()
-        t0 = self.clock()
+        before = replace(self.clf.times)
         outcomes = self._classify([j.data or b"" for j in runnable]) if runnable else []
-        per_image = (self.clock() - t0) / max(len(runnable), 1)
+        n = max(len(runnable), 1)
+        spent = {
+            "decode": (self.clf.times.decode + self.clf.times.preprocess - before.decode - before.preprocess) / n,
+            "inference": (self.clf.times.inference - before.inference) / n,
+        }
         version = self.clf.version  # now: by the time the dedup entry is written, it may be newer
         for job, outcome in zip(runnable, outcomes, strict=True):
-            job.result, job.version = self._result(job, outcome, per_image, len(runnable)), version
-        for job in todo:
+            job.result, job.version = self._result(job, outcome, spent, len(runnable)), version
+        for job in live:
             if job.result is None:
                 job.result = self._failure(job.req, "input_missing", "the uploaded image is no longer stored")
+        t0 = time.perf_counter()
         self._each(self._store, todo)  # each write waits on its own fsync: in parallel
+        self._store_s = (time.perf_counter() - t0) / max(len(todo), 1)
+
+    def _expired(self, req: Request) -> Result:
+        waited = self._received_at - req.submitted_at
+        given = req.deadline - req.submitted_at
+        reason = f"still queued {waited:.1f} s after it was sent, past its deadline of {given:g} s: not recognised"
+        return self._failure(req, "expired", reason, {"queued": round(waited, 4), "total": round(waited, 4)})
 
     def _classify(self, images: list[bytes]) -> list[Prediction | ImageError]:
         """The recognizer's answers; if it raises for the batch, each image alone, so that the
@@ -228,13 +251,19 @@ class Worker:
         return [fn(jobs[0])] if len(jobs) == 1 else list(self._pool.map(fn, jobs))
 
     def _fetch(self, job: _Job) -> bytes | None:
-        return self.store.load_input(job.req)
+        t0 = time.perf_counter()
+        try:
+            return self.store.load_input(job.req)
+        finally:
+            job.fetch_s = time.perf_counter() - t0
 
-    def _result(self, job: _Job, outcome: Prediction | ImageError, per_image: float, batch: int) -> Result:
+    def _result(self, job: _Job, outcome: Prediction | ImageError, spent: dict[str, float], batch: int) -> Result:
         req, now = job.req, self.clock()
         timings = {
-            "queued": round(max(now - per_image * batch - req.submitted_at, 0.0), 4),
-            "inference": round(per_image, 4),
+            "queued": round(max(self._received_at - req.submitted_at, 0.0), 4),
+            "fetch": round(job.fetch_s, 4),
+            "decode": round(spent["decode"], 4),
+            "inference": round(spent["inference"], 4),
             "total": round(now - req.submitted_at, 4),
             "batch": batch,
         }
@@ -251,6 +280,7 @@ class Worker:
             top5=top5,
             timings=timings,
             worker=self.id,
+            request_id=req.trace,
         )
 
     def _enroll(self, req: Request, data: bytes) -> Result:
@@ -275,6 +305,7 @@ class Worker:
             reason=problem,
             timings=timings,
             worker=self.id,
+            request_id=req.trace,
         )
 
     def _failure(self, req: Request, code: str, reason: str, timings: dict[str, float] | None = None) -> Result:
@@ -283,13 +314,14 @@ class Worker:
     def _store(self, job: _Job) -> None:
         assert job.result is not None
         mine = job.result
-        job.result = self.store.publish_result(mine)  # someone else's, if they finished first
+        job.result = self.store.finish(job.req, mine)  # someone else's, if they finished first
         if job.result is mine:
             with self._count_lock:
                 if mine.status == "done":
                     self.processed += 1
                 else:
                     self.failed += 1
+            log.info("request %s (%s): %s", job.req.id, job.req.name, _outcome(mine), extra=about(job.req))
 
     def _remember(self, job: _Job) -> None:
         """Dedup entry for the same bytes later; after the reply, being only an optimisation."""
@@ -304,8 +336,12 @@ class Worker:
         redelivery replies from the stored result."""
         if job.result is None:
             return True
+        result = job.result
+        if result.worker == self.id and result.timings and not result.cached:
+            # the stored result cannot hold the time it took to store it: the reply (metrics) does
+            result = replace(result, timings=result.timings | {"store": round(self._store_s, 4)})
         try:
-            self.store.reply(job.req.reply_to, job.result)
+            self.store.reply(job.req.reply_to, result)
         except Exception:
             log.warning("reply to %s failed: the request will be answered again", job.req.reply_to, exc_info=True)
             return False
@@ -341,3 +377,9 @@ class Worker:
     def _beat_loop(self) -> None:
         while not self._stop.wait(self.s.heartbeat_s):
             self._write_beat()
+
+
+def _outcome(result: Result) -> str:
+    if result.status == "done":
+        return f"{result.label} in {result.timings.get('total', 0):.3f} s"
+    return f"failed: {result.error}: {result.reason}"

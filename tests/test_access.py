@@ -169,7 +169,9 @@ def test_what_each_scope_sees(dep: Deployment) -> None:
     assert me == {"name": "alice", "scope": "recognize"}
     full = httpx.get(dep.svc.url + "/v1/cluster", headers=dep.headers("admin")).json()
     summary = httpx.get(dep.svc.url + "/v1/cluster", headers=dep.headers("recognize")).json()
-    assert "decisions" in full and set(summary) == {"queue", "workers"}
+    # the load (and its last minutes, for the page's chart), not the deployment's inner workings
+    assert "decisions" in full and "webhooks" in full and set(summary) == {"queue", "workers", "history"}
+    assert len(summary["history"][0]) == 4 and "fleet_errors" not in summary  # [at, waiting, in flight, workers]
     mine = httpx.get(f"{dep.svc.url}/v1/recognitions/{dep.alice_id}", headers=dep.headers("recognize")).json()
     admin = httpx.get(f"{dep.svc.url}/v1/recognitions/{dep.alice_id}", headers=dep.headers("admin")).json()
     assert mine["status"] == "done" and admin == mine

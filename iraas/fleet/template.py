@@ -242,7 +242,9 @@ def _run_worker() -> int:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from ..logs import configure
+
+    configure(os.environ.get("IRAAS_LOG_FORMAT") or "text")
     t0 = time.perf_counter()
     _prepare()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops workers; ^C is its business

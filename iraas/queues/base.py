@@ -46,6 +46,7 @@ class Depth:
     visible: int
     in_flight: int
     delayed: int = 0
+    oldest_age_s: float | None = None  # of the oldest message in the queue; None: not known (SQS)
 
     @property
     def backlog(self) -> int:
@@ -102,7 +103,7 @@ class Queue(Protocol):
         ...
 
     def depth(self) -> Depth:
-        """Approximate counts (exact on SQLite)."""
+        """Approximate counts (exact on SQLite, which also tells the oldest message's age)."""
         ...
 
     def purge(self) -> None:

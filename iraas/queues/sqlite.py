@@ -256,13 +256,15 @@ class SqliteQueue:
                 .execute(
                     "SELECT COALESCE(SUM(visible_at <= :now), 0),"
                     " COALESCE(SUM(visible_at > :now AND receive_count > 0), 0),"
-                    " COALESCE(SUM(visible_at > :now AND receive_count = 0), 0)"
+                    " COALESCE(SUM(visible_at > :now AND receive_count = 0), 0),"
+                    " MIN(sent_at)"
                     " FROM messages WHERE queue = :q",
                     {"now": self._clock(), "q": self.name},
                 )
                 .fetchone()
             )
-        return Depth(int(row[0]), int(row[1]), int(row[2]))
+        oldest = max(self._clock() - row[3], 0.0) if row[3] is not None else 0.0
+        return Depth(int(row[0]), int(row[1]), int(row[2]), round(oldest, 3))
 
     def purge(self) -> None:
         with self._tx() as db:

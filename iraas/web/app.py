@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from .. import logs
 from ..access.keys import KeyRing, KeyRingError
 from ..access.quota import Quotas
 from ..config import Settings
@@ -36,6 +37,8 @@ from .service import WebService, location
 log = logging.getLogger(__name__)
 _ID = re.compile(r"[0-9a-f]{32}")
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+# W3C trace context, version 00: trace id and parent id not all zeros (checked loosely: logged only)
+_TRACEPARENT = re.compile(rb"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 _CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large", 415: "bad_content_type"}
 _STATIC = Path(__file__).with_name("static")
 _ASSETS = {"app.js": "text/javascript", "app.css": "text/css"}
@@ -118,8 +121,9 @@ def _recognition_routes(app: FastAPI, svc: WebService, access: Access) -> None:
     async def recognitions(request: Request, caller: Caller = Depends(access.recognize)) -> Response:
         wait = svc.wait(request)
         timeout = svc.timeout(request)
-        items = await access.charge(request, caller, await svc.gather(request, ("files",)))
-        entries = await svc.submit_and_wait(items, wait, timeout, owner=caller.owner)
+        items, extras = await svc.gather(request, ("files",))
+        items = await access.charge(request, caller, items)
+        entries = await svc.submit_and_wait(items, wait, timeout, owner=caller.owner, extras=extras)
         if not wait:
             headers = {"Location": entries[0]["location"]} if len(entries) == 1 else {}
             return JSONResponse(entries, status_code=202, headers=headers)
@@ -139,10 +143,10 @@ def _recognition_routes(app: FastAPI, svc: WebService, access: Access) -> None:
 
     async def course(request: Request, caller: Caller = Depends(access.course)) -> Response:
         timeout = svc.timeout(request)
-        items = await svc.gather(request, COURSE_FIELDS)
+        items, extras = await svc.gather(request, COURSE_FIELDS)
         svc.release(items[1:])
         items = await access.charge(request, caller, items[:1])
-        (got,) = await svc.submit_and_wait(items, True, timeout, owner=caller.owner)
+        (got,) = await svc.submit_and_wait(items, True, timeout, owner=caller.owner, extras=extras)
         if got["status"] == "done":
             label = str(got["label"])
             return PlainTextResponse(label if plain else f"{Path(got['name']).stem}:{label}")
@@ -198,8 +202,10 @@ def _operations_routes(app: FastAPI, svc: WebService, access: Access) -> None:
     @app.get("/v1/cluster", summary="Queue depth and workers; for admin keys, also decisions and errors")
     async def cluster(caller: Caller = Depends(access.recognize)) -> JSONResponse:
         info = await run_in_threadpool(_cluster, svc.store)
+        info.pop("shared")
         if caller.scope != "admin":  # the load, not the deployment's inner workings
-            info = {"queue": info["queue"], "workers": [{"state": w["state"]} for w in info["workers"]]}
+            workers = [{"state": w["state"]} for w in info["workers"]]
+            info = {"queue": info["queue"], "workers": workers, "history": info.get("history", [])}
         return JSONResponse(info)
 
     @app.get("/metrics", include_in_schema=False, dependencies=[Depends(access.metrics)])
@@ -213,6 +219,7 @@ def _operations_routes(app: FastAPI, svc: WebService, access: Access) -> None:
             counts[w["state"]] = counts.get(w["state"], 0) + 1
         for state, n in counts.items():
             m.workers.labels(state).set(n)
+        m.shared.snapshot = info["shared"]
         return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -248,8 +255,11 @@ def _gallery_routes(app: FastAPI, svc: WebService, access: Access) -> None:
         timeout = svc.timeout(request)
         known = (await run_in_threadpool(current)).people()
         name = person_name(name, known)
-        items = await access.charge(request, caller, await svc.gather(request, ("files",)))
-        entries = await svc.submit_and_wait(items, True, timeout, owner=caller.owner, task="enroll", person=name)
+        items, extras = await svc.gather(request, ("files",))
+        items = await access.charge(request, caller, items)
+        entries = await svc.submit_and_wait(
+            items, True, timeout, owner=caller.owner, task="enroll", person=name, extras=extras
+        )
         svc.store.gallery_changed()  # the next recognition here asks for the gallery with them
         done = [e for e in entries if e["status"] == "done"]
         problems = [e["reason"] for e in done if e.get("reason")]
@@ -313,9 +323,13 @@ class _Observe:
             await self.app(scope, receive, send)
             return
         status = {"code": 500}
-        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
+        headers = dict(scope["headers"])
+        given = headers.get(b"x-request-id", b"")
         rid = given.decode() if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid
+        parent = headers.get(b"traceparent", b"")
+        traceparent = parent.decode() if _TRACEPARENT.fullmatch(parent) else ""
+        scope.setdefault("state", {}).update(request_id=rid, traceparent=traceparent)
+        token = logs.current.set((rid, traceparent))  # every line logged about this request names it
 
         async def send_status(message: Any) -> None:
             if message["type"] == "http.response.start":
@@ -326,6 +340,7 @@ class _Observe:
         try:
             await self.app(scope, receive, send_status)
         finally:
+            logs.current.reset(token)
             route = scope.get("route")
             self.metrics.requests.labels(getattr(route, "path", "other"), str(status["code"])).inc()
 
@@ -334,12 +349,24 @@ def _cluster(store: Store) -> dict[str, Any]:
     try:
         depth = store.requests.depth()
         status = {k: v for k, v in store.cluster_status().items() if k != "running"}
+        hooks = store.delivery_stats()
+        if store.deliveries is not None:
+            waiting = store.deliveries.depth()
+            hooks["backlog"] = waiting.visible + waiting.in_flight + waiting.delayed
     except PermissionError as exc:  # a configuration error: shown, not a 500
-        return {"config_errors": [str(exc)[:400]], "queue": {}, "workers": [], "decisions": []}
+        return {"config_errors": [str(exc)[:400]], "queue": {}, "workers": [], "decisions": [], "shared": {}}
+    status["webhooks"] = hooks
+    status["shared"] = {
+        "dead_letters": status.get("dead_letters_total", 0),
+        "deliveries": hooks.get("outcomes", {}),
+        "webhook_backlog": hooks.get("backlog", 0),
+        "oldest_age_s": depth.oldest_age_s,
+    }
     status["queue"] = {
         "visible": depth.visible,
         "in_flight": depth.in_flight,
         "delayed": depth.delayed,
+        "oldest_age_s": depth.oldest_age_s,
         **{k: v for k, v in status.get("queue", {}).items() if k == "dead_lettered"},
     }
     return status

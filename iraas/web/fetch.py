@@ -106,7 +106,7 @@ def refused_reason(ip: IPAddress) -> str | None:
     return None
 
 
-def _target(url: str) -> tuple[str, str, int, str]:
+def target(url: str) -> tuple[str, str, int, str]:
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
         raise InputError(400, "bad_url", "a URL has no spaces or control characters")
     try:
@@ -131,7 +131,7 @@ def _target(url: str) -> tuple[str, str, int, str]:
     return parts.scheme, host, port, path + (f"?{parts.query}" if parts.query else "")
 
 
-async def _checked_address(host: str, port: int, policy: UrlPolicy, resolver: Resolver) -> IPAddress:
+async def checked_address(host: str, port: int, policy: UrlPolicy, resolver: Resolver) -> IPAddress:
     try:
         literal: IPAddress | None = ipaddress.ip_address(host)
     except ValueError:
@@ -153,6 +153,34 @@ async def _checked_address(host: str, port: int, policy: UrlPolicy, resolver: Re
     return addrs[0]
 
 
+async def pinned(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    policy: UrlPolicy,
+    resolver: Resolver,
+    headers: dict[str, str],
+    content: bytes | None = None,
+) -> httpx.Request:
+    """A request for `url` addressed to the IP address that was checked (the host name only in
+    the Host header and TLS SNI): InputError if the policy refuses it."""
+    scheme, host, port, path = target(url)
+    ip = await checked_address(host, port, policy, resolver)
+    ip_host = f"[{ip}]" if ip.version == 6 else str(ip)
+    default = port == (443 if scheme == "https" else 80)
+    headers = {"Host": host if default else f"{host}:{port}", **headers}
+    try:
+        return client.build_request(
+            method,
+            f"{scheme}://{ip_host}:{port}{path}",
+            headers=headers,
+            content=content,
+            extensions={"sni_hostname": host},
+        )
+    except httpx.InvalidURL:
+        raise InputError(400, "bad_url", f"not a URL: {url[:200]!r}") from None
+
+
 async def fetch_url(url: str, policy: UrlPolicy, resolver: Resolver = system_resolver) -> bytes:
     """The body of `url`, fetched safely within `policy.timeout_s` in all (a server sending one
     byte every few seconds cannot hold the request); InputError on any refusal or failure."""
@@ -165,17 +193,7 @@ async def fetch_url(url: str, policy: UrlPolicy, resolver: Resolver = system_res
 async def _fetch(url: str, policy: UrlPolicy, resolver: Resolver) -> bytes:
     async with httpx.AsyncClient(timeout=policy.timeout_s, follow_redirects=False, trust_env=False) as client:
         for _ in range(MAX_REDIRECTS + 1):
-            scheme, host, port, path = _target(url)
-            ip = await _checked_address(host, port, policy, resolver)
-            ip_host = f"[{ip}]" if ip.version == 6 else str(ip)
-            default = port == (443 if scheme == "https" else 80)
-            headers = {"Host": host if default else f"{host}:{port}", "User-Agent": "iraas-fetch/1"}
-            try:
-                request = client.build_request(
-                    "GET", f"{scheme}://{ip_host}:{port}{path}", headers=headers, extensions={"sni_hostname": host}
-                )
-            except httpx.InvalidURL:
-                raise InputError(400, "bad_url", f"not a URL: {url[:200]!r}") from None
+            request = await pinned(client, "GET", url, policy, resolver, {"User-Agent": "iraas-fetch/1"})
             try:
                 response = await client.send(request, stream=True)
             except (httpx.HTTPError, httpx.InvalidURL) as exc:

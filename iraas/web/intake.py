@@ -49,38 +49,55 @@ def check(item: Item, settings: Settings) -> None:
         raise InputError(422, "truncated", "the image file is truncated", item.name)
 
 
+@dataclass(frozen=True)
+class Extras:
+    """What a request may carry besides its images (docs/integrating.md)."""
+
+    trace: str = ""  # X-Request-ID
+    traceparent: str = ""
+    deadline_s: float = 0.0  # 0: none
+    callback: str = ""
+
+
 class Intake:
     def __init__(self, settings: Settings, store: Store, reply_to: str) -> None:
         self.s, self.store, self.reply_to = settings, store, reply_to
         self.model = model_key(settings.model)
 
     def submit(
-        self, items: list[Item], ids: list[str], reply: bool = True, task: str = "recognize", person: str = ""
+        self,
+        items: list[Item],
+        ids: list[str],
+        task: str = "recognize",
+        person: str = "",
+        extras: Extras = Extras(),
     ) -> list[Submitted]:
         """Store the inputs of `items` and enqueue them under `ids` (blocking I/O: call from a
-        thread). Same bytes and model as an earlier recognition: answered from its result."""
+        thread). Same bytes and model as an earlier recognition: answered from its result.
+        Every answer is replied to this web process, waited for or not (its metrics count it)."""
         now = time.time()
         out: list[Submitted] = []
         queued = []
         for item, rid in zip(items, ids, strict=True):
             digest = item.body.digest
-            cached = None
-            if task == "recognize":
-                cached = self.store.answer_from_cache(rid=rid, name=item.name, model=self.model, digest=digest, now=now)
+            req = self.store.request(
+                rid=rid,
+                digest=digest,
+                name=item.name,
+                model=self.model,
+                reply_to=self.reply_to,
+                submitted_at=now,
+                task=task,
+                person=person,
+                trace=extras.trace,
+                traceparent=extras.traceparent,
+                deadline=now + extras.deadline_s if extras.deadline_s else 0.0,
+                callback=extras.callback,
+            )
+            cached = self.store.answer_from_cache(req) if task == "recognize" else None
             out.append(Submitted(rid, item.name, cached))
             if cached is None:
                 self.store.put_input(item.body.reader(), digest)
-                queued.append(
-                    self.store.request(
-                        rid=rid,
-                        digest=digest,
-                        name=item.name,
-                        model=self.model,
-                        reply_to=self.reply_to if reply else "",
-                        submitted_at=now,
-                        task=task,
-                        person=person,
-                    )
-                )
+                queued.append(req)
         self.store.enqueue(queued)
         return out

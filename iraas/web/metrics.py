@@ -1,10 +1,50 @@
-"""Prometheus metrics of one web process (its own registry: several apps can share a process)."""
+"""Prometheus metrics of one web process (its own registry: several apps can share a process).
+
+What this process sees itself (HTTP requests, every answer replied to it, with its stage
+times) is counted here; what other processes count (the controller's dead letters, the
+webhook deliveries) comes from their published status at each scrape (`Shared`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ..messages import Result
 
 _LATENCY = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+_STAGE = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+STAGES = ("queued", "fetch", "decode", "inference", "store")
+OUTCOMES = ("delivered", "retried", "failed")
+
+
+class Shared(Collector):
+    """Counters kept by other processes, as last published: set `snapshot` before a scrape."""
+
+    def __init__(self) -> None:
+        self.snapshot: dict[str, Any] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snapshot
+        dead = CounterMetricFamily("iraas_dead_letters", "Requests given up after max_receives deliveries")
+        dead.add_metric([], float(snap.get("dead_letters", 0)))
+        yield dead
+        hooks = CounterMetricFamily(
+            "iraas_webhook_deliveries", "Webhook delivery attempts by outcome", labels=["outcome"]
+        )
+        for outcome in OUTCOMES:
+            hooks.add_metric([outcome], float(snap.get("deliveries", {}).get(outcome, 0)))
+        yield hooks
+        backlog = GaugeMetricFamily("iraas_webhook_backlog", "Webhooks waiting for delivery or a retry")
+        backlog.add_metric([], float(snap.get("webhook_backlog", 0)))
+        yield backlog
+        if (age := snap.get("oldest_age_s")) is not None:  # not on SQS (CloudWatch has it)
+            oldest = GaugeMetricFamily("iraas_queue_oldest_age_seconds", "Age of the oldest request not yet answered")
+            oldest.add_metric([], float(age))
+            yield oldest
 
 
 class Metrics:
@@ -23,9 +63,33 @@ class Metrics:
             registry=r,
             buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1),
         )
+        self.stages = Histogram(
+            "iraas_stage_seconds",
+            "Time per image in each stage: queued, fetch (of its bytes), decode, inference, store (of its result)",
+            ["stage"],
+            registry=r,
+            buckets=_STAGE,
+        )
         self.batch = Histogram(
             "iraas_batch_size", "Images per inference batch", registry=r, buckets=(1, 2, 4, 8, 16, 32)
         )
         self.dedup = Counter("iraas_dedup_hits", "Images answered from a stored result", registry=r)
         self.queue = Gauge("iraas_queue_depth", "Request queue depth", ["state"], registry=r)
         self.workers = Gauge("iraas_workers", "Workers by state", ["state"], registry=r)
+        self.shared = Shared()
+        r.register(self.shared)
+
+    def observe(self, result: Result) -> None:
+        """One final answer (thread-safe: the reply thread calls it)."""
+        self.images.labels(result.status).inc()
+        t = result.timings
+        if "total" in t:
+            self.latency.observe(t["total"])
+        if result.cached:
+            return
+        if "inference" in t:
+            self.inference.observe(t["inference"])
+            self.batch.observe(t.get("batch", 1))
+        for stage in STAGES:
+            if stage in t:
+                self.stages.labels(stage).observe(t[stage])

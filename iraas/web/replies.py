@@ -12,6 +12,7 @@ import asyncio
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 
 from ..messages import MessageError, Result
 from ..store import Store
@@ -20,8 +21,10 @@ log = logging.getLogger(__name__)
 
 
 class ReplyWaiter:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, observe: Callable[[Result], None] = lambda _: None) -> None:
+        """`observe` sees every reply, waited for or not (metrics)."""
         self.name = uuid.uuid4().hex[:12]
+        self.observe = observe
         self.inbox = store.inbox(self.name)
         self._pending: dict[str, asyncio.Future[Result]] = {}
         self._lock = threading.Lock()
@@ -66,6 +69,10 @@ class ReplyWaiter:
                 except (MessageError, TypeError):
                     log.error("unreadable reply dropped: %.200s", body)
                     continue
+                try:
+                    self.observe(result)
+                except Exception:
+                    log.exception("observing a reply failed")
                 with self._lock:
                     fut = self._pending.pop(result.id, None)
                 if fut is not None:

@@ -19,12 +19,13 @@ from ..config import Settings
 from ..messages import Result
 from ..queues.base import Depth, QueueError
 from ..store import Store
+from ..webhooks.sign import secret_keys
 from .errors import InputError
-from .fetch import Resolver, UrlPolicy, display_name, fetch_url
-from .intake import Intake, Item, Submitted, check
+from .fetch import Resolver, UrlPolicy, checked_address, display_name, fetch_url, target
+from .intake import Extras, Intake, Item, Submitted, check
 from .metrics import Metrics
 from .replies import ReplyWaiter
-from .upload import Limits, Spool, capped, read_multipart
+from .upload import TEXT_FIELDS, Limits, Spool, capped, read_multipart
 
 
 class Refused(InputError):
@@ -62,14 +63,15 @@ class WebService:
 
     def __post_init__(self) -> None:
         s = self.settings
-        self.waiter = ReplyWaiter(self.store)
+        self.metrics = Metrics()
+        self.waiter = ReplyWaiter(self.store, self.metrics.observe)  # every answer is replied here
         self.intake = Intake(s, self.store, self.waiter.name)
+        self.signing = bool(secret_keys(s.webhook_secret))
         self._misconfigured = ""  # the configuration error last logged (once, not per request)
         try:
             self.store.new_ids(1)  # reads (or makes) the id-signing key now, not on the event loop
         except PermissionError as exc:  # start anyway: /readyz and intake say what is wrong
             self._log_misconfigured(exc)
-        self.metrics = Metrics()
         self.url_policy = UrlPolicy(s.url_allow, s.url_timeout_s, s.max_file_bytes)
         self.upload_limits = Limits(
             max_file_bytes=s.max_file_bytes,
@@ -97,9 +99,9 @@ class WebService:
             log.error("%s", exc)
             self._misconfigured = str(exc)
 
-    async def gather(self, request: Request, fields: tuple[str, ...]) -> list[Item]:
-        """The request's images: multipart uploads in `fields`, or JSON url/urls fetched safely.
-        The caller closes their spools (`release`)."""
+    async def gather(self, request: Request, fields: tuple[str, ...]) -> tuple[list[Item], Extras]:
+        """The request's images (multipart uploads in `fields`, or JSON url/urls fetched
+        safely) and what it carries besides. The caller closes their spools (`release`)."""
         s = self.settings
         ctype = request.headers.get("content-type", "")
         declared = request.headers.get("content-length", "")
@@ -107,9 +109,35 @@ class WebService:
             raise InputError(413, "request_too_large", f"the request body is over the {s.max_request_bytes} byte limit")
         await self._shed_load()
         if ctype.startswith("application/json"):
-            return await self._from_urls(request)
-        uploads = await read_multipart(ctype, request.stream(), fields, self.upload_limits)
-        return [Item(u.name, u.body) for u in uploads]
+            items, values = await self._from_urls(request)
+        else:
+            uploads, values = await read_multipart(ctype, request.stream(), fields, self.upload_limits)
+            items = [Item(u.name, u.body) for u in uploads]
+        try:
+            return items, await self._extras(request, values)
+        except BaseException:
+            self.release(items)
+            raise
+
+    async def _extras(self, request: Request, values: dict[str, str]) -> Extras:
+        """Request id and trace context (from the middleware), a deadline and a callback URL (a
+        form or JSON field, or a query parameter), each checked now: a callback URL that the
+        URL policy refuses is refused with the request, before anything is queued."""
+        state = request.scope.get("state", {})
+        raw = {k: values.get(k) or request.query_params.get(k, "") for k in TEXT_FIELDS}
+        deadline = _deadline(raw["deadline_s"], self.settings.result_ttl_s) if raw["deadline_s"] else 0.0
+        callback = await self._callback(raw["callback_url"]) if raw["callback_url"] else ""
+        return Extras(state.get("request_id", ""), state.get("traceparent", ""), deadline, callback)
+
+    async def _callback(self, url: str) -> str:
+        if not self.signing or self.store.deliveries is None:
+            detail = "this service delivers no webhooks: its operator has set no --webhook-secret"
+            raise InputError(400, "webhooks_off", detail)
+        if len(url) > 2048:
+            raise InputError(400, "bad_url", "a callback URL is at most 2048 characters")
+        _, host, port, _ = target(url)
+        await checked_address(host, port, self.url_policy, self.resolver)
+        return url
 
     def _load(self) -> tuple[Depth, int | None]:
         """Queue depth, and free bytes on the embedded store's disk (None on AWS)."""
@@ -150,7 +178,7 @@ class WebService:
                 503, "overloaded", f"{backlog} images are waiting (limit {limit}): try again later", retry_after=10
             )
 
-    async def _from_urls(self, request: Request) -> list[Item]:
+    async def _from_urls(self, request: Request) -> tuple[list[Item], dict[str, str]]:
         s = self.settings
         raw = bytearray()
         async for chunk in capped(request.stream(), s.max_json_bytes, s.body_timeout_s):
@@ -166,8 +194,10 @@ class WebService:
             raise InputError(400, "missing_field", 'send {"url": "..."} or {"urls": ["...", ...]}')
         if len(urls) > s.max_files:
             raise InputError(413, "too_many_files", f"at most {s.max_files} URLs per request")
+        values = {k: str(body[k]) for k in TEXT_FIELDS if body.get(k) is not None}
         datas = await asyncio.gather(*(self._fetch(u) for u in urls))
-        return [Item(display_name(u), Spool.of(d, s.spool_bytes)) for u, d in zip(urls, datas, strict=True)]
+        items = [Item(display_name(u), Spool.of(d, s.spool_bytes)) for u, d in zip(urls, datas, strict=True)]
+        return items, values
 
     async def _fetch(self, url: str) -> bytes:
         """One URL, within the total deadline, with at most `max_fetches` in flight."""
@@ -187,11 +217,13 @@ class WebService:
             raise Refused(errors[0].status, body)
 
     def _check_and_submit(
-        self, items: list[Item], ids: list[str], reply: bool, task: str, person: str
+        self, items: list[Item], ids: list[str], task: str, person: str, extras: Extras
     ) -> list[Submitted]:
         self.check_all(items)  # one trip to the thread pool for both: each trip costs
         try:
-            return self.intake.submit(items, ids, reply, task, person)
+            subs = self.intake.submit(items, ids, task, person, extras)
+            log.info("%d image(s) queued as %s", len(ids), " ".join(ids[:10]) + (" …" if len(ids) > 10 else ""))
+            return subs
         except (QueueError, BlobError, OSError) as exc:
             # Locked, full or unreachable storage: nothing was answered to the client yet, so the
             # ids issued here are never seen (a GET of an id it never received cannot happen).
@@ -206,6 +238,7 @@ class WebService:
         owner: str,
         task: str = "recognize",
         person: str = "",
+        extras: Extras = Extras(),  # noqa: B008 (frozen: shared safely)
     ) -> list[dict[str, Any]]:
         """Queue `items` for the workers (`task` "enroll": faces, add them as `person`) and
         wait up to `timeout` for the answers; unanswered ones say where to look later. Only
@@ -213,7 +246,7 @@ class WebService:
         ids = self.store.new_ids(len(items), owner)
         futures = {rid: self.waiter.expect(rid) for rid in ids} if wait else {}
         try:
-            subs = await run_in_threadpool(self._check_and_submit, items, ids, wait, task, person)
+            subs = await run_in_threadpool(self._check_and_submit, items, ids, task, person, extras)
         except BaseException:
             for rid in ids:
                 self.waiter.forget(rid)
@@ -223,6 +256,7 @@ class WebService:
         for sub in subs:
             if sub.cached is not None:
                 self.metrics.dedup.inc()
+                self.metrics.observe(sub.cached)
                 self.waiter.forget(sub.id)
         if not wait:
             return [entry(s, None) for s in subs]
@@ -235,18 +269,7 @@ class WebService:
         result = sub.cached or (fut.result() if fut.done() else None)
         if result is None:
             self.waiter.forget(sub.id)
-        else:
-            self.observe(result)
         return entry(sub, result)
-
-    def observe(self, result: Result) -> None:
-        m = self.metrics
-        m.images.labels(result.status).inc()
-        if "total" in result.timings:
-            m.latency.observe(result.timings["total"])
-        if not result.cached and "inference" in result.timings:
-            m.inference.observe(result.timings["inference"])
-            m.batch.observe(result.timings.get("batch", 1))
 
     def timeout(self, request: Request) -> float:
         raw = request.query_params.get("timeout", str(self.settings.timeout_s))
@@ -264,3 +287,13 @@ class WebService:
         if raw not in ("true", "1", "yes", "false", "0", "no"):
             raise InputError(400, "bad_parameter", f"wait must be true or false, got {raw[:40]!r}")
         return raw in ("true", "1", "yes")
+
+
+def _deadline(raw: str, most_s: float) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not 0 < value <= most_s:
+        raise InputError(400, "bad_parameter", f"deadline_s must be seconds in (0, {most_s:g}], got {raw[:40]!r}")
+    return value

@@ -21,6 +21,8 @@ from python_multipart.multipart import MultipartParser, MultipartState, parse_op
 from .errors import InputError
 
 _MAX_PART_HEADERS = 16 * 1024
+MAX_TEXT_BYTES = 4096  # a form field that is not a file (callback_url, deadline_s)
+TEXT_FIELDS = ("callback_url", "deadline_s")
 
 
 class Spool:
@@ -83,6 +85,8 @@ class _Collector:
     def __init__(self, fields: tuple[str, ...], limits: Limits) -> None:
         self.fields, self.limits = fields, limits
         self.files: list[Upload] = []
+        self.values: dict[str, str] = {}  # the form fields in TEXT_FIELDS
+        self._text: tuple[str, bytearray] | None = None
         self._current: Upload | None = None
         self._headers: dict[bytes, bytes] = {}
         self._hname = self._hvalue = b""
@@ -110,7 +114,9 @@ class _Collector:
         self._headers, self._header_bytes = {}, 0
         name = params.get(b"name", b"").decode("utf-8", "replace")
         filename = params.get(b"filename")
-        self._current = None
+        self._current = self._text = None
+        if name in TEXT_FIELDS and filename is None:
+            self._text = (name, bytearray())
         if name in self.fields and filename is not None:
             if len(self.files) >= self.limits.max_files:
                 raise InputError(413, "too_many_files", f"at most {self.limits.max_files} files per request")
@@ -120,6 +126,12 @@ class _Collector:
 
     def part_data(self, data: bytes, start: int, end: int) -> None:
         cur = self._current
+        if self._text is not None:
+            name, value = self._text
+            value += data[start:end]
+            if len(value) > MAX_TEXT_BYTES:
+                raise InputError(413, "field_too_large", f"form field {name} is over {MAX_TEXT_BYTES} bytes")
+            self.values[name] = value.decode("utf-8", "replace")
         if cur is None:
             return  # other form fields are ignored
         cur.body.write(data[start:end])
@@ -151,8 +163,9 @@ async def capped(body: AsyncIterator[bytes], limit: int, read_timeout_s: float) 
 
 async def read_multipart(
     content_type: str, body: AsyncIterator[bytes], fields: tuple[str, ...], limits: Limits
-) -> list[Upload]:
-    """The files in `fields`; the caller closes their spools."""
+) -> tuple[list[Upload], dict[str, str]]:
+    """The files in `fields`, and the values of the TEXT_FIELDS sent; the caller closes the
+    files' spools."""
     ctype, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
     if ctype != b"multipart/form-data" or not boundary:
@@ -187,4 +200,4 @@ async def read_multipart(
         raise
     if not c.files:
         raise InputError(400, "missing_field", f"no file in form field {' or '.join(repr(f) for f in fields)}")
-    return c.files
+    return c.files, c.values

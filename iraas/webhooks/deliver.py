@@ -1,0 +1,169 @@
+"""Delivering webhooks: their own queue, at least once, never in the way of recognition.
+
+A final result for a request with a callback URL becomes a message on the deliveries queue
+(the store layer sends it, before the request's own message is deleted). This loop, in the
+controller's process, takes them `webhook_concurrency` at a time and POSTs each, signed:
+
+- 2xx: delivered. A redirect is not followed; 410 Gone stops the retries; anything else (other
+  statuses, a timeout, a refused connection) is retried: the message is hidden for the next
+  delay (exponential, with jitter) and comes back; its receive count is the attempt number.
+- Retries stop `webhook_retry_for_s` after the result was final; the callback is then `failed`.
+- The URL goes through the URL intake's SSRF policy at every attempt (an address the policy
+  refuses now is refused, even if it was allowed when the request came): never delivered there.
+- Each attempt's outcome is recorded for `GET /v1/recognitions/{id}` (`callback`).
+
+A process that dies mid-attempt loses nothing: the message comes back after its visibility
+timeout and is tried again with the same webhook-id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from ..config import Settings
+from ..logs import about
+from ..messages import Delivery, MessageError
+from ..queues.base import Message
+from ..store import Store
+from ..web.errors import InputError
+from ..web.fetch import Resolver, UrlPolicy, pinned, system_resolver
+from . import sign
+
+log = logging.getLogger(__name__)
+FINAL = ("delivered", "failed")
+
+
+class Deliverer:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        resolver: Resolver = system_resolver,
+        clock: Callable[[], float] = time.time,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        if store.deliveries is None:
+            raise ValueError("this deployment has no deliveries queue")
+        self.store, self.queue, self.s = store, store.deliveries, settings
+        self.keys = sign.secret_keys(settings.webhook_secret)
+        self.policy = UrlPolicy(settings.url_allow, settings.webhook_timeout_s, 64 * 1024)
+        self.resolver, self.clock, self.jitter = resolver, clock, jitter
+        self.counts = dict.fromkeys(("delivered", "retried", "failed"), 0)
+        self._published: dict[str, int] = {}
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        if not self.keys:
+            log.info("no webhook_secret: this process delivers no webhooks")
+            return
+        asyncio.run(self._main(stop))
+
+    async def _main(self, stop: threading.Event) -> None:
+        busy: set[asyncio.Task[None]] = set()
+        limit = self.s.webhook_concurrency
+        async with httpx.AsyncClient(timeout=self.s.webhook_timeout_s, follow_redirects=False, trust_env=False) as web:
+            while not stop.is_set():
+                if len(busy) >= limit:
+                    await asyncio.wait(busy, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    msgs = await asyncio.to_thread(self._receive, min(10, limit - len(busy)), 0.2 if busy else 1.0)
+                    await asyncio.to_thread(self._publish)
+                except Exception:  # storage away for a while: what is in hand comes back later
+                    log.warning("webhook deliveries: the queue is unavailable; retrying in 1 s", exc_info=True)
+                    await asyncio.sleep(1.0)
+                    continue
+                for msg in msgs:
+                    task = asyncio.create_task(self.deliver(web, msg))
+                    busy.add(task)
+                    task.add_done_callback(busy.discard)
+            if busy:  # unfinished attempts come back after their visibility timeout
+                await asyncio.wait(busy, timeout=self.s.webhook_timeout_s)
+        self._publish()
+
+    def _receive(self, n: int, wait_s: float) -> list[Message]:
+        # hidden for an attempt's longest time and then some: a second deliverer must not take it
+        return self.queue.receive(n, wait_s=wait_s, visibility_s=math.ceil(self.s.webhook_timeout_s) + 30)
+
+    def _publish(self) -> None:
+        if self.counts != self._published:
+            self.store.publish_delivery_stats({"outcomes": self.counts, "at": self.clock(), "pid": os.getpid()})
+            self._published = dict(self.counts)
+
+    # -- one attempt ------------------------------------------------------------------------
+
+    async def deliver(self, web: httpx.AsyncClient, msg: Message) -> None:
+        try:
+            job = Delivery.from_json(msg.body)
+        except (MessageError, TypeError):
+            log.error("unreadable webhook dropped: %.200s", msg.body)
+            await asyncio.to_thread(self.queue.delete, msg.receipt)
+            return
+        state = await asyncio.to_thread(self.store.callback_state, job.id) or {}
+        if state.get("status") in FINAL:  # a repeat of one already settled (at-least-once)
+            await asyncio.to_thread(self.queue.delete, msg.receipt)
+            return
+        attempt = msg.receive_count
+        error, retry = await self._attempt(web, job)
+        now = self.clock()
+        wait_s = sign.backoff_s(attempt, self.s.webhook_backoff_s, self.s.webhook_backoff_max_s, self.jitter())
+        if error is None:
+            outcome, record = "delivered", {"status": "delivered", "delivered_at": now}
+        elif retry and now + wait_s < job.first_at + self.s.webhook_retry_for_s:
+            outcome, record = "retried", {"status": "pending", "next_attempt_at": round(now + wait_s, 3)}
+        else:
+            outcome, record = "failed", {"status": "failed"}
+        self.counts[outcome] += 1
+        record |= {"attempts": attempt, "last_error": error, "last_attempt_at": now}
+        await asyncio.to_thread(self._settle, job, msg, record, wait_s if outcome == "retried" else None)
+        level = logging.INFO if outcome == "delivered" else logging.WARNING
+        log.log(
+            level,
+            "webhook for %s: %s (attempt %d)%s",
+            job.id,
+            outcome,
+            attempt,
+            f": {error}" if error else "",
+            extra=about(job),
+        )
+
+    def _settle(self, job: Delivery, msg: Message, record: dict[str, Any], retry_in: float | None) -> None:
+        self.store.record_callback(job.id, record)
+        if retry_in is None:
+            self.queue.delete(msg.receipt)
+        else:
+            self.queue.change_visibility(msg.receipt, min(max(math.ceil(retry_in), 1), 43_200))
+
+    async def _attempt(self, web: httpx.AsyncClient, job: Delivery) -> tuple[str | None, bool]:
+        """(None, _) when delivered; else (why, whether another attempt may succeed)."""
+        body = job.payload.encode()
+        headers = sign.headers(self.keys, job.id, int(self.clock()), body) | {"User-Agent": "iraas-webhooks/1"}
+        if job.trace:
+            headers["X-Request-ID"] = job.trace
+        if job.traceparent:
+            headers["traceparent"] = job.traceparent
+        try:
+            request = await pinned(web, "POST", job.url, self.policy, self.resolver, headers, body)
+        except InputError as err:  # refused by the URL policy, or no such host (for now)
+            return f"{err.code}: {err.reason}"[:300], err.code == "unreachable_url"
+        try:
+            response = await asyncio.wait_for(web.send(request), self.s.webhook_timeout_s)
+            await response.aclose()
+        except TimeoutError:
+            return f"no answer in {self.s.webhook_timeout_s:g} s", True
+        except httpx.HTTPError as exc:
+            return f"cannot connect: {exc!r}"[:300], True
+        if 200 <= response.status_code < 300:
+            return None, True
+        return f"HTTP {response.status_code}", response.status_code != 410
