@@ -94,7 +94,7 @@ class Deliverer:
 
     def _receive(self, n: int, wait_s: float) -> list[Message]:
         # hidden for an attempt's longest time and then some: a second deliverer must not take it
-        return self.queue.receive(n, wait_s=wait_s, visibility_s=math.ceil(self.s.webhook_timeout_s) + 30)
+        return self.queue.receive(n, wait_s=wait_s, visibility_s=math.ceil(self.s.webhook_timeout_s) + 5)
 
     def _publish(self) -> None:
         if self.counts != self._published:
@@ -125,7 +125,8 @@ class Deliverer:
         else:
             outcome, record = "failed", {"status": "failed"}
         self.counts[outcome] += 1
-        record |= {"attempts": attempt, "last_error": error, "last_attempt_at": now}
+        # the last failure stays shown once delivered: why it took `attempts`
+        record |= {"attempts": attempt, "last_error": error or state.get("last_error"), "last_attempt_at": now}
         await asyncio.to_thread(self._settle, job, msg, record, wait_s if outcome == "retried" else None)
         level = logging.INFO if outcome == "delivered" else logging.WARNING
         log.log(
