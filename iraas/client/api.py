@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,8 @@ class Recognition:
     """One image's answer, or where it is (`queued`, `running`) when not final yet."""
 
     id: str
-    name: str
     status: str
+    name: str = ""  # not known to a status query of an image still queued
     label: str | None = None
     confidence: float | None = None
     top5: list[dict[str, Any]] = field(default_factory=list)
@@ -123,7 +123,7 @@ class Client:
         pause = 0.1
         while not all(r.final for r in current) and time.monotonic() < deadline:
             time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
-            current = [r if r.final else self.get(r.id) for r in current]
+            current = [r if r.final else _named(self.get(r.id), r.name) for r in current]
             pause = min(pause * 1.5, 2.0)
         return current
 
@@ -167,6 +167,10 @@ class Client:
             str(body.get("detail", response.text[:200])),
             str(body.get("request_id", "")),
         )
+
+
+def _named(r: Recognition, name: str) -> Recognition:
+    return r if r.name or not name else replace(r, name=name)
 
 
 def _as_list(images: Image | Sequence[Image]) -> list[Image]:
