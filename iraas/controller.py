@@ -52,6 +52,7 @@ class Controller:
         self.dead_total = 0  # dead letters given up since this controller started (a counter)
         # (at, waiting, in flight, workers) every HISTORY_EVERY_S, for the page's chart
         self.history: deque[tuple[float, int, int, int]] = deque(maxlen=HISTORY_LEN)
+        self._peak = (0, 0, 0)  # (waiting, in flight, workers) since the last sample
 
     def run(self, stop: threading.Event) -> None:
         with self.store.requests.wakeups() as woken:
@@ -114,12 +115,18 @@ class Controller:
         self._record(decision, obs, now)
         dead = self.drain_dead_letters()
         self.dead_total += dead
-        if not self.history or now - self.history[-1][0] >= HISTORY_EVERY_S:
-            self.history.append((round(now, 2), depth.visible + depth.delayed, depth.in_flight, len(active)))
+        self._sample(now, (depth.visible + depth.delayed, depth.in_flight, len(active)))
         self._sweep(now)
         # List again only when this tick launched, stopped or killed (on EC2 a list is an API call).
         self._publish(now, depth.visible, depth.in_flight, dead, beats, self.fleet.list() if changed else listed)
         return decision
+
+    def _sample(self, now: float, load: tuple[int, int, int]) -> None:
+        """The load's peaks over each HISTORY_EVERY_S (a burst shorter than that still shows)."""
+        peak = self._peak = (max(self._peak[0], load[0]), max(self._peak[1], load[1]), max(self._peak[2], load[2]))
+        if not self.history or now - self.history[-1][0] >= HISTORY_EVERY_S:
+            self.history.append((round(now, 2), *peak))
+            self._peak = (0, 0, 0)
 
     # -- health and scaling -----------------------------------------------------------------
 

@@ -81,7 +81,9 @@ def test_the_command_prints_one_line_per_image(served: tuple[Service, str], clas
     assert [line.split(": ")[1].rsplit(" (", 1)[0] for line in lines] == labels
     as_json = subprocess.run([*cmd, "--json", *map(str, files)], capture_output=True, text=True, env=env, timeout=120)
     rows = [json.loads(line) for line in as_json.stdout.splitlines()]
-    assert [(r["name"], r["label"], r["status"]) for r in rows] == [(f.name, x, "done") for f, x in zip(files, labels)]
+    assert [(r["name"], r["label"], r["status"]) for r in rows] == [
+        (f.name, x, "done") for f, x in zip(files, labels, strict=True)
+    ]
     broken = subprocess.run(
         [*cmd, str(files[0]), str(Path(__file__))], capture_output=True, text=True, env=env, timeout=120
     )

@@ -104,3 +104,48 @@ def test_signing_in_with_a_key_and_a_refused_wrong_key(
         assert violations == []
     finally:
         svc.stop()
+
+
+def test_the_cluster_panel_charts_the_load_lists_decisions_and_downloads_the_results(
+    tmp_path: Path, browser: Browser, classifier: Classifier
+) -> None:
+    svc = Service(tmp_path / "data", max_workers=2, scale_in_after_s=1).start()
+    try:
+        files = sorted((IMAGENET / "images").iterdir())[50:54]
+        labels = [p.label for p in classifier.predict([f.read_bytes() for f in files])]
+        page, violations = _page(browser)
+        page.goto(svc.url + "/")
+        _upload_and_read(page, files)
+        expect(page.locator("#table tbody tr")).to_have_count(4)
+        # the controller scaled out for them and back in: both decisions, with their reasons
+        expect(page.locator("#decisions li")).not_to_have_count(0, timeout=30_000)
+        expect(page.locator("#decisions")).to_contain_text("→ 0", timeout=30_000)
+        assert _charted(page, "workers") and _charted(page, "waiting")  # the burst shows on both lines
+        with page.expect_download() as download:
+            page.click("#csv")
+        assert download.value.suggested_filename == "iraas-results.csv"
+        text = Path(download.value.path()).read_text()
+        import csv
+
+        header, *rows = list(csv.reader(text.splitlines()))
+        assert header == ["file", "status", "label", "confidence", "seconds", "id"]
+        assert sorted((r[0], r[1], r[2]) for r in rows) == sorted(
+            (f.name, "done", label) for f, label in zip(files, labels, strict=True)
+        )
+        assert all(len(r[5]) == 32 and 0 < float(r[3]) <= 1 for r in rows)
+        assert violations == []
+    finally:
+        svc.stop()
+
+
+def _charted(page: Page, series: str, timeout: float = 30) -> bool:
+    """The chart's line for `series` has points, one of them above zero (y 136 is zero)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        points = (page.locator(f'#chart [data-series="{series}"]').get_attribute("points") or "").split()
+        if len(points) >= 2 and any(float(p.split(",")[1]) < 136 for p in points):
+            return True
+        time.sleep(0.5)
+    return False
