@@ -36,11 +36,16 @@ lint: install-test
 	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq nodejs npm
 
+# The alert rules in docs/ are checked by promtool, from Debian's prometheus package (test-only).
+/usr/bin/promtool:
+	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq --no-install-recommends prometheus
+
 tests/iam/node_modules: tests/iam/package-lock.json /usr/bin/npm
 	npm ci --prefix tests/iam --silent --no-audit --no-fund
 	touch $@
 
-test: lint /usr/bin/chromium tests/iam/node_modules
+test: lint /usr/bin/chromium /usr/bin/promtool tests/iam/node_modules
 	$(BIN)/python -m pytest
 
 # Every benchmark, figures printed (docs/benchmarks.md has the last run's).
