@@ -233,6 +233,7 @@ def test_bucket_retention_matches_the_embedded_defaults(template: dict[str, Any]
         "inputs/": s.input_ttl_s / 86_400,
         "results/": s.result_ttl_s / 86_400,
         "dedup/": s.result_ttl_s / 86_400,
+        "callbacks/": s.result_ttl_s / 86_400,  # a webhook's delivery state, as long as its result
         USAGE: USAGE_RETENTION_S / 86_400,
     }
 
