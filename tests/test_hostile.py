@@ -68,6 +68,8 @@ def good_image_is_answered(svc: Service) -> None:
     r = httpx.post(svc.url + "/v1/recognitions", files={"files": ("tench.jpg", TENCH)}, timeout=60)
     assert r.status_code == 200, r.text
     assert (r.json()[0]["status"], r.json()[0]["label"]) == ("done", "tench")
+    # the worker replies, then deletes the message: the next footprint must not see it half-way
+    svc.wait_for(lambda: footprint(svc)[2] == 0, timeout=30, every=0.05)
 
 
 def _png(w: int, h: int) -> bytes:
