@@ -9,7 +9,7 @@ from typing import Any
 
 from .blobs.base import BlobStore
 from .blobs.local import DirectoryBlobStore
-from .config import SECRET, Settings, to_env
+from .config import Settings, worker_env
 from .fleet.base import Fleet
 from .queues.sqlite import SqliteQueue
 from .replies import SocketReplies
@@ -93,6 +93,5 @@ def make_fleet(settings: Settings) -> Fleet:
 
     logs = settings.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    env = to_env(settings) | {"IRAAS_PARENT_PID": str(os.getpid())}
-    # Workers deliver no webhooks: the secret, if it came as a variable, stays here.
-    return LocalFleet(env, log_dir=str(logs), warm_start=settings.warm_start, hide=(f"IRAAS_{SECRET.upper()}",))
+    env = worker_env(settings, os.environ) | {"IRAAS_PARENT_PID": str(os.getpid())}
+    return LocalFleet(env, log_dir=str(logs), warm_start=settings.warm_start)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -195,9 +196,11 @@ def _check_course_path(path: str) -> None:
 SECRET = "webhook_secret"  # only the delivering process needs it: never handed on
 
 
-def to_env(settings: Settings) -> dict[str, str]:
-    """The settings as IRAAS_* variables, to hand to worker processes (secrets left out)."""
-    out = {}
+def worker_env(settings: Settings, inherited: Mapping[str, str]) -> dict[str, str]:
+    """A worker process's whole environment: `inherited` (this process's) and the settings as
+    IRAAS_* variables, the secret left out of both (it may have come as a variable)."""
+    secret = f"IRAAS_{SECRET.upper()}"
+    out = {k: v for k, v in inherited.items() if k != secret}
     for key, value in dataclasses.asdict(settings).items():
         if key != SECRET:
             out[f"IRAAS_{key.upper()}"] = ",".join(value) if isinstance(value, tuple) else str(value)

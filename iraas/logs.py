@@ -66,6 +66,7 @@ class JsonFormatter(logging.Formatter):
         for key in ("request_id", "traceparent"):
             if value := getattr(record, key, ""):
                 out[key] = value
+        # read per line: a forked worker gets its id after the template configured logging
         if worker := os.environ.get("IRAAS_WORKER_ID"):
             out["worker"] = worker
         if record.exc_info:

@@ -269,14 +269,15 @@ class Store:
         if self.deliveries is None:
             log.error("request %s named a callback, but this deployment delivers no webhooks", req.id)
             return
+        now = self.clock()
         status = "recognition.done" if result.status == "done" else "recognition.failed"
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock()))
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
         payload = json.dumps({"type": status, "timestamp": stamp, "data": result.as_dict()}, separators=(",", ":"))
         job = Delivery(
             id=req.id,
             url=req.callback,
             payload=payload,
-            first_at=self.clock(),
+            first_at=now,
             trace=req.trace,
             traceparent=req.traceparent,
         )
@@ -326,7 +327,7 @@ class Store:
             return None
         result = self.load_result(rid)
         if result is not None:
-            callback = self.callback_state(rid) if result.status in ("done", "failed") else None
+            callback = self.callback_state(rid)
             return result.as_dict() | ({"callback": _shown(callback)} if callback else {})
         if self.clock() - issued > result_ttl_s:
             return {"id": rid, "status": "failed", "error": "expired", "reason": "past the results' retention"}

@@ -43,6 +43,7 @@ class _Job:
     result: Result | None = None
     version: str | None = None  # the model version that answered it (the face gallery's)
     fetch_s: float = 0.0
+    store_s: float | None = None  # writing its result, when this worker wrote it in this batch
 
 
 class Worker:
@@ -70,7 +71,6 @@ class Worker:
         self._count_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="fetch")
         self._received_at = 0.0  # of the batch in hand
-        self._store_s = 0.0  # its results' store time, per image
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -220,9 +220,7 @@ class Worker:
         for job in live:
             if job.result is None:
                 job.result = self._failure(job.req, "input_missing", "the uploaded image is no longer stored")
-        t0 = time.perf_counter()
         self._each(self._store, todo)  # each write waits on its own fsync: in parallel
-        self._store_s = (time.perf_counter() - t0) / max(len(todo), 1)
 
     def _expired(self, req: Request) -> Result:
         waited = self._received_at - req.submitted_at
@@ -313,9 +311,10 @@ class Worker:
 
     def _store(self, job: _Job) -> None:
         assert job.result is not None
-        mine = job.result
+        mine, t0 = job.result, time.perf_counter()
         job.result = self.store.finish(job.req, mine)  # someone else's, if they finished first
         if job.result is mine:
+            job.store_s = time.perf_counter() - t0
             with self._count_lock:
                 if mine.status == "done":
                     self.processed += 1
@@ -337,9 +336,9 @@ class Worker:
         if job.result is None:
             return True
         result = job.result
-        if result.worker == self.id and result.timings and not result.cached:
+        if job.store_s is not None:
             # the stored result cannot hold the time it took to store it: the reply (metrics) does
-            result = replace(result, timings=result.timings | {"store": round(self._store_s, 4)})
+            result = replace(result, timings=result.timings | {"store": round(job.store_s, 4)})
         try:
             self.store.reply(job.req.reply_to, result)
         except Exception:

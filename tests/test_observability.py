@@ -14,11 +14,13 @@ from typing import Any
 
 import yaml
 from fastapi.testclient import TestClient
+from prometheus_client import generate_latest
 
 from iraas.backends import embedded
 from iraas.config import Settings
 from iraas.messages import Result
 from iraas.web.app import create_app
+from iraas.web.metrics import Metrics
 
 from .conftest import ROOT
 
@@ -123,14 +125,12 @@ def test_every_metric_they_name_is_served(tmp_path: Path) -> None:
     assert {"iraas_stage_seconds", "iraas_webhook_deliveries_total", "iraas_queue_oldest_age_seconds"} <= set(families)
 
 
-def test_stage_times_are_observed_per_stage(tmp_path: Path) -> None:
-    from iraas.web.metrics import Metrics
-
+def test_stage_times_are_observed_per_stage() -> None:
     m = Metrics()
     timings = {"queued": 0.5, "fetch": 0.001, "decode": 0.004, "inference": 0.012, "store": 0.002, "total": 0.52}
     m.observe(Result(id="a", name="a.jpg", status="done", model="m", timings=timings))
     m.observe(Result(id="b", name="b.jpg", status="done", model="m", timings=timings, cached=True))
-    text = __import__("prometheus_client").generate_latest(m.registry).decode()
+    text = generate_latest(m.registry).decode()
     for stage in ("queued", "fetch", "decode", "inference", "store"):
         assert f'iraas_stage_seconds_count{{stage="{stage}"}} 1.0' in text  # the cached answer had no stages
     assert 'iraas_images_total{status="done"} 2.0' in text

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 
 from iraas.backends import embedded
 from iraas.config import Settings
-from iraas.messages import Result
+from iraas.messages import Request, Result
 from iraas.model.classifier import Classifier
 from iraas.store import Store
 from iraas.web.app import create_app
@@ -217,11 +217,9 @@ def test_an_address_the_policy_refuses_at_delivery_time_gets_nothing(tmp_path: P
     with receiver() as rec:
         port = rec.url.split(":")[2].split("/")[0]
         rid = _queue(store, PHOTOS[0].read_bytes(), callback=f"http://hooks.example.com:{port}/in")
-        req_result = Result(id=rid, name="photo.jpg", status="done", model="efficientnet-lite0", label="tench")
+        result = Result(id=rid, name="photo.jpg", status="done", model="efficientnet-lite0", label="tench")
         msg = store.requests.receive(1, visibility_s=30)[0]
-        from iraas.messages import Request
-
-        store.finish(Request.from_json(msg.body), req_result)
+        store.finish(Request.from_json(msg.body), result)
         deliverer = Deliverer(store, settings, resolver=lambda host, port: ["127.0.0.1"])
         state = _deliver_for(store, deliverer, rid)
         assert state["status"] == "failed" and state["attempts"] == 1

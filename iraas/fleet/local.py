@@ -26,10 +26,9 @@ class LocalFleet:
         clock: Callable[[], float] = time.time,
         log_dir: str | None = None,
         warm_start: bool = False,
-        hide: tuple[str, ...] = (),
     ) -> None:
-        """`hide`: variables of this process's environment the workers must not inherit."""
-        self._env = {k: v for k, v in {**os.environ, **env}.items() if k not in hide}
+        """`env`: the workers' whole environment (config.worker_env)."""
+        self._env = dict(env)
         self._clock = clock
         self._log_dir = log_dir
         self._procs: dict[str, tuple[subprocess.Popen[bytes] | Forked, float]] = {}

@@ -201,16 +201,16 @@ def _operations_routes(app: FastAPI, svc: WebService, access: Access) -> None:
 
     @app.get("/v1/cluster", summary="Queue depth and workers; for admin keys, also decisions and errors")
     async def cluster(caller: Caller = Depends(access.recognize)) -> JSONResponse:
-        info = await run_in_threadpool(_cluster, svc.store)
-        info.pop("shared")
-        if caller.scope != "admin":  # the load, not the deployment's inner workings
+        admin = caller.scope == "admin"
+        info = await run_in_threadpool(_cluster, svc.store, admin)
+        if not admin:  # the load, not the deployment's inner workings
             workers = [{"state": w["state"]} for w in info["workers"]]
             info = {"queue": info["queue"], "workers": workers, "history": info.get("history", [])}
         return JSONResponse(info)
 
     @app.get("/metrics", include_in_schema=False, dependencies=[Depends(access.metrics)])
     async def prometheus() -> Response:
-        info = await run_in_threadpool(_cluster, svc.store)
+        info = await run_in_threadpool(_cluster, svc.store, True)
         m = svc.metrics
         for state in ("visible", "in_flight", "delayed"):
             m.queue.labels(state).set(info["queue"].get(state, 0))
@@ -219,7 +219,7 @@ def _operations_routes(app: FastAPI, svc: WebService, access: Access) -> None:
             counts[w["state"]] = counts.get(w["state"], 0) + 1
         for state, n in counts.items():
             m.workers.labels(state).set(n)
-        m.shared.snapshot = info["shared"]
+        m.shared.snapshot = info
         return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -345,23 +345,16 @@ class _Observe:
             self.metrics.requests.labels(getattr(route, "path", "other"), str(status["code"])).inc()
 
 
-def _cluster(store: Store) -> dict[str, Any]:
+def _cluster(store: Store, webhooks: bool) -> dict[str, Any]:
+    """The controller's published view with the queue as it is now; `webhooks`: also the
+    deliveries' counts and backlog (two more reads: for admin keys and /metrics only)."""
     try:
         depth = store.requests.depth()
         status = {k: v for k, v in store.cluster_status().items() if k != "running"}
-        hooks = store.delivery_stats()
-        if store.deliveries is not None:
-            waiting = store.deliveries.depth()
-            hooks["backlog"] = waiting.visible + waiting.in_flight + waiting.delayed
+        if webhooks:
+            status["webhooks"] = _webhooks(store)
     except PermissionError as exc:  # a configuration error: shown, not a 500
-        return {"config_errors": [str(exc)[:400]], "queue": {}, "workers": [], "decisions": [], "shared": {}}
-    status["webhooks"] = hooks
-    status["shared"] = {
-        "dead_letters": status.get("dead_letters_total", 0),
-        "deliveries": hooks.get("outcomes", {}),
-        "webhook_backlog": hooks.get("backlog", 0),
-        "oldest_age_s": depth.oldest_age_s,
-    }
+        return {"config_errors": [str(exc)[:400]], "queue": {}, "workers": [], "decisions": []}
     status["queue"] = {
         "visible": depth.visible,
         "in_flight": depth.in_flight,
@@ -370,3 +363,11 @@ def _cluster(store: Store) -> dict[str, Any]:
         **{k: v for k, v in status.get("queue", {}).items() if k == "dead_lettered"},
     }
     return status
+
+
+def _webhooks(store: Store) -> dict[str, Any]:
+    hooks = store.delivery_stats()
+    if store.deliveries is not None:
+        waiting = store.deliveries.depth()
+        hooks["backlog"] = waiting.visible + waiting.in_flight + waiting.delayed
+    return hooks

@@ -14,15 +14,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..messages import Result
+from ..webhooks.sign import OUTCOMES
 
 _LATENCY = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 _STAGE = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 STAGES = ("queued", "fetch", "decode", "inference", "store")
-OUTCOMES = ("delivered", "retried", "failed")
 
 
 class Shared(Collector):
-    """Counters kept by other processes, as last published: set `snapshot` before a scrape."""
+    """Counters kept by other processes, as last published: set `snapshot` (the cluster view
+    /v1/cluster gives an admin) before a scrape."""
 
     def __init__(self) -> None:
         self.snapshot: dict[str, Any] = {}
@@ -30,18 +31,19 @@ class Shared(Collector):
     def collect(self) -> Iterator[Metric]:
         snap = self.snapshot
         dead = CounterMetricFamily("iraas_dead_letters", "Requests given up after max_receives deliveries")
-        dead.add_metric([], float(snap.get("dead_letters", 0)))
+        dead.add_metric([], float(snap.get("dead_letters_total", 0)))
         yield dead
         hooks = CounterMetricFamily(
             "iraas_webhook_deliveries", "Webhook delivery attempts by outcome", labels=["outcome"]
         )
+        webhooks = snap.get("webhooks", {})
         for outcome in OUTCOMES:
-            hooks.add_metric([outcome], float(snap.get("deliveries", {}).get(outcome, 0)))
+            hooks.add_metric([outcome], float(webhooks.get("outcomes", {}).get(outcome, 0)))
         yield hooks
         backlog = GaugeMetricFamily("iraas_webhook_backlog", "Webhooks waiting for delivery or a retry")
-        backlog.add_metric([], float(snap.get("webhook_backlog", 0)))
+        backlog.add_metric([], float(webhooks.get("backlog", 0)))
         yield backlog
-        if (age := snap.get("oldest_age_s")) is not None:  # not on SQS (CloudWatch has it)
+        if (age := snap.get("queue", {}).get("oldest_age_s")) is not None:  # not on SQS (CloudWatch has it)
             oldest = GaugeMetricFamily("iraas_queue_oldest_age_seconds", "Age of the oldest request not yet answered")
             oldest.add_metric([], float(age))
             yield oldest

@@ -58,7 +58,7 @@ class Deliverer:
         self.keys = sign.secret_keys(settings.webhook_secret)
         self.policy = UrlPolicy(settings.url_allow, settings.webhook_timeout_s, 64 * 1024)
         self.resolver, self.clock, self.jitter = resolver, clock, jitter
-        self.counts = dict.fromkeys(("delivered", "retried", "failed"), 0)
+        self.counts = dict.fromkeys(sign.OUTCOMES, 0)
         self._published: dict[str, int] = {}
 
     # -- the loop ---------------------------------------------------------------------------

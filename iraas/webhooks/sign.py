@@ -14,6 +14,7 @@ import hashlib
 import hmac
 
 PREFIX = "whsec_"
+OUTCOMES = ("delivered", "retried", "failed")  # of one attempt, as counted and exported
 MIN_KEY_BYTES, MAX_KEY_BYTES = 24, 64  # the specification's bounds
 
 
