@@ -264,6 +264,7 @@ class Worker:
             "inference": round(spent["inference"], 4),
             "total": round(now - req.submitted_at, 4),
             "batch": batch,
+            "attempt": job.msg.receive_count,  # above 1: redelivered (a worker died or stalled)
         }
         if isinstance(outcome, ImageError):
             return self._failure(req, outcome.code, outcome.reason, timings)

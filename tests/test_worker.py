@@ -64,7 +64,7 @@ def test_classifies_stores_replies_and_deletes(
     (reply,) = inbox.receive(1)
     replied = Result.from_json(reply)
     # the reply is the stored result, with the time its storing took (for the stage metrics)
-    assert set(replied.timings) == {"queued", "fetch", "decode", "inference", "store", "total", "batch"}
+    assert set(replied.timings) == {"queued", "fetch", "decode", "inference", "store", "total", "batch", "attempt"}
     assert replace(replied, timings={k: v for k, v in replied.timings.items() if k != "store"}) == stored
     assert store.requests.depth().backlog == 0
     time.sleep(0.2)  # the dedup entry is written in the background
