@@ -115,6 +115,17 @@ def inspect(data: bytes | IO[bytes], limits: Limits = DEFAULT_LIMITS) -> ImageIn
     return ImageInfo(str(img.format), img.width, img.height)
 
 
+def _draft_factor(size: tuple[int, int], min_side: int | None) -> int:
+    """1, 2, 4 or 8: the largest DCT reduction that keeps the short side >= min_side, chosen as
+    Pillow's `draft` chooses it (so both decoders give the same pixels)."""
+    w, h = size
+    if not min_side or min_side / min(w, h) >= 0.5:
+        return 1
+    scale = min_side / min(w, h)
+    fit = min(w // math.ceil(w * scale), h // math.ceil(h * scale))
+    return next(a for a in (8, 4, 2, 1) if fit >= a)
+
+
 def _draft(img: Image.Image, min_side: int | None) -> None:
     """Let libjpeg decode at 1/2, 1/4 or 1/8 scale while the short side stays >= min_side."""
     if img.format != "JPEG" or not min_side:
@@ -156,7 +167,9 @@ def decode(data: bytes, min_side: int | None = None, limits: Limits = DEFAULT_LI
     short side is never below `min_side` (unless the original's already was)."""
     img = _open(data, limits)
     if img.format == "JPEG":
-        _check_jpeg_data(data)
+        fast = _decode_jpeg(data, img, min_side)
+        if fast is not None:
+            return fast
     _draft(img, min_side)
     try:
         img.load()  # the first frame only, for animated GIF/WebP
@@ -173,20 +186,40 @@ def decode(data: bytes, min_side: int | None = None, limits: Limits = DEFAULT_LI
         raise ImageError.unexpected("cannot decode image", exc) from None
 
 
-def _check_jpeg_data(data: bytes) -> None:
-    """libjpeg fills absent or unreadable scan data with grey and only warns (on stderr, which
+# EXIF orientation → the transpose that makes the picture upright (as ImageOps.exif_transpose)
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _decode_jpeg(data: bytes, header: Image.Image, min_side: int | None) -> Image.Image | None:
+    """A JPEG through libjpeg-turbo's strict mode (simplejpeg), decoded once. Strict, because
+    libjpeg fills absent or unreadable scan data with grey and only warns (on stderr, which
     Pillow never reads): a file with intact headers and no picture would be answered as a grey
-    picture. libjpeg-turbo through simplejpeg, strict and at 1/8 scale (the entropy decoding
-    without most of the IDCT, ~0.8 ms for a 500x375 photo), turns those warnings into errors."""
+    picture. The same library and settings as Pillow's decoder (accurate DCT, fancy
+    upsampling, the same DCT scale): the same pixels, in half the time of checking with one
+    decoder and decoding with the other. None: a JPEG it cannot give as RGB (CMYK, 12-bit),
+    which Pillow decodes."""
+    k = _draft_factor(header.size, min_side)
+    w, h = math.ceil(header.width / k), math.ceil(header.height / k)
     try:
-        simplejpeg.decode_jpeg(data, strict=True, min_height=1, min_width=1)
+        rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, min_height=h, min_width=w)
     except ValueError as exc:
         text = str(exc)
         if text.startswith("Premature end of JPEG file"):
             raise ImageError("truncated", "the image file is truncated") from None
         if text.startswith(("Corrupt JPEG data", "Bogus", "Invalid", "Huffman", "Not a JPEG")):
             raise ImageError("corrupt", f"damaged picture data: {text}"[:300]) from None
-        # anything else (a colour space simplejpeg does not convert): Pillow decides
+        return None  # anything else (a colour space simplejpeg does not convert): Pillow decides
+    img = Image.fromarray(rgb)
+    turn = _UPRIGHT.get(header.getexif().get(0x0112, 1))
+    return img.transpose(turn) if turn is not None else img
 
 
 def looks_complete(head: bytes, tail: bytes, size: int, fmt: str) -> bool:

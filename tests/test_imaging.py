@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import math
 import random
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from iraas.imaging import ImageError, Limits, decode, inspect
 
@@ -130,3 +132,38 @@ def test_large_jpeg_is_decoded_at_reduced_scale() -> None:
     assert full.size == (4000, 3000)
     assert 256 <= min(small.size) < 3000 / 4  # 1/8 scale: 500x375
     assert small.size == (500, 375)
+
+
+def _pillow_decode(data: bytes, min_side: int | None) -> np.ndarray:  # type: ignore[type-arg]
+    """Pillow alone (draft, load, exif_transpose, RGB): what decode must equal pixel for pixel."""
+    img = Image.open(io.BytesIO(data))
+    if min_side and min_side / min(img.size) < 0.5:
+        scale = min_side / min(img.size)
+        img.draft("RGB", (math.ceil(img.width * scale), math.ceil(img.height * scale)))
+    return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+
+
+@pytest.mark.parametrize("min_side", [None, 256, 112])
+def test_jpegs_decode_to_pillows_pixels(min_side: int | None) -> None:
+    # one decoder (libjpeg-turbo, strict) instead of a strict check plus Pillow: the same pixels
+    for path in sorted((IMAGENET / "images").iterdir())[::5]:
+        data = path.read_bytes()
+        assert np.array_equal(np.asarray(decode(data, min_side)), _pillow_decode(data, min_side)), path.name
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_is_turned_as_pillow_turns_it(orientation: int) -> None:
+    img = Image.fromarray(np.random.default_rng(orientation).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(img, "JPEG", exif=exif, quality=95)
+    out = np.asarray(decode(data))
+    assert out.shape == ((48, 64, 3) if orientation < 5 else (64, 48, 3))
+    assert np.array_equal(out, _pillow_decode(data, None))
+
+
+def test_grayscale_jpeg_decodes_to_pillows_rgb() -> None:
+    gray = Image.fromarray(np.random.default_rng(3).integers(0, 255, (40, 50), dtype=np.uint8), "L")
+    data = encode(gray, "JPEG", quality=90)
+    out = decode(data)
+    assert out.mode == "RGB" and np.array_equal(np.asarray(out), _pillow_decode(data, None))

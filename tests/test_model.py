@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def test_preprocessing_is_the_reference_pipeline(classifier: Classifier, imagene
     spec, exact, ours_right, ref_right = classifier.spec, 0, 0, 0
     for row in imagenet_rows:
         data = (IMAGENET / "images" / row["filename"]).read_bytes()
-        full = decode(data)
+        full = Image.open(io.BytesIO(data)).convert("RGB")  # as torchvision's ImageFolder loads it
         ref = _reference_pixels(full, spec.resize, spec.input_size)
         ours = crop_to_input(decode(data, min_side=spec.resize), spec)
         if min(full.size) < 2 * spec.resize:  # no JPEG draft scaling: every pixel the same
