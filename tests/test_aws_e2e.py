@@ -36,9 +36,11 @@ from iraas.fleet.base import Fleet
 from iraas.fleet.ec2 import Ec2Fleet
 from iraas.model.classifier import Classifier
 from iraas.store import Store
+from iraas.webhooks.sign import new_secret, verify
 
 from . import iampolicy
 from .conftest import IMAGENET, ROOT
+from .receiver import Received, receiver
 from .service import free_port
 
 NAME = "e2e"
@@ -318,16 +320,19 @@ def _run_under_roles(
     burst: Callable[[str, dict[str, str]], set[str]],
     model: str = "",
     gallery: str = "",
+    web_env: dict[str, str] | None = None,
+    web_flags: Sequence[str] = (),
 ) -> None:
     """Deploy; run the web tier + controller and every worker each under its role's policy;
     `burst` (it answers which workers answered); check the fleet went back to zero and every
-    call each made was allowed; destroy."""
+    call each made was allowed; destroy. `web_env`, `web_flags`: the web instance's more (its
+    /etc/iraas.env, its settings)."""
     kind = {"model": model, "gallery": gallery} if model else {}
     out = _deploy(aws, tmp_path, max_workers=3, **kind)
     iam = boto3_client("iam", moto)
     web, worker = _role(aws, iam, "ControllerRole"), _role(aws, iam, "WorkerRole")
     flags = ["--model", model] if model else []
-    up, url = _up(moto, tmp_path, out["Bucket"], web.env, flags)
+    up, url = _up(moto, tmp_path, out["Bucket"], {**web.env, **(web_env or {})}, [*flags, *web_flags])
     try:
         with Hypervisor(aws, moto, out["Bucket"], tmp_path, worker.env, flags) as hv:
             answered_by = burst(url, admin(out))
@@ -378,14 +383,49 @@ def test_under_each_roles_own_policy_a_burst_scales_out_answers_right_scales_in_
     moto: str, deployer: Aws, tmp_path: Path, classifier: Classifier
 ) -> None:
     files = sorted((IMAGENET / "images").iterdir())[300:324]
+    secret = new_secret()
 
     def burst(url: str, auth: dict[str, str]) -> set[str]:
-        results = _recognise_all(url, files, auth)
+        with receiver(answers=[503]) as hooks:
+            # three of them asked for a webhook too: the worker queues its delivery on the SQS
+            # webhooks queue and records it in S3, the controller's deliverer sends it (the
+            # first attempt gets a 503 and is retried) — each under its own role
+            hooked = files[:3]
+            sent = [
+                httpx.post(
+                    url + "/v1/recognitions?wait=false",
+                    files={"files": (f.name, f.read_bytes())},
+                    data={"callback_url": hooks.url},
+                    headers=auth,
+                    timeout=60,
+                )
+                for f in hooked
+            ]
+            assert [r.status_code for r in sent] == [202] * 3, [r.text for r in sent]
+            results = _recognise_all(url, files[3:], auth)
+            got = hooks.wait(4, timeout=90)
+            ids = [r.json()[0]["id"] for r in sent]
+            _wait(lambda: all(_callback(url, i, auth)["status"] == "delivered" for i in ids), 60, "webhooks delivered")
+        events = [json.loads(g.body) for g in got if _signed(secret, g)]
+        assert len(events) == len(got)  # every attempt signed with the deployment's secret
+        assert sorted({e["data"]["id"] for e in events}) == sorted(ids)
         expected = [p.label for p in classifier.predict([f.read_bytes() for f in files])]
-        assert [r["label"] for r in results] == expected
+        hooked_labels = {e["data"]["id"]: e["data"]["label"] for e in events}
+        assert [hooked_labels[i] for i in ids] + [r["label"] for r in results] == expected
+        assert sorted(_callback(url, i, auth)["attempts"] for i in ids) == [1, 1, 2]
         return {r["worker"] for r in results}
 
-    _run_under_roles(moto, deployer, tmp_path, burst)
+    web_flags = ["--url-allow", "127.0.0.1", "--webhook-backoff-s", "1"]
+    _run_under_roles(moto, deployer, tmp_path, burst, web_env={"IRAAS_WEBHOOK_SECRET": secret}, web_flags=web_flags)
+
+
+def _signed(secret: str, got: Received) -> bool:
+    h = got.headers
+    return verify(secret, h["webhook-id"], h["webhook-timestamp"], got.body, h["webhook-signature"])
+
+
+def _callback(url: str, rid: str, auth: dict[str, str]) -> dict[str, Any]:
+    return dict(httpx.get(f"{url}/v1/recognitions/{rid}", headers=auth, timeout=10).json()["callback"])
 
 
 def test_a_faces_deployment_under_its_roles_recognises_and_enrols(moto: str, deployer: Aws, tmp_path: Path) -> None:
