@@ -4,6 +4,7 @@ start-up from the settings and passed in explicitly."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Any
 
@@ -17,6 +18,8 @@ from .store import Store
 
 REQUESTS = "requests"
 WEBHOOKS = "webhooks"  # the deliveries queue: no dead letters (deliveries give up on time)
+
+log = logging.getLogger(__name__)
 
 
 def aws_client(service: str, settings: Settings) -> Any:
@@ -34,6 +37,33 @@ def located(settings: Settings) -> Settings:
 
     aws = Aws.connect(settings.aws_region or None, settings.aws_endpoint_url or None)
     return dataclasses.replace(settings, bucket=outputs(aws, settings.name)["Bucket"])
+
+
+def with_webhook_secret(settings: Settings) -> Settings:
+    """On AWS, the webhook secret from Secrets Manager (`webhook_secret_arn`), held in this
+    process's memory only: not in the instance's files, its user data or the stack. One that
+    cannot be read is a configuration error, logged: the service runs with webhooks off
+    (callbacks refused `webhooks_off`) rather than in a restart loop."""
+    if settings.backend != "aws" or not settings.webhook_secret_arn or settings.webhook_secret:
+        return settings
+    from botocore.exceptions import ClientError
+
+    from ._aws import error_code
+    from .webhooks.sign import secret_keys
+
+    arn = settings.webhook_secret_arn
+    try:
+        value = str(aws_client("secretsmanager", settings).get_secret_value(SecretId=arn)["SecretString"]).strip()
+        secret_keys(value)
+    except (ClientError, ValueError) as exc:
+        why = f"AWS refused it ({error_code(exc)}): this role needs secretsmanager:GetSecretValue on it"
+        log.error(
+            "cannot use the webhook secret %s: %s; a configuration error: webhooks are off until it is fixed",
+            arn,
+            why if isinstance(exc, ClientError) else exc,
+        )
+        return settings
+    return dataclasses.replace(settings, webhook_secret=value)
 
 
 def blobs(settings: Settings) -> BlobStore:

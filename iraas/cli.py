@@ -166,6 +166,8 @@ SETTING_HELP = {
     "face_threshold": "faces: answer unknown below this similarity (default 0: off)",
     "webhook_secret": "whsec_… key that signs webhooks (several, space-separated, all sign: a rotation); "
     "pass it as IRAAS_WEBHOOK_SECRET, not a flag others can read in ps (iraas webhook-secret makes one)",
+    "webhook_secret_arn": "AWS: the Secrets Manager secret that holds the webhook secret, read at start "
+    "(iraas aws deploy makes one per deployment and sets this)",
     "webhook_timeout_s": "one webhook delivery attempt, seconds (default 10)",
     "webhook_backoff_s": "delay before a webhook's first retry, doubled each time, with jitter (default 5)",
     "webhook_backoff_max_s": "longest delay between two webhook attempts, seconds (default 3600)",
@@ -232,6 +234,7 @@ SERVICE_SETTINGS = {
         "store_timeout_s",
         "result_ttl_s",
         "webhook_secret",
+        "webhook_secret_arn",
         "log_format",
     ],
     "worker": [
@@ -281,13 +284,14 @@ def _add_settings(p: argparse.ArgumentParser, names: list[str]) -> None:
 
 def _cmd_service(args: argparse.Namespace) -> int:
     from . import serve
-    from .backends import located
+    from .backends import located, with_webhook_secret
     from .config import load_settings
 
     names = SERVICE_SETTINGS[args.command]
     settings = load_settings(args.config, **{n: getattr(args, n) for n in names})
     settings = located(settings)
     logs.configure(settings.log_format, args.verbose)  # a config file may name it
+    settings = with_webhook_secret(settings)
     if args.command in ("up", "web"):
         serve.up(settings, with_controller=args.command == "up")
     else:

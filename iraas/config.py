@@ -67,6 +67,7 @@ class Settings:
     burst_s: float = 10.0  # a key may spend this many seconds of its rates at once
     # results that come to you (docs/integrating.md): signed webhooks
     webhook_secret: str = ""  # whsec_<base64>; several (space-separated) all sign, for a rotation
+    webhook_secret_arn: str = ""  # AWS: the Secrets Manager secret holding it, read at start
     webhook_timeout_s: float = 10.0  # one delivery attempt, connection included
     webhook_backoff_s: float = 5.0  # the first retry's delay; doubled each time, with jitter
     webhook_backoff_max_s: float = 3600.0

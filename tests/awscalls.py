@@ -20,6 +20,7 @@ _KEEP = (
     "Prefix",
     "QueueUrl",
     "QueueName",
+    "SecretId",
     "InstanceIds",
     "LaunchTemplate",
     "TagSpecifications",

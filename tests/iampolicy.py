@@ -65,6 +65,8 @@ def authorizations(call: dict[str, Any], dep: Deployment) -> list[Auth]:
         return _sqs(op, p, dep, why)
     if service == "ec2":
         return _ec2(op, p, dep, why)
+    if service == "secretsmanager" and op == "GetSecretValue":  # SecretId: the ARN deploy passes
+        return [Auth("secretsmanager:GetSecretValue", str(p["SecretId"]), why=why)]
     raise AssertionError(f"no IAM model for {service}:{op} ({why}): add one to tests/iampolicy.py")
 
 

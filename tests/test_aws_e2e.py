@@ -30,13 +30,13 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-from iraas.aws.deploy import Aws, deploy, destroy, stack_name
+from iraas.aws.deploy import Aws, deploy, destroy, stack_name, webhook_secret_name
 from iraas.controller import Controller
 from iraas.fleet.base import Fleet
 from iraas.fleet.ec2 import Ec2Fleet
 from iraas.model.classifier import Classifier
 from iraas.store import Store
-from iraas.webhooks.sign import new_secret, verify
+from iraas.webhooks.sign import verify
 
 from . import iampolicy
 from .conftest import IMAGENET, ROOT
@@ -332,7 +332,9 @@ def _run_under_roles(
     iam = boto3_client("iam", moto)
     web, worker = _role(aws, iam, "ControllerRole"), _role(aws, iam, "WorkerRole")
     flags = ["--model", model] if model else []
-    up, url = _up(moto, tmp_path, out["Bucket"], {**web.env, **(web_env or {})}, [*flags, *web_flags])
+    # as the web instance's user data sets it: the secret's ARN, its value read at start
+    secret_arn = {"IRAAS_WEBHOOK_SECRET_ARN": aws.secrets.describe_secret(SecretId=webhook_secret_name(NAME))["ARN"]}
+    up, url = _up(moto, tmp_path, out["Bucket"], {**web.env, **secret_arn, **(web_env or {})}, [*flags, *web_flags])
     try:
         with Hypervisor(aws, moto, out["Bucket"], tmp_path, worker.env, flags) as hv:
             answered_by = burst(url, admin(out))
@@ -363,6 +365,7 @@ def _run_under_roles(
     assert not live and not all_live["Reservations"]
     assert not aws.sqs.list_queues(QueueNamePrefix=f"{NAME}-").get("QueueUrls")
     assert not [b for b in aws.s3.list_buckets()["Buckets"] if b["Name"] == out["Bucket"]]
+    assert not aws.secrets.list_secrets()["SecretList"]
     stacks = aws.cfn.list_stacks()["StackSummaries"]
     assert all(s["StackStatus"] == "DELETE_COMPLETE" for s in stacks if s["StackName"] == stack_name(NAME))
 
@@ -383,9 +386,10 @@ def test_under_each_roles_own_policy_a_burst_scales_out_answers_right_scales_in_
     moto: str, deployer: Aws, tmp_path: Path, classifier: Classifier
 ) -> None:
     files = sorted((IMAGENET / "images").iterdir())[300:324]
-    secret = new_secret()
 
     def burst(url: str, auth: dict[str, str]) -> set[str]:
+        # deploy made the secret in Secrets Manager; the web role read it at start
+        secret = deployer.secrets.get_secret_value(SecretId=webhook_secret_name(NAME))["SecretString"]
         with receiver(answers=[503]) as hooks:
             # three of them asked for a webhook too: the worker queues its delivery on the SQS
             # webhooks queue and records it in S3, the controller's deliverer sends it (the
@@ -416,7 +420,7 @@ def test_under_each_roles_own_policy_a_burst_scales_out_answers_right_scales_in_
         return {r["worker"] for r in results}
 
     web_flags = ["--url-allow", "127.0.0.1", "--webhook-backoff-s", "1"]
-    _run_under_roles(moto, deployer, tmp_path, burst, web_env={"IRAAS_WEBHOOK_SECRET": secret}, web_flags=web_flags)
+    _run_under_roles(moto, deployer, tmp_path, burst, web_flags=web_flags)
 
 
 def _signed(secret: str, got: Received) -> bool:
@@ -712,3 +716,30 @@ def test_a_warm_pool_stops_scaled_in_workers_and_starts_them_again_never_past_ma
     fleet.kill([next(iter(pooled))])  # a hung worker: terminated, not kept
     assert _states(aws)[next(iter(pooled))] in ("shutting-down", "terminated")
     assert peak == 3
+
+
+def test_a_web_role_that_may_not_read_the_webhook_secret_runs_with_webhooks_off_and_says_why(
+    moto: str, deployer: Aws, tmp_path: Path
+) -> None:
+    out = _deploy(deployer, tmp_path, max_workers=1)
+    web = _role(deployer, boto3_client("iam", moto), "ControllerRole", without="ReadWebhookSecret")
+    arn = deployer.secrets.describe_secret(SecretId=webhook_secret_name(NAME))["ARN"]
+    up, url = _up(moto, tmp_path, out["Bucket"], {**web.env, "IRAAS_WEBHOOK_SECRET_ARN": arn})
+    try:
+        photo = IMAGENET / "images" / "n01440764_tench.JPEG"
+        r = httpx.post(
+            url + "/v1/recognitions?wait=false",
+            files={"files": (photo.name, photo.read_bytes())},
+            data={"callback_url": "https://hooks.example.com/iraas"},
+            headers=admin(out),
+            timeout=30,
+        )
+        assert r.status_code == 400 and r.json()["error"] == "webhooks_off"
+        assert up.poll() is None  # running, not in a restart loop
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.wait(30)
+    log = (tmp_path / "up.log").read_text()
+    assert f"cannot use the webhook secret {arn}" in log and "secretsmanager:GetSecretValue" in log
+    secret = deployer.secrets.get_secret_value(SecretId=arn)["SecretString"]
+    assert secret.removeprefix("whsec_") not in log

@@ -21,7 +21,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError, WaiterError
 
-from .._aws import client
+from .._aws import client, error_code
 from ..fleet.ec2 import DEPLOYMENT_TAG
 from .lock import build_lock, sha256
 
@@ -36,6 +36,7 @@ class Aws:
     s3: Any
     sqs: Any
     sts: Any
+    secrets: Any  # Secrets Manager: the webhook secret
     region: str | None = None
     endpoint_url: str | None = None
 
@@ -45,11 +46,12 @@ class Aws:
             return client(name, region, endpoint_url)
 
         return cls(
-            connect("cloudformation"),
-            connect("ec2"),
-            connect("s3"),
-            connect("sqs"),
-            connect("sts"),
+            cfn=connect("cloudformation"),
+            ec2=connect("ec2"),
+            s3=connect("s3"),
+            sqs=connect("sqs"),
+            sts=connect("sts"),
+            secrets=connect("secretsmanager"),
             region=region,
             endpoint_url=endpoint_url,
         )
@@ -128,6 +130,7 @@ def deploy(
             "WebPort": str(web_port),
             "AllowedCidr": allowed_cidr,
             "CertificateArn": certificate_arn,
+            "WebhookSecretArn": _webhook_secret(aws, name),
         }
         vpc, subnets = _default_subnets(aws) if certificate_arn else ("", [])
         params |= {"LoadBalancerVpc": vpc, "LoadBalancerSubnets": ",".join(subnets)}
@@ -156,6 +159,30 @@ def _admin_key(aws: Aws, bucket: str, given: str | None) -> str | None:
     if any(k.name == "admin" and k.active for k in ring.all()):
         return None
     return ring.create("admin", "admin", token=given)
+
+
+def webhook_secret_name(name: str) -> str:
+    return f"iraas/{name}/webhook-secret"
+
+
+def _webhook_secret(aws: Aws, name: str) -> str:
+    """The ARN of the deployment's webhook secret in Secrets Manager, made on the first deploy
+    (a new `whsec_…`, never printed: read it with `aws secretsmanager get-secret-value`). Only
+    the web and controller's role may read it; it never enters the stack, user data or disk."""
+    from ..webhooks.sign import new_secret
+
+    try:
+        return str(aws.secrets.describe_secret(SecretId=webhook_secret_name(name))["ARN"])
+    except ClientError as exc:
+        if error_code(exc) != "ResourceNotFoundException":
+            raise
+    made = aws.secrets.create_secret(
+        Name=webhook_secret_name(name),
+        Description=f"iraas {name}: signs its webhooks (Standard Webhooks whsec_ secret)",
+        SecretString=new_secret(),
+        Tags=[{"Key": "iraas:deployment", "Value": name}],
+    )
+    return str(made["ARN"])
 
 
 def _default_subnets(aws: Aws) -> tuple[str, list[str]]:
@@ -273,6 +300,12 @@ def destroy(aws: Aws, name: str, wait_s: float = 600) -> list[str]:
         )
     except WaiterError as exc:
         raise RuntimeError(f"stack {stack_name(name)} was not deleted in {wait_s:.0f} s: {exc}") from exc
+    try:
+        aws.secrets.delete_secret(SecretId=webhook_secret_name(name), ForceDeleteWithoutRecovery=True)
+        removed.append(f"secret {webhook_secret_name(name)}")
+    except ClientError as exc:
+        if error_code(exc) != "ResourceNotFoundException":
+            raise
     return removed
 
 
