@@ -194,15 +194,16 @@ def _check_course_path(path: str) -> None:
         raise ValueError(f"course_paths: {path!r} is one of the service's own routes")
 
 
-SECRET = "webhook_secret"  # only the delivering process needs it: never handed on
+# Only the delivering process needs the secret (or where to read it): never handed on.
+SECRETS = ("webhook_secret", "webhook_secret_arn")
 
 
 def worker_env(settings: Settings, inherited: Mapping[str, str]) -> dict[str, str]:
     """A worker process's whole environment: `inherited` (this process's) and the settings as
     IRAAS_* variables, the secret left out of both (it may have come as a variable)."""
-    secret = f"IRAAS_{SECRET.upper()}"
-    out = {k: v for k, v in inherited.items() if k != secret}
+    hidden = {f"IRAAS_{k.upper()}" for k in SECRETS}
+    out = {k: v for k, v in inherited.items() if k not in hidden}
     for key, value in dataclasses.asdict(settings).items():
-        if key != SECRET:
+        if key not in SECRETS:
             out[f"IRAAS_{key.upper()}"] = ",".join(value) if isinstance(value, tuple) else str(value)
     return out
