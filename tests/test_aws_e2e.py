@@ -534,6 +534,8 @@ def test_doctor_names_the_permission_a_role_lacks(moto: str, deployer: Aws, tmp_
         ("worker", "WorkerRole", "ReadInputsResultsGallery", "s3:GetObject on inputs/*"),
         ("web", "ControllerRole", "OwnReplyQueues", f"sqs:CreateQueue on {NAME}-replies-*"),
         ("web", "ControllerRole", "WriteBlobs", "s3:PutObject on inputs/doctor"),
+        ("web", "ControllerRole", "ReadWebhookSecret", f"secretsmanager:GetSecretValue on iraas/{NAME}/webhook-secret"),
+        ("worker", "WorkerRole", "QueueWebhooks", f"sqs:SendMessage on {NAME}-webhooks"),
     ):
         iam.delete_user_policy(UserName=f"{logical}-under-test", PolicyName="role")
         for key in iam.list_access_keys(UserName=f"{logical}-under-test")["AccessKeyMetadata"]:

@@ -110,7 +110,7 @@ def _doctor(aws: Any, args: argparse.Namespace) -> int:
     from .deploy import outputs
 
     bucket = args.bucket or outputs(aws, args.name)["Bucket"]
-    probes = doctor.Probes(args.name, bucket, aws.s3, aws.sqs, aws.ec2)
+    probes = doctor.Probes(args.name, bucket, aws.s3, aws.sqs, aws.ec2, aws.secrets)
     fine = True
     for role in ("web", "worker") if args.role == "both" else (args.role,):
         text, ok = doctor.report(role, [doctor.run(c) for c in doctor.checks(role, probes)])

@@ -18,6 +18,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from .._aws import DENIED, error_code
+from .deploy import webhook_secret_name
 
 _BAD_MD5 = base64.b64encode(hashlib.md5(b"not the body").digest()).decode()
 _STALE = "AQEBnotavalidreceipthandle=="
@@ -69,8 +70,9 @@ class _Skip(Exception):
 class Probes:
     """The calls, against one deployment's bucket and queues, with one role's clients."""
 
-    def __init__(self, name: str, bucket: str, s3: Any, sqs: Any, ec2: Any) -> None:
+    def __init__(self, name: str, bucket: str, s3: Any, sqs: Any, ec2: Any, secrets: Any) -> None:
         self.name, self.bucket, self.s3, self.sqs, self.ec2 = name, bucket, s3, sqs, ec2
+        self.secrets = secrets
 
     def _url(self, queue: str) -> str:
         return str(self.sqs.get_queue_url(QueueName=f"{self.name}-{queue}")["QueueUrl"])
@@ -109,6 +111,14 @@ class Probes:
         if int(attrs["Attributes"]["ApproximateNumberOfMessages"]):
             raise _Skip("not probed: the queue holds requests, and a receive counts against their tries")
         return self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1, WaitTimeSeconds=0, VisibilityTimeout=0)
+
+    def webhook_secret(self, secret_id: str) -> Check:
+        """Read, as the web tier does at start."""
+
+        def call() -> None:
+            self.secrets.get_secret_value(SecretId=secret_id)  # the value dropped: never shown
+
+        return Check(f"secretsmanager:GetSecretValue on {secret_id}", call)
 
     def reply_queue(self) -> Check:
         return Check(
@@ -151,20 +161,35 @@ def checks(role: str, p: Probes) -> list[Check]:
             *(p.queue("requests", a) for a in ("GetQueueAttributes", "ReceiveMessage", "DeleteMessage")),
             p.queue("requests", "ChangeMessageVisibility"),
             p.send_reply(),
-            *(p.read(prefix) for prefix in ("inputs/", "results/", "dedup/", "gallery/", "config/")),
-            *(p.write(key) for key in ("results/doctor", "dedup/doctor", "heartbeats/doctor")),
+            p.queue("webhooks", "SendMessage"),
+            *(p.read(prefix) for prefix in ("inputs/", "results/", "dedup/", "gallery/", "config/", "callbacks/")),
+            *(p.write(key) for key in ("results/doctor", "dedup/doctor", "heartbeats/doctor", "callbacks/doctor")),
             p.write("gallery/enrolments/doctor"),
             p.write("gallery/faces.version"),
             p.listing("gallery/enrolments/"),
             p.delete("heartbeats/"),
         ]
-    prefixes = ("inputs/", "results/", "dedup/", "gallery/", "config/", "heartbeats/", "cluster/", "keys/", "usage/")
-    writes = ("inputs/", "results/", "gallery/", "config/", "cluster/", "keys/", "usage/")
+    prefixes = (
+        "inputs/",
+        "results/",
+        "dedup/",
+        "gallery/",
+        "config/",
+        "heartbeats/",
+        "cluster/",
+        "keys/",
+        "usage/",
+        "callbacks/",
+    )
+    writes = ("inputs/", "results/", "gallery/", "config/", "cluster/", "keys/", "usage/", "callbacks/")
     return [
         p.queue("requests", "GetQueueAttributes"),
         p.queue("requests", "SendMessage"),
         p.queue("requests-dlq", "ReceiveMessage"),
         p.queue("requests-dlq", "DeleteMessage"),
+        *(p.queue("webhooks", a) for a in ("GetQueueAttributes", "ReceiveMessage", "DeleteMessage", "SendMessage")),
+        p.queue("webhooks", "ChangeMessageVisibility"),
+        p.webhook_secret(webhook_secret_name(p.name)),
         p.reply_queue(),
         *(p.queue("replies-doctor", a) for a in ("ReceiveMessage", "DeleteMessage", "SendMessage")),
         *(p.read(prefix) for prefix in prefixes),
