@@ -140,36 +140,47 @@ class Worker:
         if self._stop.is_set():  # stopped during the long poll: give back what we have not started
             queue.release([m.receipt for m in msgs])
             return 0
-        msgs = self._alone_if_redelivered(msgs)
+        fresh, suspect = self._suspect_last(msgs)
+        received_at = self.clock()
+        if fresh:
+            self._handle(fresh, received_at, still=suspect)
+        if suspect:
+            self._handle(suspect, received_at, still=[])
+        self.state = "idle"
+        return len(fresh) + len(suspect)
+
+    def _suspect_last(self, msgs: list[Message]) -> tuple[list[Message], list[Message]]:
+        """A redelivered message may be the one that killed a worker (a native crash, out of
+        memory): the batch's first-time messages are answered (and deleted) first, then one
+        redelivered message runs alone; any other redelivered one goes back. So a poison image
+        fails by itself within `max_receives` tries, and no batch-mate is handed back for it
+        (SQS would count that against its tries: a release keeps the receive count there)."""
+        fresh = [m for m in msgs if m.receive_count <= 1]
+        again = [m for m in msgs if m.receive_count > 1]
+        if len(again) > 1:
+            self.store.requests.release([m.receipt for m in again[1:]])
+        return fresh, again[:1]
+
+    def _handle(self, msgs: list[Message], received_at: float, still: list[Message]) -> None:
+        """One group: infer, store, reply, delete. `still`: messages held for after it (kept
+        hidden meanwhile, like the group's own)."""
+        queue = self.store.requests
         jobs = self._parse(msgs)
-        self._received_at = self.clock()
+        self._received_at = received_at
         # Heartbeats report this state on their own period: a beat forced per batch would cost
         # two writes an image under light load, for a "running" that lasts ~15 ms.
         self.state, self.current = "busy", [j.req.id for j in jobs]
-        self._held = [m.receipt for m in msgs]
+        self._held = [m.receipt for m in msgs + still]
         try:
             self._process(jobs)
         finally:
-            self._held, self.current = [], []
+            self._held, self.current = [m.receipt for m in still], []
         kept = {j.msg.receipt for j in jobs if not self._reply(j)}
         done = [m.receipt for m in msgs if m.receipt not in kept]
         if done:
             queue.delete_batch(done)
         for job in jobs:  # in the background: the next batch need not wait for these
             self._pool.submit(self._remember, job)
-        self.state = "idle"
-        return len(msgs)
-
-    def _alone_if_redelivered(self, msgs: list[Message]) -> list[Message]:
-        """A redelivered message may be the one that killed a worker (a native crash, out of
-        memory): run it alone and give the others back, so that a poison image fails by itself
-        within `max_receives` tries and every batch-mate is answered right meanwhile."""
-        again = [m for m in msgs if m.receive_count > 1]
-        if not again or len(msgs) == 1:
-            return msgs
-        keep = again[0]
-        self.store.requests.release([m.receipt for m in msgs if m is not keep])
-        return [keep]
 
     def _parse(self, msgs: list[Message]) -> list[_Job]:
         jobs = []

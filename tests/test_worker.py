@@ -220,6 +220,40 @@ def test_redelivered_requests_run_one_at_a_time(store: Store, classifier: Classi
     assert store.requests.depth().backlog == 0
 
 
+class _Watching(_RaisesOn):
+    """The real classifier, noting for each batch its size and which of `ids` had a result."""
+
+    def __init__(self, inner: Classifier, store: Store) -> None:
+        super().__init__(inner, b"")
+        self.store, self.ids, self.seen = store, list[str](), list[tuple[int, list[bool]]]()
+
+    def classify(self, images: Any, top_k: int = 5) -> Any:
+        self.seen.append((len(images), [self.store.load_result(i) is not None for i in self.ids]))
+        return self.inner.classify(images, top_k)
+
+
+def test_first_time_batch_mates_are_answered_before_a_redelivered_message_runs(
+    store: Store, classifier: Classifier, tmp_path: Path
+) -> None:
+    suspect = _submit(store, TENCH[:5000])
+    assert len(store.requests.receive(1, visibility_s=1)) == 1  # a worker took it and died
+    time.sleep(1.1)
+    watching = _Watching(classifier, store)
+    watching.ids = [_submit(store, TENCH), _submit(store, SHARK)]
+    assert _worker(store, watching, tmp_path).run_once(wait_s=1) == 3
+    # the two first-time requests as a batch, answered; only then the redelivered one, alone:
+    # had it killed the worker, it could not have taken them along
+    assert watching.seen == [(2, [False, False]), (1, [True, True])]
+    mates = [store.load_result(i) for i in watching.ids]
+    assert [(r.label, r.timings["batch"], r.timings["attempt"]) for r in mates if r] == [
+        ("tench", 2, 1),
+        ("great white shark", 2, 1),
+    ]  # neither handed back for the suspect's sake (SQS would count it against their tries)
+    last = store.load_result(suspect)
+    assert last is not None and (last.error, last.timings["attempt"]) == ("truncated", 2)
+    assert store.requests.depth().backlog == 0
+
+
 def test_exits_by_itself_after_max_idle(store: Store, classifier: Classifier, tmp_path: Path) -> None:
     w = _worker(store, classifier, tmp_path)
     start = time.monotonic()
