@@ -14,7 +14,7 @@ from iraas.client import Client, IraasError
 from iraas.model.classifier import Classifier
 
 from .conftest import IMAGENET
-from .service import Service, create_key
+from .service import Service, create_key, free_port
 
 PHOTOS = sorted((IMAGENET / "images").iterdir())
 
@@ -90,6 +90,11 @@ def test_the_command_prints_one_line_per_image(served: tuple[Service, str], clas
     assert broken.returncode == 2 and "415 not_an_image" in broken.stderr  # a .py: the request is refused whole
     no_key = subprocess.run([*cmd, str(files[0])], capture_output=True, text=True, timeout=120, env={"PATH": "/bin"})
     assert no_key.returncode == 2 and "401 unauthorized" in no_key.stderr
+    typo = subprocess.run([*cmd, str(files[0]), "nowhere.jpg"], capture_output=True, text=True, env=env, timeout=120)
+    assert typo.returncode == 2 and "no such file: nowhere.jpg" in typo.stderr and "Traceback" not in typo.stderr
+    down = [sys.executable, "-m", "iraas.cli", "recognize", f"http://127.0.0.1:{free_port()}", str(files[0])]
+    gone = subprocess.run(down, capture_output=True, text=True, env=env, timeout=120)
+    assert gone.returncode == 2 and "cannot reach" in gone.stderr and "Traceback" not in gone.stderr
 
 
 def test_one_request_id_in_every_log_line_about_it(served: tuple[Service, str]) -> None:

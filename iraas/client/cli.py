@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+import httpx
+
 from .api import Client, IraasError, Recognition
 
 
@@ -36,12 +38,22 @@ def _run(args: argparse.Namespace) -> int:
     if not files:
         print("iraas: no image files found", file=sys.stderr)
         return 2
+    unreadable = [str(f) for f in files if not f.is_file()]
+    if unreadable:  # before anything is sent: a typo should not cost a half-done run
+        print(f"iraas: no such file: {', '.join(unreadable)}", file=sys.stderr)
+        return 2
     key = args.api_key or os.environ.get("IRAAS_API_KEY")
     try:
         with Client(args.url, key, timeout=args.timeout) as client:
             answers = client.recognize(files, deadline_s=args.deadline_s, callback_url=args.callback_url)
     except IraasError as exc:
         print(f"iraas: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file that cannot be read
+        print(f"iraas: {exc}", file=sys.stderr)
+        return 2
+    except httpx.HTTPError as exc:  # no service there, or the connection broke
+        print(f"iraas: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 2
     for answer in answers:
         print(json.dumps(answer.__dict__) if args.json else _line(answer))
