@@ -55,15 +55,16 @@ def with_webhook_secret(settings: Settings) -> Settings:
     try:
         value = str(aws_client("secretsmanager", settings).get_secret_value(SecretId=arn)["SecretString"]).strip()
         secret_keys(value)
-    except (ClientError, ValueError) as exc:
+    except ClientError as exc:
         why = f"AWS refused it ({error_code(exc)}): this role needs secretsmanager:GetSecretValue on it"
-        log.error(
-            "cannot use the webhook secret %s: %s; a configuration error: webhooks are off until it is fixed",
-            arn,
-            why if isinstance(exc, ClientError) else exc,
-        )
-        return settings
-    return dataclasses.replace(settings, webhook_secret=value)
+    except ValueError as exc:  # secret_keys' words name the problem, never the value
+        why = str(exc)
+    else:
+        return dataclasses.replace(settings, webhook_secret=value)
+    log.error(
+        "cannot use the webhook secret %s: %s; a configuration error: webhooks are off until it is fixed", arn, why
+    )
+    return settings
 
 
 def blobs(settings: Settings) -> BlobStore:

@@ -115,25 +115,29 @@ def inspect(data: bytes | IO[bytes], limits: Limits = DEFAULT_LIMITS) -> ImageIn
     return ImageInfo(str(img.format), img.width, img.height)
 
 
-def _draft_factor(size: tuple[int, int], min_side: int | None) -> int:
-    """1, 2, 4 or 8: the largest DCT reduction that keeps the short side >= min_side, chosen as
-    Pillow's `draft` chooses it (so both decoders give the same pixels)."""
+def _draft_request(size: tuple[int, int], min_side: int | None) -> tuple[int, int] | None:
+    """The size to ask of libjpeg's DCT scaling (the short side `min_side`), None when no
+    reduction is possible (under half the original)."""
     w, h = size
-    if not min_side or min_side / min(w, h) >= 0.5:
+    scale = min_side / min(w, h) if min_side else 1.0
+    return (math.ceil(w * scale), math.ceil(h * scale)) if scale < 0.5 else None
+
+
+def _draft_factor(size: tuple[int, int], min_side: int | None) -> int:
+    """1, 2, 4 or 8: the reduction Pillow's `draft` picks for that request (so both decoders
+    give the same pixels)."""
+    want = _draft_request(size, min_side)
+    if want is None:
         return 1
-    scale = min_side / min(w, h)
-    fit = min(w // math.ceil(w * scale), h // math.ceil(h * scale))
+    fit = min(size[0] // want[0], size[1] // want[1])
     return next(a for a in (8, 4, 2, 1) if fit >= a)
 
 
 def _draft(img: Image.Image, min_side: int | None) -> None:
     """Let libjpeg decode at 1/2, 1/4 or 1/8 scale while the short side stays >= min_side."""
-    if img.format != "JPEG" or not min_side:
-        return
-    w, h = img.size
-    scale = min_side / min(w, h)
-    if scale < 0.5:
-        img.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
+    want = _draft_request(img.size, min_side) if img.format == "JPEG" else None
+    if want is not None:
+        img.draft("RGB", want)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

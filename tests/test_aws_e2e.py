@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -320,13 +320,11 @@ def _run_under_roles(
     burst: Callable[[str, dict[str, str]], set[str]],
     model: str = "",
     gallery: str = "",
-    web_env: dict[str, str] | None = None,
     web_flags: Sequence[str] = (),
 ) -> None:
     """Deploy; run the web tier + controller and every worker each under its role's policy;
     `burst` (it answers which workers answered); check the fleet went back to zero and every
-    call each made was allowed; destroy. `web_env`, `web_flags`: the web instance's more (its
-    /etc/iraas.env, its settings)."""
+    call each made was allowed; destroy. `web_flags`: the web instance's more settings."""
     kind = {"model": model, "gallery": gallery} if model else {}
     out = _deploy(aws, tmp_path, max_workers=3, **kind)
     iam = boto3_client("iam", moto)
@@ -334,7 +332,7 @@ def _run_under_roles(
     flags = ["--model", model] if model else []
     # as the web instance's user data sets it: the secret's ARN, its value read at start
     secret_arn = {"IRAAS_WEBHOOK_SECRET_ARN": aws.secrets.describe_secret(SecretId=webhook_secret_name(NAME))["ARN"]}
-    up, url = _up(moto, tmp_path, out["Bucket"], {**web.env, **secret_arn, **(web_env or {})}, [*flags, *web_flags])
+    up, url = _up(moto, tmp_path, out["Bucket"], {**web.env, **secret_arn}, [*flags, *web_flags])
     try:
         with Hypervisor(aws, moto, out["Bucket"], tmp_path, worker.env, flags) as hv:
             answered_by = burst(url, admin(out))
@@ -745,3 +743,24 @@ def test_a_web_role_that_may_not_read_the_webhook_secret_runs_with_webhooks_off_
     assert f"cannot use the webhook secret {arn}" in log and "secretsmanager:GetSecretValue" in log
     secret = deployer.secrets.get_secret_value(SecretId=arn)["SecretString"]
     assert secret.removeprefix("whsec_") not in log
+
+
+def test_the_webhook_secret_is_read_from_secrets_manager_and_a_malformed_one_turns_webhooks_off(
+    moto: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from iraas.backends import with_webhook_secret
+    from iraas.config import Settings
+    from iraas.webhooks.sign import new_secret
+
+    sm = boto3_client("secretsmanager", moto)
+    good, bad = new_secret(), "whsec_c2hvcnQ="  # 5 bytes: too short to sign with
+    arns = [
+        sm.create_secret(Name=f"iraas/{n}/webhook-secret", SecretString=v)["ARN"] for n, v in (("a", good), ("b", bad))
+    ]
+    base = Settings(backend="aws", aws_endpoint_url=moto, aws_region="us-east-1")
+    read = with_webhook_secret(replace(base, webhook_secret_arn=arns[0]))
+    assert read.webhook_secret == good
+    off = with_webhook_secret(replace(base, webhook_secret_arn=arns[1]))
+    assert off.webhook_secret == ""  # running, webhooks off
+    assert f"cannot use the webhook secret {arns[1]}" in caplog.text and "bytes" in caplog.text
+    assert bad not in caplog.text and "c2hvcnQ" not in caplog.text

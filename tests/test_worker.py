@@ -225,7 +225,9 @@ class _Watching(_RaisesOn):
 
     def __init__(self, inner: Classifier, store: Store) -> None:
         super().__init__(inner, b"")
-        self.store, self.ids, self.seen = store, list[str](), list[tuple[int, list[bool]]]()
+        self.store = store
+        self.ids: list[str] = []
+        self.seen: list[tuple[int, list[bool]]] = []
 
     def classify(self, images: Any, top_k: int = 5) -> Any:
         self.seen.append((len(images), [self.store.load_result(i) is not None for i in self.ids]))

@@ -46,10 +46,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         with Client(args.url, key, timeout=args.timeout) as client:
             answers = client.recognize(files, deadline_s=args.deadline_s, callback_url=args.callback_url)
-    except IraasError as exc:
-        print(f"iraas: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a file that cannot be read
+    except (IraasError, OSError) as exc:  # refused, or a file that cannot be read
         print(f"iraas: {exc}", file=sys.stderr)
         return 2
     except httpx.HTTPError as exc:  # no service there, or the connection broke
