@@ -25,6 +25,7 @@ lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # The browser test drives Debian's Chromium (Playwright's own browser download cannot work here).
 /usr/bin/chromium:

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from iraas.bench import run_bench  # noqa: E402
+from iraas.model.bench import run_bench  # noqa: E402
 from iraas.model.builtin import resolve_model  # noqa: E402
 from iraas.model.classifier import Classifier  # noqa: E402
 from iraas.model.quantize import quantize  # noqa: E402

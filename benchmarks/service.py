@@ -25,9 +25,10 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from iraas.bench import image_files, run_bench  # noqa: E402
+from iraas.files import image_files  # noqa: E402
 from iraas.loadgen.labels import read_labels  # noqa: E402
 from iraas.loadgen.run import Plan, run  # noqa: E402
+from iraas.model.bench import run_bench  # noqa: E402
 from tests.service import Service  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "datasets"

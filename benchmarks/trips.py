@@ -22,10 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from iraas.backends import embedded  # noqa: E402
 from iraas.config import Settings  # noqa: E402
-from iraas.heartbeat import Heartbeat  # noqa: E402
-from iraas.messages import Result  # noqa: E402
+from iraas.messages import Heartbeat, Result  # noqa: E402
+from iraas.parts import embedded  # noqa: E402
 from iraas.queues.sqlite import SqliteQueue  # noqa: E402
 
 

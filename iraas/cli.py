@@ -12,7 +12,7 @@ from pathlib import Path
 from . import logs
 from .imaging import ImageError
 from .model.spec import SpecError
-from .webhooks.sign import new_secret
+from .signing import new_secret
 
 DEFAULT_BENCH_DIR = Path("../shared/datasets/imagenet-sample/images")
 MODEL_HELP = (
@@ -24,7 +24,7 @@ GALLERY_HELP = "model faces: a folder per person (GALLERY/<name>/*.jpg, enrolled
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
-    from .bench import image_files
+    from .files import image_files
     from .model.recognizer import gallery_from_path, load_recognizer
 
     gallery = gallery_from_path(args.gallery) if args.gallery else None
@@ -76,7 +76,7 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    from .bench import image_files
+    from .files import image_files
     from .messages import FACES
     from .model.builtin import resolve_model
     from .model.quantize import quantize
@@ -91,7 +91,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_model(args: argparse.Namespace) -> int:
-    from .bench import image_files, run_bench
+    from .files import image_files
+    from .model.bench import run_bench
 
     files = image_files([Path(args.dir)])
     if not files:
@@ -284,8 +285,8 @@ def _add_settings(p: argparse.ArgumentParser, names: list[str]) -> None:
 
 def _cmd_service(args: argparse.Namespace) -> int:
     from . import serve
-    from .backends import located, with_webhook_secret
     from .config import load_settings
+    from .parts import located, with_webhook_secret
 
     names = SERVICE_SETTINGS[args.command]
     settings = load_settings(args.config, **{n: getattr(args, n) for n in names})
@@ -300,8 +301,8 @@ def _cmd_service(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .access.cli import add_parser as add_keys
     from .aws.cli import add_parser as add_aws
+    from .keys_command import add_parser as add_keys
     from .loadgen.cli import add_parser as add_loadgen
 
     p = argparse.ArgumentParser(prog="iraas", description="Image Recognition as a Service")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .logs import FORMATS
-from .webhooks.sign import secret_keys
+from .signing import secret_keys
 
 if TYPE_CHECKING:
     from .imaging import Limits

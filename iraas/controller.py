@@ -19,9 +19,8 @@ from typing import Any
 from .autoscale import Decision, Observation, Policy, State, decide
 from .config import Settings
 from .fleet.base import Fleet, Instance
-from .heartbeat import Heartbeat
 from .logs import about
-from .messages import MessageError, Request, Result
+from .messages import Heartbeat, MessageError, Request, Result
 from .store import Store
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError, features
 _BASE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 ALLOWED_FORMATS: tuple[str, ...] = _BASE_FORMATS + (("AVIF",) if features.check("avif") else ())
 # File names a folder scan treats as images (decoding still goes by content).
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif"}
 
 
 class ImageError(ValueError):

@@ -1,4 +1,5 @@
-"""Request and result formats (versioned JSON). Requests never carry image bytes: only keys."""
+"""Everything one process hands another, as versioned JSON: requests (never image bytes, only
+keys), results, webhook deliveries and their state, worker heartbeats and the cluster status."""
 
 from __future__ import annotations
 
@@ -19,7 +20,11 @@ T = TypeVar("T", bound="_Json")
 
 class _Json:
     """Compact JSON of a message dataclass; unknown fields are ignored when read, so a newer
-    writer may add fields; the version must match."""
+    writer may add fields; the version must match. `_UNVERSIONED_OK`: the format was written
+    without a version before it was typed here (read as version 1, so an upgrade in place
+    keeps working)."""
+
+    _UNVERSIONED_OK = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))  # type: ignore[call-overload]
@@ -44,7 +49,7 @@ class Request(_Json):
     trace: str = ""  # the client's X-Request-ID (or the one the web made): in every log line about it
     traceparent: str = ""  # W3C trace context, when the client sent one
     deadline: float = 0.0  # epoch seconds past which it is answered `failed: expired`, never inferred
-    callback: str = ""  # where its final result is POSTed, signed (webhooks.py)
+    callback: str = ""  # where its final result is POSTed, signed (iraas/webhooks/)
     v: int = VERSION
 
 
@@ -97,6 +102,8 @@ def _load(text: str | bytes, cls: type) -> dict[str, Any]:
         raw = json.loads(text)
     except ValueError as exc:
         raise MessageError(f"not JSON: {exc}") from None
+    if isinstance(raw, dict) and getattr(cls, "_UNVERSIONED_OK", False):
+        raw.setdefault("v", VERSION)
     if not isinstance(raw, dict) or raw.get("v") != VERSION:
         raise MessageError(f"not a version-{VERSION} {cls.__name__.lower()}")
     known = {f.name for f in fields(cls)}
@@ -115,6 +122,89 @@ class Delivery(_Json):
     trace: str = ""
     traceparent: str = ""
     v: int = VERSION
+
+
+OUTCOMES = ("delivered", "retried", "failed")  # of one webhook attempt, as counted and exported
+
+
+@dataclass(frozen=True)
+class CallbackState(_Json):
+    """A webhook's delivery so far, as a status answer shows it (`shown`) and the deliverer keeps
+    it (callbacks/<id>.json)."""
+
+    status: str  # pending | delivered | failed
+    attempts: int = 0
+    last_error: str | None = None
+    delivered_at: float | None = None
+    next_attempt_at: float | None = None
+    last_attempt_at: float | None = None
+    v: int = VERSION
+    _UNVERSIONED_OK = True
+
+    def shown(self) -> dict[str, Any]:
+        """What a status answer shows (never the URL: it may carry a token)."""
+        keys = ("status", "attempts", "last_error", "delivered_at", "next_attempt_at")
+        return {k: getattr(self, k) for k in keys}
+
+
+@dataclass(frozen=True)
+class Heartbeat(_Json):
+    """A worker's state, as any controller or web process reads it."""
+
+    worker: str
+    pid: int
+    state: str  # starting | idle | busy | stopping
+    at: float  # wall clock of this beat
+    started_at: float
+    processed: int = 0
+    failed: int = 0
+    current: list[str] = field(default_factory=list)  # request ids in hand
+    error: str = ""  # a configuration error stopping its work (a permission its role lacks)
+    v: int = VERSION
+    _UNVERSIONED_OK = True
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    """One worker as the controller last saw it (the fleet's listing and its heartbeat)."""
+
+    id: str
+    state: str
+    last_heartbeat: float | None
+    processed: int
+    error: str
+    launched_at: float
+
+
+@dataclass(frozen=True)
+class ClusterStatus(_Json):
+    """What the controller saw and did at its last tick (cluster/status.json): for /v1/cluster,
+    /metrics, the page and status queries ("running" ids)."""
+
+    at: float | None = None
+    running: list[str] = field(default_factory=list)  # request ids in workers' hands
+    queue: dict[str, int] = field(default_factory=dict)  # visible, in_flight, dead_lettered
+    dead_letters_total: int = 0
+    workers: list[WorkerView] = field(default_factory=list)
+    history: list[list[float]] = field(default_factory=list)  # [at, waiting, in flight, workers]
+    decisions: list[dict[str, Any]] = field(default_factory=list)  # newest last
+    policy: dict[str, Any] | None = None
+    fleet_errors: list[dict[str, Any]] = field(default_factory=list)
+    warm: dict[str, Any] | None = None
+    v: int = VERSION
+    _UNVERSIONED_OK = True
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ClusterStatus:
+        raw = _load(text, cls)
+        raw["workers"] = [WorkerView(**w) for w in raw.get("workers", [])]
+        return cls(**raw)
+
+    def as_dict(self) -> dict[str, Any]:
+        """As /v1/cluster shows it: every field but the version and the ids in hand."""
+        out = asdict(self)
+        del out["v"], out["running"]
+        return out
 
 
 FACES = "faces"  # the face recognizer's model name

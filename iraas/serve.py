@@ -10,9 +10,9 @@ import threading
 import time
 import urllib.request
 
-from .backends import build, make_fleet
 from .config import Settings
 from .controller import Controller
+from .parts import build, make_fleet
 from .store import Store
 from .webhooks.deliver import Deliverer
 

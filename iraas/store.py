@@ -34,13 +34,13 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import IO, Any
 
 from .access.quota import USAGE, USAGE_RETENTION_S
 from .blobs.base import BlobNotFound, BlobStore
-from .heartbeat import Heartbeat
-from .messages import FACES, Delivery, MessageError, Request, Result
+from .messages import FACES, Delivery, Heartbeat, MessageError, Request, Result
+from .model.gallery import GalleryParts
 from .queues.base import Queue
 from .queues.group import GroupSender
 from .replies import Inbox, Replies
@@ -71,15 +71,6 @@ def _shown(callback: dict[str, Any]) -> dict[str, Any]:
 
 def _result_key(rid: str) -> str:
     return f"results/{rid}.json"
-
-
-@dataclass(frozen=True)
-class GalleryParts:
-    """The gallery as stored: each part with when it was enrolled (the base gallery: 0), and
-    each person removed with when; a row counts unless its person was removed after it."""
-
-    parts: list[tuple[float, bytes]]
-    removed: dict[str, float]
 
 
 class Store:
@@ -353,7 +344,7 @@ class Store:
     # -- heartbeats and cluster status -------------------------------------------------------
 
     def write_heartbeat(self, beat: Heartbeat) -> None:
-        self.blobs.put(_HEARTBEATS + beat.worker + ".json", beat.to_json(), durable=False)
+        self.blobs.put(_HEARTBEATS + beat.worker + ".json", beat.to_json().encode(), durable=False)
 
     def heartbeats(self) -> dict[str, Heartbeat]:
         beats = {}

@@ -21,10 +21,9 @@ from typing import TypeVar
 
 from .blobs.base import BlobError
 from .config import Settings
-from .heartbeat import Heartbeat
 from .imaging import ImageError
 from .logs import about
-from .messages import MessageError, Request, Result
+from .messages import Heartbeat, MessageError, Request, Result
 from .model.classifier import Prediction
 from .model.recognizer import Recognizer
 from .model.spec import SpecError

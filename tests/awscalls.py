@@ -1,6 +1,6 @@
 """Run `iraas` with every AWS call it makes recorded: `python -m tests.awscalls LOG.jsonl ARGS…`.
 
-botocore's event hooks on boto3's default session (the one `iraas._aws.client` uses) write one
+botocore's event hooks on boto3's default session (the one `iraas.awsapi.client` uses) write one
 JSON line per call once its final answer is in (after botocore's retries): service, operation,
 the parameters IAM decides on, and the HTTP status and error code. `tests/iampolicy.py` turns
 each line into the authorization requests AWS would make and evaluates them.

@@ -23,10 +23,10 @@ from fastapi.testclient import TestClient
 
 from iraas.access.keys import Key, KeyRing, KeyRingError, digest
 from iraas.access.quota import Bucket, Limits, Quotas
-from iraas.backends import embedded
 from iraas.config import Settings
 from iraas.loadgen.run import Plan, run
 from iraas.model.classifier import Classifier
+from iraas.parts import embedded
 from iraas.web.access import keys_required
 from iraas.web.app import create_app
 from iraas.web.gate import allowed_hosts, foreign_origin, host_name

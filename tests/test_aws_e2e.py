@@ -35,8 +35,8 @@ from iraas.controller import Controller
 from iraas.fleet.base import Fleet
 from iraas.fleet.ec2 import Ec2Fleet
 from iraas.model.classifier import Classifier
+from iraas.signing import verify
 from iraas.store import Store
-from iraas.webhooks.sign import verify
 
 from . import iampolicy
 from .conftest import IMAGENET, ROOT
@@ -621,9 +621,9 @@ def _controller(
     moto: str, out: dict[str, str], clock: Callable[[], float] = time.time, **settings: Any
 ) -> tuple[Store, Fleet, Controller]:
     """The deployment's store, fleet (as `iraas up` makes them, from the settings) and a controller."""
-    from iraas.backends import aws as aws_backends
-    from iraas.backends import make_fleet
     from iraas.config import Settings
+    from iraas.parts import aws as aws_backends
+    from iraas.parts import make_fleet
 
     s = Settings(
         backend="aws", name=NAME, bucket=out["Bucket"], aws_endpoint_url=moto, aws_region="us-east-1", **settings
@@ -748,9 +748,9 @@ def test_a_web_role_that_may_not_read_the_webhook_secret_runs_with_webhooks_off_
 def test_the_webhook_secret_is_read_from_secrets_manager_and_a_malformed_one_turns_webhooks_off(
     moto: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from iraas.backends import with_webhook_secret
     from iraas.config import Settings
-    from iraas.webhooks.sign import new_secret
+    from iraas.parts import with_webhook_secret
+    from iraas.signing import new_secret
 
     sm = boto3_client("secretsmanager", moto)
     good, bad = new_secret(), "whsec_c2hvcnQ="  # 5 bytes: too short to sign with

@@ -15,7 +15,7 @@ Factory = Callable[[], BlobStore]
 
 
 def _s3_factory(url: str, bucket: str) -> Factory:
-    from iraas._aws import client
+    from iraas.awsapi import client
     from iraas.blobs.s3 import S3BlobStore
 
     return lambda: S3BlobStore(client("s3", "us-east-1", url), bucket, prefix="deploy")
@@ -26,7 +26,7 @@ def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
     if request.param == "directory":
         root = tmp_path / "blobs"
         return lambda: DirectoryBlobStore(root)
-    from iraas._aws import client
+    from iraas.awsapi import client
 
     url = request.getfixturevalue("moto")
     client("s3", "us-east-1", url).create_bucket(Bucket="iraas-test")

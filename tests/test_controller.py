@@ -9,12 +9,11 @@ from typing import Any
 
 import pytest
 
-from iraas.backends import embedded
 from iraas.config import Settings
 from iraas.controller import Controller
 from iraas.fleet.base import Instance
-from iraas.heartbeat import Heartbeat
-from iraas.messages import Request, Result
+from iraas.messages import Heartbeat, Request, Result
+from iraas.parts import embedded
 from iraas.store import Store
 
 

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from iraas.web.errors import InputError
-from iraas.web.fetch import UrlPolicy, fetch_url, refused_reason
+from iraas.refusals import InputError
+from iraas.urls import UrlPolicy, fetch_url, refused_reason
 
 from .conftest import IMAGENET
 from .imageserver import image_server

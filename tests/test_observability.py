@@ -16,9 +16,9 @@ import yaml
 from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
 
-from iraas.backends import embedded
 from iraas.config import Settings
 from iraas.messages import Result
+from iraas.parts import embedded
 from iraas.web.app import create_app
 from iraas.web.metrics import Metrics
 

@@ -23,7 +23,7 @@ MakeQueue = Callable[..., Queue]
 def make_queue(request: pytest.FixtureRequest, tmp_path: Path) -> MakeQueue:
     if request.param == "sqlite":
         return lambda name="q", **kw: SqliteQueue(tmp_path / "queue.db", name, **kw)
-    from iraas._aws import client as aws_client
+    from iraas.awsapi import client as aws_client
     from iraas.queues.sqs import SqsQueue
 
     client = aws_client("sqs", "us-east-1", request.getfixturevalue("moto"))

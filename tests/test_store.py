@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from iraas.backends import embedded
 from iraas.config import Settings
+from iraas.parts import embedded
 from iraas.queues.group import GroupSender
 from iraas.queues.sqlite import SqliteQueue
 from iraas.replies import SocketReplies

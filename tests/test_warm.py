@@ -9,9 +9,9 @@ from pathlib import Path
 
 import httpx
 
-from iraas.backends import embedded
 from iraas.config import Settings
 from iraas.controller import Controller
+from iraas.parts import embedded
 from iraas.queues.sqlite import SqliteQueue
 
 from .conftest import IMAGENET

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from iraas.backends import embedded
 from iraas.config import Settings
 from iraas.messages import Result
+from iraas.parts import embedded
 from iraas.store import Store
 from iraas.web.app import create_app
 
@@ -239,7 +239,7 @@ def test_a_large_upload_waits_on_disk_and_is_stored_whole(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("raw", [".", "..", " ", "", "-x", "a/b", "x" * 65, "Al\x00ice", "\u0410lice"])
 def test_person_names_that_cannot_be_enrolled(raw: str) -> None:
-    from iraas.web.errors import InputError
+    from iraas.refusals import InputError
     from iraas.web.names import person_name
 
     with pytest.raises(InputError) as info:
@@ -248,7 +248,7 @@ def test_person_names_that_cannot_be_enrolled(raw: str) -> None:
 
 
 def test_person_names_are_normalised_and_look_alikes_refused() -> None:
-    from iraas.web.errors import InputError
+    from iraas.refusals import InputError
     from iraas.web.names import person_name
 
     assert person_name("Jose\u0301 ", []) == "Jos\u00e9"  # NFC: one spelling however typed

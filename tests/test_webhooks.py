@@ -18,14 +18,14 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from iraas.backends import embedded
 from iraas.config import Settings
 from iraas.messages import Request, Result
 from iraas.model.classifier import Classifier
+from iraas.parts import embedded
+from iraas.signing import new_secret
 from iraas.store import Store
 from iraas.web.app import create_app
-from iraas.webhooks.deliver import Deliverer
-from iraas.webhooks.sign import backoff_s, new_secret
+from iraas.webhooks.deliver import Deliverer, backoff_s
 from iraas.worker import Worker
 
 from .conftest import IMAGENET, ROOT

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from iraas.backends import embedded
 from iraas.config import Settings
 from iraas.messages import Request, Result
 from iraas.model.classifier import Classifier
+from iraas.parts import embedded
 from iraas.replies import Inbox
 from iraas.store import Store
 from iraas.worker import Worker

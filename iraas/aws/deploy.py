@@ -21,7 +21,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError, WaiterError
 
-from .._aws import client, error_code
+from ..awsapi import client, error_code, stack_name, stack_outputs
 from ..fleet.ec2 import DEPLOYMENT_TAG
 from .lock import build_lock, sha256
 
@@ -66,13 +66,8 @@ class Aws:
         return arn
 
 
-def stack_name(name: str) -> str:
-    return f"iraas-{name}"
-
-
 def outputs(aws: Aws, name: str) -> dict[str, str]:
-    stack = aws.cfn.describe_stacks(StackName=stack_name(name))["Stacks"][0]
-    return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+    return stack_outputs(aws.cfn, name)
 
 
 def build_wheel(out: Path) -> Path:
@@ -169,7 +164,7 @@ def _webhook_secret(aws: Aws, name: str) -> str:
     """The ARN of the deployment's webhook secret in Secrets Manager, made on the first deploy
     (a new `whsec_…`, never printed: read it with `aws secretsmanager get-secret-value`). Only
     the web and controller's role may read it; it never enters the stack, user data or disk."""
-    from ..webhooks.sign import new_secret
+    from ..signing import new_secret
 
     try:
         return str(aws.secrets.describe_secret(SecretId=webhook_secret_name(name))["ARN"])
@@ -195,8 +190,8 @@ def _default_subnets(aws: Aws) -> tuple[str, list[str]]:
 
 
 def _publish_gallery(aws: Aws, name: str, bucket: str, model: str, gallery: str) -> None:
-    from ..backends import aws as aws_store
     from ..config import Settings
+    from ..parts import aws as aws_store
     from ..serve import publish_gallery_if_given
 
     settings = Settings(

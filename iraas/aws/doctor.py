@@ -17,7 +17,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from .._aws import DENIED, error_code
+from ..awsapi import DENIED, error_code
 from .deploy import webhook_secret_name
 
 _BAD_MD5 = base64.b64encode(hashlib.md5(b"not the body").digest()).decode()

@@ -10,7 +10,7 @@ from typing import IO, Any
 
 from botocore.exceptions import ClientError
 
-from .._aws import denied, error_code, refused
+from ..awsapi import denied, error_code, refused
 from .base import BlobDenied, BlobError, BlobNotFound, check_key
 
 _LOST_RACE = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}

@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..bench import image_files
+    from ..files import image_files
 
     files = image_files([Path(p) for p in args.files])
     if not files:

@@ -22,7 +22,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from .._aws import error_code
+from ..awsapi import error_code
 from .base import Instance
 
 log = logging.getLogger(__name__)

@@ -2,11 +2,12 @@
 
 A worker started as a new interpreter spends ~0.5 s importing onnxruntime, numpy and Pillow,
 hashing the weights and building its inference session before its first image. The template
-(`python -m iraas.fleet.template`, started by the local fleet with the workers' settings in its
-environment) does all of that once: it imports everything, resolves the model, builds an
-inference session and answers one made-up image with it (so the code and the model file are
-paged in), then drops the session. What must not cross a fork — an onnxruntime session and its
-thread pools, open database connections — is made in each child.
+(`python -m iraas.warm`, started by the local fleet with the workers' settings in its
+environment; its side of the protocol is in `iraas/warm.py`) does all of that once: it imports
+everything, resolves the model, builds an inference session and answers one made-up image with
+it (so the code and the model file are paged in), then drops the session. What must not cross
+a fork — an onnxruntime session and its thread pools, open database connections — is made in
+each child.
 
 Protocol, one line each way over the template's stdin and stdout:
     parent → template   spawn <worker id> <log file>
@@ -19,17 +20,13 @@ parent is gone), and its children then notice their parent changed and stop.
 from __future__ import annotations
 
 import contextlib
-import gc
-import io
 import logging
 import os
-import select
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +40,7 @@ class Template:
     def __init__(self, env: dict[str, str], log_path: str | None) -> None:
         with open(log_path or os.devnull, "ab") as out:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "iraas.fleet.template"],
+                [sys.executable, "-m", "iraas.warm"],
                 env=env,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -161,118 +158,3 @@ def _exists(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-# -- template side -------------------------------------------------------------------------
-
-
-def _prepare() -> None:
-    """Import what a worker imports and warm the model once; keep nothing that holds threads."""
-    from .. import backends, serve, worker  # noqa: F401  (imported for the children)
-    from ..config import load_settings
-    from ..messages import FACES
-    from ..model.recognizer import load_recognizer
-
-    settings = load_settings()
-    if settings.model == FACES:
-        load_recognizer(settings.model, threads=settings.threads, gallery=lambda: None)
-    else:
-        clf = load_recognizer(settings.model, threads=settings.threads, limits=settings.image_limits)
-        clf.classify([_sample_jpeg()])
-        del clf
-    gc.collect()
-
-
-def _sample_jpeg() -> bytes:
-    from PIL import Image
-
-    out = io.BytesIO()
-    Image.new("RGB", (64, 64), (120, 90, 60)).save(out, "JPEG")
-    return out.getvalue()
-
-
-def _say(line: str) -> None:
-    os.write(1, (line + "\n").encode())  # one write per line: the SIGCHLD handler also writes
-
-
-def _reap(*_: object) -> None:
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        _say(f"exited {pid} {os.waitstatus_to_exitcode(status)}")
-
-
-def _child(wid: str, log_path: str, run: Callable[[], int]) -> None:
-    """In the forked worker: its own session and log, then the worker's main, then exit."""
-    code = 1
-    try:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        os.setsid()
-        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
-        os.environ["IRAAS_WORKER_ID"] = wid
-        os.environ["IRAAS_PARENT_PID"] = str(os.getppid())  # the template: gone when the parent is
-        code = run()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:
-        logging.getLogger(__name__).exception("worker %s failed", wid)
-    finally:
-        logging.shutdown()
-        os._exit(code)
-
-
-def _run_worker() -> int:
-    """`iraas worker` without its command line (argparse and its imports cost a child ~30 ms)."""
-    from .. import serve
-    from ..backends import located
-    from ..config import load_settings
-
-    serve.worker(located(load_settings()))
-    return 0
-
-
-def main() -> None:
-    from ..logs import configure
-
-    configure(os.environ.get("IRAAS_LOG_FORMAT") or "text")
-    t0 = time.perf_counter()
-    _prepare()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops workers; ^C is its business
-    signal.signal(signal.SIGCHLD, _reap)
-    log.info("worker template ready in %.2f s (pid %d)", time.perf_counter() - t0, os.getpid())
-    _say("ready")
-    pending = b""
-    while True:
-        select.select([0], [], [])  # a SIGCHLD runs _reap, then the wait resumes
-        chunk = os.read(0, 4096)  # not a buffered readline: select must see every unread byte
-        if not chunk:
-            return  # the parent is gone
-        *lines, pending = (pending + chunk).split(b"\n")
-        for line in lines:
-            _fork(line.decode())
-
-
-def _fork(line: str) -> None:
-    _, wid, log_path = line.split(maxsplit=2)
-    try:
-        pid = os.fork()
-    except OSError as exc:
-        _say(f"failed {wid} {exc.strerror or exc}")
-        return
-    if pid == 0:
-        _child(wid, log_path.strip(), _run_worker)
-    _say(f"spawned {wid} {pid}")
-
-
-if __name__ == "__main__":
-    main()

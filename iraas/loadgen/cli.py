@@ -51,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..bench import image_files
+    from ..files import image_files
     from .labels import read_labels
     from .run import Plan, run
 

@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from ..imaging import DEFAULT_LIMITS, IMAGE_SUFFIXES, ImageError, Limits, decode
+from ..files import IMAGE_SUFFIXES
+from ..imaging import DEFAULT_LIMITS, ImageError, Limits, decode
 from .classifier import Label, Prediction, StageTimes
 from .spec import SpecError
 
 if TYPE_CHECKING:
-    from ..store import GalleryParts
+    from .gallery import GalleryParts
 
 Array = np.ndarray[Any, Any]
 MODELS = {

@@ -14,7 +14,7 @@ from .classifier import Classifier, Prediction, StageTimes
 from .spec import SpecError
 
 if TYPE_CHECKING:
-    from ..store import GalleryParts
+    from .gallery import GalleryParts
 
 
 def faces_module() -> Any:

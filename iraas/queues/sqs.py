@@ -1,6 +1,6 @@
 """The AWS queue: an SQS standard queue, with a dead-letter queue through a redrive policy.
 
-The boto3 client is made by the caller (`iraas._aws.client`), so the endpoint (AWS, moto's server,
+The boto3 client is made by the caller (`iraas.awsapi.client`), so the endpoint (AWS, moto's server,
 LocalStack) and credentials are explicit. Parameters are checked before any call, with the
 same messages as the embedded queue.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from .._aws import denied, error_code, refused
+from ..awsapi import denied, error_code, refused
 from .base import (
     Depth,
     Message,

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from ..access.keys import Key, KeyRing
 from ..access.quota import Limits, Quotas, Verdict
 from ..config import Settings
-from .errors import InputError
+from ..refusals import InputError
 from .gate import is_loopback
 from .intake import Item
 

@@ -25,10 +25,10 @@ from ..access.keys import KeyRing, KeyRingError
 from ..access.quota import Quotas
 from ..config import Settings
 from ..messages import FACES
+from ..refusals import InputError
 from ..store import Store
+from ..urls import Resolver, system_resolver
 from .access import Access, Caller
-from .errors import InputError
-from .fetch import Resolver, system_resolver
 from .gate import Gate, allowed_hosts
 from .metrics import Metrics
 from .names import person_name

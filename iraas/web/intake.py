@@ -14,8 +14,8 @@ from pathlib import Path
 from ..config import Settings
 from ..imaging import ImageError, inspect, looks_complete
 from ..messages import Result
+from ..refusals import InputError
 from ..store import Store
-from .errors import InputError
 from .upload import Spool
 
 

@@ -12,7 +12,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
-from .errors import InputError
+from ..refusals import InputError
 
 _SHAPE = re.compile(r"[^\W_][\w .'-]{0,63}")
 # Cyrillic and Greek letters drawn like Latin ones (the common confusables of Unicode TR 39).

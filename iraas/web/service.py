@@ -18,10 +18,10 @@ from ..blobs.base import BlobError
 from ..config import Settings
 from ..messages import Result
 from ..queues.base import Depth, QueueError
+from ..refusals import InputError
+from ..signing import secret_keys
 from ..store import Store
-from ..webhooks.sign import secret_keys
-from .errors import InputError
-from .fetch import Resolver, UrlPolicy, checked_address, display_name, fetch_url, target
+from ..urls import Resolver, UrlPolicy, checked_address, display_name, fetch_url, target
 from .intake import Extras, Intake, Item, Submitted, check
 from .metrics import Metrics
 from .replies import ReplyWaiter

@@ -18,7 +18,7 @@ from typing import IO
 
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
-from .errors import InputError
+from ..refusals import InputError
 
 _MAX_PART_HEADERS = 16 * 1024
 MAX_TEXT_BYTES = 4096  # a form field that is not a file (callback_url, deadline_s)

@@ -30,14 +30,14 @@ from typing import Any
 
 import httpx
 
+from .. import signing
 from ..config import Settings
 from ..logs import about
-from ..messages import Delivery, MessageError
+from ..messages import OUTCOMES, Delivery, MessageError
 from ..queues.base import Message
+from ..refusals import InputError
 from ..store import Store
-from ..web.errors import InputError
-from ..web.fetch import Resolver, UrlPolicy, pinned, system_resolver
-from . import sign
+from ..urls import Resolver, UrlPolicy, pinned, system_resolver
 
 log = logging.getLogger(__name__)
 FINAL = ("delivered", "failed")
@@ -55,10 +55,10 @@ class Deliverer:
         if store.deliveries is None:
             raise ValueError("this deployment has no deliveries queue")
         self.store, self.queue, self.s = store, store.deliveries, settings
-        self.keys = sign.secret_keys(settings.webhook_secret)
+        self.keys = signing.secret_keys(settings.webhook_secret)
         self.policy = UrlPolicy(settings.url_allow, settings.webhook_timeout_s, 64 * 1024)
         self.resolver, self.clock, self.jitter = resolver, clock, jitter
-        self.counts = dict.fromkeys(sign.OUTCOMES, 0)
+        self.counts = dict.fromkeys(OUTCOMES, 0)
         self._published: dict[str, int] = {}
 
     # -- the loop ---------------------------------------------------------------------------
@@ -117,7 +117,7 @@ class Deliverer:
         attempt = msg.receive_count
         error, retry = await self._attempt(web, job)
         now = self.clock()
-        wait_s = sign.backoff_s(attempt, self.s.webhook_backoff_s, self.s.webhook_backoff_max_s, self.jitter())
+        wait_s = backoff_s(attempt, self.s.webhook_backoff_s, self.s.webhook_backoff_max_s, self.jitter())
         if error is None:
             outcome, record = "delivered", {"status": "delivered", "delivered_at": now}
         elif retry and now + wait_s < job.first_at + self.s.webhook_retry_for_s:
@@ -149,7 +149,7 @@ class Deliverer:
     async def _attempt(self, web: httpx.AsyncClient, job: Delivery) -> tuple[str | None, bool]:
         """(None, _) when delivered; else (why, whether another attempt may succeed)."""
         body = job.payload.encode()
-        headers = sign.headers(self.keys, job.id, int(self.clock()), body) | {"User-Agent": "iraas-webhooks/1"}
+        headers = signing.headers(self.keys, job.id, int(self.clock()), body) | {"User-Agent": "iraas-webhooks/1"}
         if job.trace:
             headers["X-Request-ID"] = job.trace
         if job.traceparent:
@@ -168,3 +168,12 @@ class Deliverer:
         if 200 <= response.status_code < 300:
             return None, True
         return f"HTTP {response.status_code}", response.status_code != 410
+
+
+def backoff_s(attempt: int, base_s: float, cap_s: float, jitter: float) -> float:
+    """The wait after failed attempt number `attempt` (1, 2, …): exponential from `base_s`,
+    at most `cap_s`, with "equal jitter" (`jitter` uniform in [0, 1)): half the delay fixed,
+    half random, so that receivers that came back are not hit by every retry at once and no
+    retry comes sooner than half its step."""
+    step: float = min(cap_s, base_s * 2.0 ** min(attempt - 1, 40))
+    return step / 2 + step / 2 * jitter

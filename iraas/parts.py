@@ -1,5 +1,5 @@
-"""The one factory: queues, blob stores, reply channels, fleets and AWS clients, built once at
-start-up from the settings and passed in explicitly."""
+"""The composition root: queues, blob stores, reply channels, fleets and AWS clients, built
+once at start-up from the settings and passed in explicitly."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def aws_client(service: str, settings: Settings) -> Any:
     """A boto3 client for the deployment's region and endpoint."""
-    from ._aws import client
+    from .awsapi import client
 
     return client(service, settings.aws_region or None, settings.aws_endpoint_url or None)
 
@@ -33,10 +33,10 @@ def located(settings: Settings) -> Settings:
     """On AWS without a bucket given, the deployment's bucket, from its stack's outputs."""
     if settings.backend != "aws" or settings.bucket:
         return settings
-    from .aws.deploy import Aws, outputs
+    from .awsapi import stack_outputs
 
-    aws = Aws.connect(settings.aws_region or None, settings.aws_endpoint_url or None)
-    return dataclasses.replace(settings, bucket=outputs(aws, settings.name)["Bucket"])
+    bucket = stack_outputs(aws_client("cloudformation", settings), settings.name)["Bucket"]
+    return dataclasses.replace(settings, bucket=bucket)
 
 
 def with_webhook_secret(settings: Settings) -> Settings:
@@ -48,8 +48,8 @@ def with_webhook_secret(settings: Settings) -> Settings:
         return settings
     from botocore.exceptions import ClientError
 
-    from ._aws import error_code
-    from .webhooks.sign import secret_keys
+    from .awsapi import error_code
+    from .signing import secret_keys
 
     arn = settings.webhook_secret_arn
     try:

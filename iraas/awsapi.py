@@ -1,4 +1,5 @@
-"""What every boto3 client of iraas shares: retries and error codes."""
+"""What every boto3 client of iraas shares: retries, error codes, and where a deployment's stack
+says its parts are."""
 
 from __future__ import annotations
 
@@ -53,3 +54,14 @@ def client(service: str, region: str | None = None, endpoint_url: str | None = N
     import boto3
 
     return boto3.client(service, region_name=region, endpoint_url=endpoint_url, config=RETRY_CONFIG)
+
+
+def stack_name(name: str) -> str:
+    """The CloudFormation stack of the deployment `name`."""
+    return f"iraas-{name}"
+
+
+def stack_outputs(cfn: Any, name: str) -> dict[str, str]:
+    """The deployment's stack outputs (its bucket, queues, URL), by key."""
+    stack = cfn.describe_stacks(StackName=stack_name(name))["Stacks"][0]
+    return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}

@@ -14,22 +14,10 @@ from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
-from .imaging import IMAGE_SUFFIXES
-from .messages import FACES
-from .model.builtin import resolve_model
-from .model.classifier import StageTimes
-from .model.recognizer import Recognizer, gallery_from_path, load_recognizer
-
-
-def image_files(paths: list[Path]) -> list[Path]:
-    """Files as given, and the image files of folders (sorted, not recursive into hidden)."""
-    out: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()))
-        else:
-            out.append(p)
-    return out
+from ..messages import FACES
+from .builtin import resolve_model
+from .classifier import StageTimes
+from .recognizer import Recognizer, gallery_from_path, load_recognizer
 
 
 @dataclass(frozen=True)
@@ -79,7 +67,7 @@ def _worker(
 def _recognizer(model: str | None, threads: int, gallery: bytes | None) -> Recognizer:
     if gallery is None:
         return load_recognizer(model, threads=threads)
-    from .model.faces import Gallery
+    from .faces import Gallery
 
     loaded = Gallery.from_bytes(gallery)
     return load_recognizer(model, threads=threads, gallery=lambda: loaded)

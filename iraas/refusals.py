@@ -1,10 +1,12 @@
-"""Client errors of the web tier: status, stable code, a reason people can read, the file."""
+"""A request refused: status, stable code, a reason people can read, the file. Raised by the web
+tier and by the URL policy (intake and webhook delivery share it); answered as JSON."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..imaging import ImageError
+if TYPE_CHECKING:
+    from .imaging import ImageError
 
 # ImageError codes → HTTP status
 IMAGE_STATUS = {

@@ -1,4 +1,5 @@
-"""The pure parts of a delivery: secrets, signatures (Standard Webhooks v1) and retry delays.
+"""Webhook secrets and signatures (Standard Webhooks v1): pure, read by the settings (a bad
+secret refuses to start), the web tier and the deliverer.
 
 webhook-id         the request id: the same on every attempt, so a receiver can drop repeats
 webhook-timestamp  the attempt's time, integer seconds: a receiver refuses stale ones (replays)
@@ -14,7 +15,6 @@ import hashlib
 import hmac
 
 PREFIX = "whsec_"
-OUTCOMES = ("delivered", "retried", "failed")  # of one attempt, as counted and exported
 MIN_KEY_BYTES, MAX_KEY_BYTES = 24, 64  # the specification's bounds
 
 
@@ -62,12 +62,3 @@ def verify(secret: str, msg_id: str, timestamp: str, body: bytes, signatures: st
     (key,) = secret_keys(secret)
     expected = signature(key, msg_id, int(timestamp), body)
     return any(hmac.compare_digest(expected, s) for s in signatures.split())
-
-
-def backoff_s(attempt: int, base_s: float, cap_s: float, jitter: float) -> float:
-    """The wait after failed attempt number `attempt` (1, 2, …): exponential from `base_s`,
-    at most `cap_s`, with "equal jitter" (`jitter` uniform in [0, 1)): half the delay fixed,
-    half random, so that receivers that came back are not hit by every retry at once and no
-    retry comes sooner than half its step."""
-    step: float = min(cap_s, base_s * 2.0 ** min(attempt - 1, 40))
-    return step / 2 + step / 2 * jitter

@@ -9,7 +9,7 @@ import json
 import sys
 import time
 
-from .keys import SCOPES, KeyRing
+from .access.keys import SCOPES, KeyRing
 
 
 def add_parser(sub: argparse._SubParsersAction, settings_args: list[str], add_settings: object) -> None:  # type: ignore[type-arg]
@@ -36,8 +36,8 @@ def add_parser(sub: argparse._SubParsersAction, settings_args: list[str], add_se
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..backends import blobs, located
-    from ..config import load_settings
+    from .config import load_settings
+    from .parts import blobs, located
 
     settings = load_settings(args.config, **{n: getattr(args, n) for n in args.settings_args})
     ring = KeyRing(blobs(located(settings)))
