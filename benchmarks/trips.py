@@ -23,9 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from iraas.config import Settings  # noqa: E402
-from iraas.messages import Heartbeat, Result  # noqa: E402
-from iraas.parts import embedded  # noqa: E402
+from iraas.lifecycle.results import reply  # noqa: E402
+from iraas.messages import ClusterStatus, Heartbeat, Result  # noqa: E402
+from iraas.parts import Parts, embedded  # noqa: E402
 from iraas.queues.sqlite import SqliteQueue  # noqa: E402
+from tests.drafts import make_request  # noqa: E402
 
 
 def _us(fn: Callable[[int], object], n: int) -> float:
@@ -47,7 +49,7 @@ def main() -> None:
         body = result.to_json().encode()
         rows: list[tuple[str, float, float]] = []
         # 1. results GET before inference, on a first delivery (a miss)
-        rows.append(("results GET on a first delivery", _us(lambda i: store.load_result(f"{i:032x}"), n), 0.0))
+        rows.append(("results GET on a first delivery", _us(lambda i: store.results.load_result(f"{i:032x}"), n), 0.0))
         # 2. the fsynced request record beside the input
         rows.append(("request record (fsynced put)", _us(lambda i: store.blobs.put(f"requests/{i}.json", body), n), 0))
         # 3. replies through a SQLite queue (send, receive, delete) vs a datagram
@@ -58,7 +60,7 @@ def main() -> None:
             (m,) = q.receive(1)
             q.delete(m.receipt)
 
-        inbox = store.inbox("bench")
+        inbox = store.replies.inbox("bench")
         rows.append(
             ("reply: SQLite queue → datagram", _us(sqlite_reply, n), _us(lambda i: _roundtrip(store, inbox), n))
         )
@@ -73,10 +75,12 @@ def main() -> None:
         )
         # 6. a status GET of a queued id: every heartbeat (20 workers) → the cluster status, cached
         for w in range(20):
-            store.write_heartbeat(Heartbeat(worker=f"w{w}", pid=w, state="busy", at=0.0, started_at=0.0))
-        store.publish_status({"running": []})
-        every_beat = _us(lambda i: store.heartbeats(), n // 4)
-        published = _us(lambda i: store.status(store.new_ids(1)[0]), n // 4)
+            store.cluster.write_heartbeat(Heartbeat(worker=f"w{w}", pid=w, state="busy", at=0.0, started_at=0.0))
+        store.cluster.publish_status(ClusterStatus())
+        every_beat = _us(lambda i: store.cluster.heartbeats(), n // 4)
+        published = _us(
+            lambda i: store.results.status(store.ids.new_ids(1)[0], running=store.cluster.status().running), n // 4
+        )
         rows.append(("status of a queued id (20 workers)", every_beat, published))
         # 7. one enqueue transaction per request vs group commit, 32 senders at once
         rows.append(("enqueue, 32 requests in flight", *_enqueue(store, n)))
@@ -87,8 +91,8 @@ def main() -> None:
         print(f"{name:<40} {before:>10.1f} {after:>10.1f}")
 
 
-def _roundtrip(store: object, inbox: object) -> None:
-    store.reply("bench", Result(id="b" * 32, name="x", status="done", model="m"))  # type: ignore[attr-defined]
+def _roundtrip(store: Parts, inbox: object) -> None:
+    reply(store.replies, "bench", Result(id="b" * 32, name="x", status="done", model="m"))
     inbox.receive(1.0)  # type: ignore[attr-defined]
 
 
@@ -104,12 +108,12 @@ def _thread() -> None:
     t.join()
 
 
-def _enqueue(store: object, n: int) -> tuple[float, float]:
+def _enqueue(store: Parts, n: int) -> tuple[float, float]:
     """Per request, wall time for 32 threads sending one message each: one transaction each
     (`send`) vs the store's group commit."""
-    req = store.request(rid="0" * 32, digest="0" * 64, name="x", model="m", reply_to="", submitted_at=0.0)  # type: ignore[attr-defined]
+    req = make_request(store, rid="0" * 32, digest="0" * 64, name="x", model="m", reply_to="", submitted_at=0.0)
     out = []
-    for send in (lambda: store.requests.send(req.to_json()), lambda: store.enqueue([req])):  # type: ignore[attr-defined]
+    for send in (lambda: store.requests.send(req.to_json()), lambda: store.results.enqueue([req])):  # type: ignore[attr-defined]
         rounds = []
         for _ in range(max(n // 100, 5)):
             barrier = threading.Barrier(32)

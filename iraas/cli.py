@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import logs
+from .config import help_of, log_format_from_env
 from .imaging import ImageError
 from .model.spec import SpecError
 from .signing import new_secret
 
+if TYPE_CHECKING:
+    from .config import Settings
+
 DEFAULT_BENCH_DIR = Path("../shared/datasets/imagenet-sample/images")
-MODEL_HELP = (
-    "built-in model name (efficientnet-lite0 [default], -lite1, -lite2), faces (with --gallery), "
-    "or a model spec file (TOML/JSON)"
-)
-AWS_SETTINGS = ["backend", "name", "bucket", "aws_region", "aws_endpoint_url"]
-GALLERY_HELP = "model faces: a folder per person (GALLERY/<name>/*.jpg, enrolled incrementally) or a gallery file"
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
@@ -28,7 +26,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     from .model.recognizer import gallery_from_path, load_recognizer
 
     gallery = gallery_from_path(args.gallery) if args.gallery else None
-    clf = load_recognizer(
+    recognizer = load_recognizer(
         args.model, threads=args.threads, gallery=(lambda: gallery) if gallery else None, threshold=args.threshold
     )
     files = image_files([Path(p) for p in args.paths])
@@ -42,7 +40,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
             except OSError as exc:
                 datas.append(b"")
                 print(f"{f}: cannot read: {exc.strerror}", file=sys.stderr)
-        for f, res in zip(chunk, clf.classify(datas, top_k=args.top_k), strict=False):
+        for f, res in zip(chunk, recognizer.classify(datas, top_k=args.top_k), strict=False):
             failed += isinstance(res, ImageError)
             print(_format(f, res, args.json))
     return 1 if failed else 0
@@ -103,177 +101,22 @@ def _cmd_bench_model(args: argparse.Namespace) -> int:
     return 0
 
 
-WEB_LIMITS = [
-    "max_request_bytes",
-    "spool_bytes",
-    "max_json_bytes",
-    "max_side",
-    "max_aspect",
-    "max_fetches",
-    "max_connections",
-    "header_timeout_s",
-    "body_timeout_s",
-    "max_backlog",
-    "min_free_bytes",
-]
-SETTING_HELP = {
-    "data_dir": "embedded queue file and blob directory (default ./iraas-data)",
-    "host": "address to listen on (default 127.0.0.1)",
-    "port": "port to listen on (default 8000)",
-    "model": MODEL_HELP,
-    "max_file_bytes": "largest accepted image, bytes (default 20 MiB)",
-    "max_files": "most images per request (default 100)",
-    "max_request_bytes": "largest request body, all files together, bytes (default 50 MiB)",
-    "spool_bytes": "an upload past this many bytes waits on disk, not in RAM (default 1 MiB)",
-    "max_json_bytes": "largest JSON body, bytes (default 64 KiB)",
-    "max_pixels": "largest accepted image, pixels (default 50,000,000)",
-    "max_side": "longest accepted image side, pixels (default 20,000)",
-    "max_aspect": "most an image's long side may exceed its short side, times (default 20)",
-    "timeout_s": "how long a waiting request waits for its answers (default 60)",
-    "url_allow": "comma-separated hosts or CIDRs that URL intake may fetch despite being private",
-    "url_timeout_s": "deadline for fetching one image URL, redirects included, seconds (default 10)",
-    "max_fetches": "URL fetches in flight per web process (default 16)",
-    "max_connections": "open connections per web process; past it 503 (default 1000)",
-    "header_timeout_s": "a request's headers must arrive within this, seconds (default 10)",
-    "body_timeout_s": "longest pause while a request body arrives, seconds (default 30)",
-    "max_backlog": "images waiting past which new work gets 503 + Retry-After; 0 = no limit (default 10,000)",
-    "store_timeout_s": "a locked queue file refuses new work (503) after this, seconds (default 5)",
-    "min_free_bytes": "below this free on the data disk: not ready, uploads 507 (default 256 MiB)",
-    "input_ttl_s": "embedded store: uploaded images are deleted after this, seconds (default 1 day)",
-    "result_ttl_s": "embedded store: results are deleted after this, seconds (default 7 days)",
-    "visibility_s": "seconds a received request stays hidden before a retry; a live worker extends it (default 10)",
-    "max_receives": "deliveries before a request is given up as failed (default 3)",
-    "batch_size": "most requests per inference call (default 4: as fast per image as 8, less memory)",
-    "batch_wait_s": "extra wait for a fuller batch once one request arrived (default 0)",
-    "threads": "onnxruntime threads per worker process (default 1)",
-    "heartbeat_s": "seconds between worker heartbeats (default 1)",
-    "worker_max_idle_s": "a worker exits after this long idle; 0 = never (default 0)",
-    "warm_start": "fork local workers from a template process that has loaded the model (default on)",
-    "warm_pool": "AWS: scaled-in workers kept stopped (disk cost only), to start in seconds; at most (default 0)",
-    "min_workers": "workers kept running when idle (default 0)",
-    "max_workers": "most workers (default: CPU count)",
-    "target_per_worker": "backlog one worker should hold before another is started (default 8)",
-    "scale_in_after_s": "idle period before workers are stopped (default 10)",
-    "tick_s": "seconds between controller decisions (default 0.25)",
-    "heartbeat_stale_s": "a worker silent this long is replaced (default 15)",
-    "start_grace_s": "time a new worker has to send its first heartbeat (default 30)",
-    "backend": "embedded (SQLite + directory, local processes; default) or aws (SQS + S3 + EC2)",
-    "name": "AWS deployment name: queues <name>-requests…, instance tags (default iraas)",
-    "bucket": "AWS: the deployment's S3 bucket (iraas aws status prints it)",
-    "aws_region": "AWS region (default: the AWS SDK's)",
-    "aws_endpoint_url": "AWS endpoint override, for moto or LocalStack",
-    "launch_template": "AWS: worker launch template (default <name>-worker)",
-    "gallery": GALLERY_HELP,
-    "face_threshold": "faces: answer unknown below this similarity (default 0: off)",
-    "webhook_secret": "whsec_… key that signs webhooks (several, space-separated, all sign: a rotation); "
-    "pass it as IRAAS_WEBHOOK_SECRET, not a flag others can read in ps (iraas webhook-secret makes one)",
-    "webhook_secret_arn": "AWS: the Secrets Manager secret that holds the webhook secret, read at start "
-    "(iraas aws deploy makes one per deployment and sets this)",
-    "webhook_timeout_s": "one webhook delivery attempt, seconds (default 10)",
-    "webhook_backoff_s": "delay before a webhook's first retry, doubled each time, with jitter (default 5)",
-    "webhook_backoff_max_s": "longest delay between two webhook attempts, seconds (default 3600)",
-    "webhook_retry_for_s": "webhook retries stop this long after the result, seconds (default 1 day)",
-    "webhook_concurrency": "webhook deliveries in flight (default 16)",
-    "log_format": "text (default) or json: one object per line, with request_id and traceparent",
-    "course_paths": "comma-separated URL paths of the course contract's POST (default /), e.g. /,/upload",
-    "course_reply": "what a course POST answers: name:label (2024 clients; default) or label (2022 faces clients)",
-    "auth": "API keys: auto (required once a key exists or off loopback; default), required, or off",
-    "anonymous_course": "let POST / (the course clients' contract) be used without a key, rate limited like one key",
-    "allowed_hosts": "comma-separated Host names served (default: loopback names on loopback, any otherwise)",
-    "allowed_origins": "comma-separated origins of other sites' pages allowed to POST (default none)",
-    "requests_per_s": "requests per second per key (and for anonymous course callers together) (default 20)",
-    "images_per_s": "images per second per key (default 50)",
-    "images_per_day": "images per key per UTC day (default 100,000)",
-    "burst_s": "a key may spend this many seconds of its rates at once (default 10)",
-}
-BOOLEAN = {"anonymous_course"}
-NEGATED = {"warm_start": "start each local worker as a new interpreter (~0.5 s), with no template process"}
-ACCESS = [
-    "auth",
-    "anonymous_course",
-    "allowed_hosts",
-    "allowed_origins",
-    "requests_per_s",
-    "images_per_s",
-    "images_per_day",
-    "burst_s",
-]
-KEYS_SETTINGS = ["data_dir", *AWS_SETTINGS]
-WEB_ONLY = {
-    "host",
-    "port",
-    "max_file_bytes",
-    "max_files",
-    "url_allow",
-    "url_timeout_s",
-    "timeout_s",
-    "course_paths",
-    "course_reply",
-    *WEB_LIMITS,
-    *ACCESS,
-}
-SERVICE_SETTINGS = {
-    "up": list(SETTING_HELP),
-    "web": [
-        *AWS_SETTINGS,
-        "gallery",
-        "data_dir",
-        "host",
-        "port",
-        "model",
-        "max_file_bytes",
-        "max_files",
-        "max_pixels",
-        "timeout_s",
-        "course_paths",
-        "course_reply",
-        "url_allow",
-        "url_timeout_s",
-        "max_receives",
-        *WEB_LIMITS,
-        *ACCESS,
-        "store_timeout_s",
-        "result_ttl_s",
-        "webhook_secret",
-        "webhook_secret_arn",
-        "log_format",
-    ],
-    "worker": [
-        *AWS_SETTINGS,
-        "face_threshold",
-        "data_dir",
-        "model",
-        "max_pixels",
-        "max_side",
-        "max_aspect",
-        "store_timeout_s",
-        "visibility_s",
-        "max_receives",
-        "batch_size",
-        "batch_wait_s",
-        "threads",
-        "heartbeat_s",
-        "worker_max_idle_s",
-        "log_format",
-    ],
-    "controller": [
-        k for k in SETTING_HELP if k in ("input_ttl_s", "result_ttl_s", "store_timeout_s") or k not in WEB_ONLY
-    ],
-}
+def _add_settings(p: argparse.ArgumentParser, command: str) -> None:
+    """A flag for every setting `command` takes, from its declaration (iraas/config.py)."""
+    from .config import declared
 
-
-def _add_settings(p: argparse.ArgumentParser, names: list[str]) -> None:
     p.add_argument("--config", help="TOML file of settings (also IRAAS_CONFIG); flags and IRAAS_* variables win")
-    for name in names:
+    for f in declared(command):
+        name, meta = f.name, f.metadata
         flag = "--" + name.replace("_", "-")
-        if name in NEGATED:
+        if meta["flag"] == "negate":
             flag = "--no-" + name.replace("_", "-")
-            p.add_argument(flag, dest=name, action="store_const", const="false", default=None, help=NEGATED[name])
-        elif name in BOOLEAN:
-            p.add_argument(flag, dest=name, action="store_const", const="true", default=None, help=SETTING_HELP[name])
+            p.add_argument(flag, dest=name, action="store_const", const="false", default=None, help=meta["negated"])
+        elif meta["flag"] == "switch":
+            p.add_argument(flag, dest=name, action="store_const", const="true", default=None, help=meta["help"])
         else:
-            p.add_argument(flag, dest=name, default=None, help=SETTING_HELP[name])
-    if "auth" in names:
+            p.add_argument(flag, dest=name, default=None, help=meta["help"])
+    if any(f.name == "auth" for f in declared(command)):
         p.add_argument(
             "--no-auth",
             dest="auth",
@@ -283,20 +126,26 @@ def _add_settings(p: argparse.ArgumentParser, names: list[str]) -> None:
         )
 
 
+def settings_from(args: argparse.Namespace, command: str) -> Settings:
+    """The settings of `command`: its flags over IRAAS_* variables over the TOML file."""
+    from .config import declared, load_settings
+
+    return load_settings(args.config, **{f.name: getattr(args, f.name) for f in declared(command)})
+
+
 def _cmd_service(args: argparse.Namespace) -> int:
     from . import serve
-    from .config import load_settings
     from .parts import located, with_webhook_secret
 
-    names = SERVICE_SETTINGS[args.command]
-    settings = load_settings(args.config, **{n: getattr(args, n) for n in names})
-    settings = located(settings)
+    settings = located(settings_from(args, args.command))
     logs.configure(settings.log_format, args.verbose)  # a config file may name it
     settings = with_webhook_secret(settings)
     if args.command in ("up", "web"):
         serve.up(settings, with_controller=args.command == "up")
+    elif args.command == "worker":
+        serve.worker(settings, worker_id=args.worker_id, parent=args.parent_pid)
     else:
-        getattr(serve, args.command)(settings)
+        serve.controller(settings)
     return 0
 
 
@@ -316,9 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("controller", "run the autoscaling controller alone, with local worker processes"),
     ):
         sp = sub.add_parser(name, help=text, description=text + ". Every setting also reads IRAAS_<NAME>.")
-        _add_settings(sp, SERVICE_SETTINGS[name])
+        _add_settings(sp, name)
+        if name == "worker":
+            sp.add_argument(
+                "--worker-id", help="this worker's id in heartbeats (default: host-pid, or the EC2 instance)"
+            )
+            sp.add_argument("--parent-pid", type=int, help="stop when this process ends (set by a local fleet)")
         sp.set_defaults(func=_cmd_service)
-    add_keys(sub, KEYS_SETTINGS, _add_settings)
+    add_keys(sub, _add_settings, settings_from)
     add_loadgen(sub)
     add_aws(sub)
     _add_bench(sub)
@@ -345,7 +199,7 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     q.add_argument("--calibration", required=True, nargs="+", metavar="DIR", help="image folders or files")
     q.add_argument("--out", required=True, metavar="NAME.toml", help="the model spec to write")
-    q.add_argument("--model", default=None, help=MODEL_HELP)
+    q.add_argument("--model", default=None, help=help_of("model"))
     q.add_argument("--limit", type=int, default=500, help="most calibration images used (default 500)")
     q.set_defaults(func=_cmd_quantize)
 
@@ -355,10 +209,10 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     c.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     c.add_argument("--top-k", type=int, default=5, help="how many labels to compute (default 5)")
     c.add_argument("--json", action="store_true", help="print one JSON object per image")
-    c.add_argument("--model", default=None, help=MODEL_HELP)
+    c.add_argument("--model", default=None, help=help_of("model"))
     c.add_argument("--batch", type=int, default=8, help="images per inference call (default 8)")
     c.add_argument("--threads", type=int, default=1, help="onnxruntime threads (default 1)")
-    c.add_argument("--gallery", help=GALLERY_HELP)
+    c.add_argument("--gallery", help=help_of("gallery"))
     c.add_argument("--threshold", type=float, default=0.0, help="faces: answer unknown below this similarity")
     c.set_defaults(func=_cmd_classify)
     e = sub.add_parser("enroll", help="faces: enrol a folder per person into a gallery file")
@@ -376,15 +230,15 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     m.add_argument("--procs", type=int, default=0, help="processes (default: CPU count)")
     m.add_argument("--threads", type=int, default=1, help="onnxruntime threads per process (default 1)")
     m.add_argument("--rounds", type=int, default=1, help="passes over the folder per process (default 1)")
-    m.add_argument("--model", default=None, help=MODEL_HELP)
-    m.add_argument("--gallery", help=GALLERY_HELP)
+    m.add_argument("--model", default=None, help=help_of("model"))
+    m.add_argument("--gallery", help=help_of("gallery"))
     m.set_defaults(func=_cmd_bench_model)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        logs.configure(getattr(args, "log_format", None) or os.environ.get("IRAAS_LOG_FORMAT") or "text", args.verbose)
+        logs.configure(getattr(args, "log_format", None) or log_format_from_env(), args.verbose)
         return int(args.func(args))
     except (SpecError, ValueError) as exc:
         print(f"iraas: {exc}", file=sys.stderr)

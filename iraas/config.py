@@ -1,12 +1,18 @@
-"""One frozen Settings object, read once at start-up: defaults < config file < IRAAS_* env < flags."""
+"""Every setting, declared once: its type, default, help, environment name (IRAAS_<NAME>) and
+the processes that take it. The command-line flags, `--help`, the TOML file, the environment a
+worker is started with and the settings each command accepts all come from this declaration.
+
+One frozen Settings object, read once at start-up: defaults < config file < IRAAS_* env < flags.
+Components never see it whole: the composition root (`iraas/parts.py`) derives each one's own
+small config from it.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterator, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,95 +20,232 @@ from .logs import FORMATS
 from .signing import secret_keys
 
 if TYPE_CHECKING:
-    from .imaging import Limits
+    from .imaging import ImageLimits
+
+# The processes a setting is for: `iraas up` takes every one of the three; `iraas keys` reads
+# the store. A setting of a process's own parts: the controller also takes the settings of the
+# workers it starts (they are handed on in the workers' environment).
+WEB, WORKER, CONTROLLER, KEYS = "web", "worker", "controller", "keys"
+PROCESSES = {"up": (WEB, WORKER, CONTROLLER), WEB: (WEB,), WORKER: (WORKER,), CONTROLLER: (CONTROLLER,), KEYS: (KEYS,)}
+
+
+def setting(
+    default: Any = MISSING,
+    help: str = "",
+    takes: set[str] | None = None,
+    *,
+    factory: Any = MISSING,
+    flag: str = "value",
+    negated: str = "",
+) -> Any:
+    """One setting. `flag`: "value" (--name VALUE), "switch" (--name sets it true) or "negate"
+    (--no-name sets it false; `negated` is that flag's help)."""
+    meta = {"help": help, "takes": frozenset(takes or ()), "flag": flag, "negated": negated}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class Settings:
     # where and how
-    data_dir: Path = Path("iraas-data")
-    host: str = "127.0.0.1"
-    port: int = 8000
-    model: str = "efficientnet-lite0"
+    data_dir: Path = setting(  # noqa: RUF009 (a field(): `setting` returns one)
+        Path("iraas-data"),
+        "embedded queue file and blob directory (default ./iraas-data)",
+        {WEB, WORKER, CONTROLLER, KEYS},
+    )
+    host: str = setting("127.0.0.1", "address to listen on (default 127.0.0.1)", {WEB})
+    port: int = setting(8000, "port to listen on (default 8000)", {WEB})
+    model: str = setting(
+        "efficientnet-lite0",
+        "built-in model name (efficientnet-lite0 [default], -lite1, -lite2), faces (with --gallery), "
+        "or a model spec file (TOML/JSON)",
+        {WEB, WORKER, CONTROLLER},
+    )
     # backends: "embedded" (SQLite + directory under data_dir) or "aws" (SQS + S3 + EC2)
-    backend: str = "embedded"
-    name: str = "iraas"  # AWS deployment name: queues <name>-requests, <name>-replies-*, tags
-    bucket: str = ""  # AWS: the deployment's S3 bucket
-    aws_region: str = ""
-    aws_endpoint_url: str = ""  # moto, LocalStack; empty for AWS itself
-    launch_template: str = ""  # AWS: worker launch template (default <name>-worker)
+    backend: str = setting(
+        "embedded",
+        "embedded (SQLite + directory, local processes; default) or aws (SQS + S3 + EC2)",
+        {WEB, WORKER, CONTROLLER, KEYS},
+    )
+    name: str = setting(
+        "iraas",
+        "AWS deployment name: queues <name>-requests…, instance tags (default iraas)",
+        {WEB, WORKER, CONTROLLER, KEYS},
+    )
+    bucket: str = setting(
+        "", "AWS: the deployment's S3 bucket (iraas aws status prints it)", {WEB, WORKER, CONTROLLER, KEYS}
+    )
+    aws_region: str = setting("", "AWS region (default: the AWS SDK's)", {WEB, WORKER, CONTROLLER, KEYS})
+    aws_endpoint_url: str = setting(
+        "", "AWS endpoint override, for moto or LocalStack", {WEB, WORKER, CONTROLLER, KEYS}
+    )
+    launch_template: str = setting("", "AWS: worker launch template (default <name>-worker)", {CONTROLLER})
     # faces
-    gallery: str = ""  # model "faces": a folder per person, or a gallery file
-    face_threshold: float = 0.0  # below this similarity the answer is "unknown"; 0 = off
+    gallery: str = setting(
+        "",
+        "model faces: a folder per person (GALLERY/<name>/*.jpg, enrolled incrementally) or a gallery file",
+        {WEB, CONTROLLER},
+    )
+    face_threshold: float = setting(
+        0.0, "faces: answer unknown below this similarity (default 0: off)", {WORKER, CONTROLLER}
+    )
     # web tier: every limit a client can meet is documented in docs/security.md
-    max_file_bytes: int = 20 * 1024 * 1024
-    max_files: int = 100
-    max_request_bytes: int = 50 * 1024 * 1024  # the whole body, all files together
-    spool_bytes: int = 1024 * 1024  # an upload past this waits on disk, not in RAM
-    max_json_bytes: int = 64 * 1024
-    max_pixels: int = 50_000_000
-    max_side: int = 20_000
-    max_aspect: float = 20.0
-    timeout_s: float = 60.0
+    max_file_bytes: int = setting(20 * 1024 * 1024, "largest accepted image, bytes (default 20 MiB)", {WEB})
+    max_files: int = setting(100, "most images per request (default 100)", {WEB})
+    max_request_bytes: int = setting(
+        50 * 1024 * 1024, "largest request body, all files together, bytes (default 50 MiB)", {WEB}
+    )
+    spool_bytes: int = setting(
+        1024 * 1024, "an upload past this many bytes waits on disk, not in RAM (default 1 MiB)", {WEB}
+    )
+    max_json_bytes: int = setting(64 * 1024, "largest JSON body, bytes (default 64 KiB)", {WEB})
+    max_pixels: int = setting(
+        50_000_000, "largest accepted image, pixels (default 50,000,000)", {WEB, WORKER, CONTROLLER}
+    )
+    max_side: int = setting(20_000, "longest accepted image side, pixels (default 20,000)", {WEB, WORKER, CONTROLLER})
+    max_aspect: float = setting(
+        20.0, "most an image's long side may exceed its short side, times (default 20)", {WEB, WORKER, CONTROLLER}
+    )
+    timeout_s: float = setting(60.0, "how long a waiting request waits for its answers (default 60)", {WEB})
     # the course contract (docs/service.md): where its clients POST and what they expect back
-    course_paths: tuple[str, ...] = ("/",)
-    course_reply: str = "name:label"  # "name:label" (2024 clients) | "label" (2022 faces clients)
-    url_allow: tuple[str, ...] = ()  # hosts or CIDRs that URL intake may reach despite being private
-    url_timeout_s: float = 10.0  # the whole fetch of one URL, redirects included
-    max_fetches: int = 16  # URL fetches in flight per web process
-    max_connections: int = 1000  # open connections per web process; past it 503
-    header_timeout_s: float = 10.0  # a request's headers must arrive within this
-    body_timeout_s: float = 30.0  # the longest pause while a body arrives
-    max_backlog: int = 10_000  # images waiting; past it new work is refused (503); 0 = no limit
-    store_timeout_s: float = 5.0  # a locked queue file refuses new work (503) after this
-    min_free_bytes: int = 256 * 1024 * 1024  # below this free on the data disk: not ready, 503
+    course_paths: tuple[str, ...] = setting(
+        ("/",), "comma-separated URL paths of the course contract's POST (default /), e.g. /,/upload", {WEB}
+    )
+    course_reply: str = setting(
+        "name:label",
+        "what a course POST answers: name:label (2024 clients; default) or label (2022 faces clients)",
+        {WEB},
+    )
+    url_allow: tuple[str, ...] = setting(
+        (), "comma-separated hosts or CIDRs that URL intake may fetch despite being private", {WEB, CONTROLLER}
+    )
+    url_timeout_s: float = setting(
+        10.0, "deadline for fetching one image URL, redirects included, seconds (default 10)", {WEB}
+    )
+    max_fetches: int = setting(16, "URL fetches in flight per web process (default 16)", {WEB})
+    max_connections: int = setting(1000, "open connections per web process; past it 503 (default 1000)", {WEB})
+    header_timeout_s: float = setting(10.0, "a request's headers must arrive within this, seconds (default 10)", {WEB})
+    body_timeout_s: float = setting(30.0, "longest pause while a request body arrives, seconds (default 30)", {WEB})
+    max_backlog: int = setting(
+        10_000, "images waiting past which new work gets 503 + Retry-After; 0 = no limit (default 10,000)", {WEB}
+    )
+    store_timeout_s: float = setting(
+        5.0, "a locked queue file refuses new work (503) after this, seconds (default 5)", {WEB, WORKER, CONTROLLER}
+    )
+    min_free_bytes: int = setting(
+        256 * 1024 * 1024, "below this free on the data disk: not ready, uploads 507 (default 256 MiB)", {WEB}
+    )
     # access (docs/security.md): "auto" requires API keys once one exists or off loopback
-    auth: str = "auto"  # "auto" | "required" | "off" (--no-auth)
-    anonymous_course: bool = False  # POST / (the course contract) without a key, rate limited
-    allowed_hosts: tuple[str, ...] = ()  # Host names served; default: loopback names on loopback
-    allowed_origins: tuple[str, ...] = ()  # other sites' origins allowed to POST (browser pages)
-    requests_per_s: float = 20.0  # per key, and for anonymous course callers together
-    images_per_s: float = 50.0
-    images_per_day: int = 100_000
-    burst_s: float = 10.0  # a key may spend this many seconds of its rates at once
+    auth: str = setting(
+        "auto", "API keys: auto (required once a key exists or off loopback; default), required, or off", {WEB}
+    )
+    anonymous_course: bool = setting(
+        False,
+        "let POST / (the course clients' contract) be used without a key, rate limited like one key",
+        {WEB},
+        flag="switch",
+    )
+    allowed_hosts: tuple[str, ...] = setting(
+        (), "comma-separated Host names served (default: loopback names on loopback, any otherwise)", {WEB}
+    )
+    allowed_origins: tuple[str, ...] = setting(
+        (), "comma-separated origins of other sites' pages allowed to POST (default none)", {WEB}
+    )
+    requests_per_s: float = setting(
+        20.0, "requests per second per key (and for anonymous course callers together) (default 20)", {WEB}
+    )
+    images_per_s: float = setting(50.0, "images per second per key (default 50)", {WEB})
+    images_per_day: int = setting(100_000, "images per key per UTC day (default 100,000)", {WEB})
+    burst_s: float = setting(10.0, "a key may spend this many seconds of its rates at once (default 10)", {WEB})
     # results that come to you (docs/integrating.md): signed webhooks
-    webhook_secret: str = ""  # whsec_<base64>; several (space-separated) all sign, for a rotation
-    webhook_secret_arn: str = ""  # AWS: the Secrets Manager secret holding it, read at start
-    webhook_timeout_s: float = 10.0  # one delivery attempt, connection included
-    webhook_backoff_s: float = 5.0  # the first retry's delay; doubled each time, with jitter
-    webhook_backoff_max_s: float = 3600.0
-    webhook_retry_for_s: float = 86_400.0  # retries stop this long after the result was final
-    webhook_concurrency: int = 16  # deliveries in flight per delivering process
-    log_format: str = "text"  # text | json (one object per line)
+    webhook_secret: str = setting(
+        "",
+        "whsec_… key that signs webhooks (several, space-separated, all sign: a rotation); "
+        "pass it as IRAAS_WEBHOOK_SECRET, not a flag others can read in ps (iraas webhook-secret makes one)",
+        {WEB, CONTROLLER},
+    )
+    webhook_secret_arn: str = setting(
+        "",
+        "AWS: the Secrets Manager secret that holds the webhook secret, read at start "
+        "(iraas aws deploy makes one per deployment and sets this)",
+        {WEB, CONTROLLER},
+    )
+    webhook_timeout_s: float = setting(10.0, "one webhook delivery attempt, seconds (default 10)", {CONTROLLER})
+    webhook_backoff_s: float = setting(
+        5.0, "delay before a webhook's first retry, doubled each time, with jitter (default 5)", {CONTROLLER}
+    )
+    webhook_backoff_max_s: float = setting(
+        3600.0, "longest delay between two webhook attempts, seconds (default 3600)", {CONTROLLER}
+    )
+    webhook_retry_for_s: float = setting(
+        86_400.0, "webhook retries stop this long after the result, seconds (default 1 day)", {CONTROLLER}
+    )
+    webhook_concurrency: int = setting(16, "webhook deliveries in flight (default 16)", {CONTROLLER})
+    log_format: str = setting(
+        "text",
+        "text (default) or json: one object per line, with request_id and traceparent",
+        {WEB, WORKER, CONTROLLER},
+    )
     # retention (embedded store; the S3 lifecycle rules of the AWS template say the same)
-    input_ttl_s: float = 86_400.0
-    result_ttl_s: float = 7 * 86_400.0
+    input_ttl_s: float = setting(
+        86_400.0, "embedded store: uploaded images are deleted after this, seconds (default 1 day)", {CONTROLLER}
+    )
+    result_ttl_s: float = setting(
+        7 * 86_400.0, "embedded store: results are deleted after this, seconds (default 7 days)", {WEB, CONTROLLER}
+    )
     # queue semantics
     # a dead worker's messages come back after this (the worker extends it while it works)
-    visibility_s: int = 10
-    max_receives: int = 3
+    visibility_s: int = setting(
+        10,
+        "seconds a received request stays hidden before a retry; a live worker extends it (default 10)",
+        {WORKER, CONTROLLER},
+    )
+    max_receives: int = setting(
+        3, "deliveries before a request is given up as failed (default 3)", {WEB, WORKER, CONTROLLER}
+    )
     # worker
-    batch_size: int = 4
-    batch_wait_s: float = 0.0
-    threads: int = 1
-    heartbeat_s: float = 1.0
-    worker_max_idle_s: float = 0.0  # 0: run until stopped (the controller scales in)
+    batch_size: int = setting(
+        4, "most requests per inference call (default 4: as fast per image as 8, less memory)", {WORKER, CONTROLLER}
+    )
+    batch_wait_s: float = setting(
+        0.0, "extra wait for a fuller batch once one request arrived (default 0)", {WORKER, CONTROLLER}
+    )
+    threads: int = setting(1, "onnxruntime threads per worker process (default 1)", {WORKER, CONTROLLER})
+    heartbeat_s: float = setting(1.0, "seconds between worker heartbeats (default 1)", {WORKER, CONTROLLER})
+    worker_max_idle_s: float = setting(
+        0.0, "a worker exits after this long idle; 0 = never (default 0)", {WORKER, CONTROLLER}
+    )
     # controller
-    warm_start: bool = True  # fork local workers from a template process (its RSS: docs/service.md)
-    warm_pool: int = 0  # AWS: scaled-in workers kept stopped, up to this many, to start in seconds
-    min_workers: int = 0
-    max_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    target_per_worker: int = 8  # backlog one worker should hold (HPA target value)
-    scale_in_after_s: float = 10.0  # stabilisation window before stopping idle workers
-    tick_s: float = 0.25
-    heartbeat_stale_s: float = 15.0
-    start_grace_s: float = 30.0
+    warm_start: bool = setting(
+        True,
+        "fork local workers from a template process that has loaded the model (default on)",
+        {CONTROLLER},
+        flag="negate",
+        negated="start each local worker as a new interpreter (~0.5 s), with no template process",
+    )
+    warm_pool: int = setting(
+        0,
+        "AWS: scaled-in workers kept stopped (disk cost only), to start in seconds; at most (default 0)",
+        {CONTROLLER},
+    )
+    min_workers: int = setting(0, "workers kept running when idle (default 0)", {CONTROLLER})
+    max_workers: int = setting(
+        MISSING, "most workers (default: CPU count)", {CONTROLLER}, factory=lambda: os.cpu_count() or 1
+    )
+    target_per_worker: int = setting(
+        8, "backlog one worker should hold before another is started (default 8)", {CONTROLLER}
+    )
+    scale_in_after_s: float = setting(10.0, "idle period before workers are stopped (default 10)", {CONTROLLER})
+    tick_s: float = setting(0.25, "seconds between controller decisions (default 0.25)", {CONTROLLER})
+    heartbeat_stale_s: float = setting(15.0, "a worker silent this long is replaced (default 15)", {CONTROLLER})
+    start_grace_s: float = setting(30.0, "time a new worker has to send its first heartbeat (default 30)", {CONTROLLER})
 
     @property
-    def image_limits(self) -> Limits:
-        from .imaging import Limits  # numpy and Pillow: not for every CLI start
+    def image_limits(self) -> ImageLimits:
+        from .imaging import ImageLimits  # numpy and Pillow: not for every CLI start
 
-        return Limits(max_pixels=self.max_pixels, max_side=self.max_side, max_aspect=self.max_aspect)
+        return ImageLimits(max_pixels=self.max_pixels, max_side=self.max_side, max_aspect=self.max_aspect)
 
     @property
     def queue_path(self) -> Path:
@@ -153,34 +296,40 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
                     raise ValueError(f"{path}: unknown setting {key!r}")
                 values[key] = _coerce(key, kinds[key], raw)
     for key, kind in kinds.items():
-        env = os.environ.get(f"IRAAS_{key.upper()}")
+        env = os.environ.get(env_name(key))
         if env is not None:
             values[key] = _coerce(key, kind, env)
     for key, raw in overrides.items():
         if raw is not None:
             values[key] = _coerce(key, kinds[key], raw)
     settings = Settings(**values)
+    _check(settings)
+    return settings
+
+
+def _check(settings: Settings) -> None:
     if not 0 <= settings.min_workers <= settings.max_workers:
         raise ValueError("need 0 <= min_workers <= max_workers")
     if not 0 <= settings.warm_pool <= settings.max_workers:
         raise ValueError("need 0 <= warm_pool <= max_workers")
-    if settings.auth not in ("auto", "required", "off"):
-        raise ValueError(f"auth must be auto, required or off, not {settings.auth!r}")
-    if settings.backend not in ("embedded", "aws"):
-        raise ValueError(f"backend must be embedded or aws, not {settings.backend!r}")
-    if settings.course_reply not in COURSE_REPLIES:
-        raise ValueError(f"course_reply must be {' or '.join(COURSE_REPLIES)}, not {settings.course_reply!r}")
+    for name, allowed in (("auth", AUTH_MODES), ("backend", BACKENDS), ("course_reply", COURSE_REPLIES)):
+        if getattr(settings, name) not in allowed:
+            raise ValueError(f"{name} must be {_either(allowed)}, not {getattr(settings, name)!r}")
+    if settings.log_format not in FORMATS:
+        raise ValueError(f"log_format must be {' or '.join(FORMATS)}, not {settings.log_format!r}")
     for path in settings.course_paths:
         _check_course_path(path)
     secret_keys(settings.webhook_secret)
-    if settings.log_format not in FORMATS:
-        raise ValueError(f"log_format must be {' or '.join(FORMATS)}, not {settings.log_format!r}")
     if settings.webhook_concurrency < 1 or settings.webhook_backoff_s <= 0:
         raise ValueError("need webhook_concurrency >= 1 and webhook_backoff_s > 0")
 
-    return settings
+
+def _either(options: tuple[str, ...]) -> str:
+    return " or ".join([", ".join(options[:-1]), options[-1]] if len(options) > 2 else options)
 
 
+AUTH_MODES = ("auto", "required", "off")
+BACKENDS = ("embedded", "aws")
 COURSE_REPLIES = ("name:label", "label")
 # The service's own routes: a course path may not shadow them.
 _RESERVED = ("/v1/", "/static/", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/redoc")
@@ -194,16 +343,40 @@ def _check_course_path(path: str) -> None:
         raise ValueError(f"course_paths: {path!r} is one of the service's own routes")
 
 
-# Only the delivering process needs the secret (or where to read it): never handed on.
-SECRETS = ("webhook_secret", "webhook_secret_arn")
+def help_of(name: str) -> str:
+    """A setting's help, for a command that takes it otherwise than as a setting."""
+    return str(next(f.metadata["help"] for f in fields(Settings) if f.name == name))
 
 
-def worker_env(settings: Settings, inherited: Mapping[str, str]) -> dict[str, str]:
-    """A worker process's whole environment: `inherited` (this process's) and the settings as
-    IRAAS_* variables, the secret left out of both (it may have come as a variable)."""
-    hidden = {f"IRAAS_{k.upper()}" for k in SECRETS}
-    out = {k: v for k, v in inherited.items() if k not in hidden}
-    for key, value in dataclasses.asdict(settings).items():
-        if key not in SECRETS:
-            out[f"IRAAS_{key.upper()}"] = ",".join(value) if isinstance(value, tuple) else str(value)
+def env_name(name: str) -> str:
+    return f"IRAAS_{name.upper()}"
+
+
+def declared(command: str) -> Iterator[Field[Any]]:
+    """The settings `command` (up, web, worker, controller, keys) takes, in declaration order."""
+    wanted = set(PROCESSES[command])
+    return (f for f in fields(Settings) if f.metadata["takes"] & wanted)
+
+
+def process_env(settings: Settings, process: str, inherited: Mapping[str, str]) -> dict[str, str]:
+    """The whole environment of a `process` started with these settings: `inherited` without
+    any IRAAS_<setting>, then the settings that process takes. So a worker never gets the
+    webhook secret, nor where to read it, whichever way it came (a flag, a variable, a file)."""
+    ours = {env_name(f.name) for f in fields(Settings)}
+    out = {k: v for k, v in inherited.items() if k not in ours}
+    for f in declared(process):
+        value = getattr(settings, f.name)
+        out[env_name(f.name)] = ",".join(value) if isinstance(value, tuple) else str(value)
     return out
+
+
+def log_format_from_env() -> str:
+    """The log format before the settings are read (a process logs from its first line)."""
+    return os.environ.get(env_name("log_format")) or "text"
+
+
+def cache_dir() -> Path | None:
+    """Where downloaded or converted weights are kept (IRAAS_CACHE_DIR), if set: not a
+    service setting, so that `iraas classify` and the tests can point it elsewhere."""
+    raw = os.environ.get("IRAAS_CACHE_DIR")
+    return Path(raw) if raw else None

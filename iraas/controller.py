@@ -14,33 +14,55 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .autoscale import Decision, Observation, Policy, State, decide
-from .config import Settings
 from .fleet.base import Fleet, Instance
+from .lifecycle.cluster import Cluster
+from .lifecycle.results import Results, reply
 from .logs import about
-from .messages import Heartbeat, MessageError, Request, Result
-from .store import Store
+from .messages import ClusterStatus, Heartbeat, MessageError, Request, Result, WorkerView
+from .queues.base import Queue
+from .replies import Replies
 
 log = logging.getLogger(__name__)
 REACT_S = 0.01  # the shortest time between two ticks that requests woke
 HISTORY_EVERY_S, HISTORY_LEN = 2.0, 300  # ten minutes of load, kept in the published status
 
 
-def policy_from(settings: Settings) -> Policy:
-    return Policy(
-        min_workers=settings.min_workers,
-        max_workers=settings.max_workers,
-        target_per_worker=settings.target_per_worker,
-        scale_in_after_s=settings.scale_in_after_s,
-    )
+@dataclass(frozen=True)
+class ControllerConfig:
+    """What the controller takes from the settings (the composition root derives it)."""
+
+    policy: Policy
+    tick_s: float = 0.25
+    heartbeat_stale_s: float = 15.0  # a worker silent this long is replaced
+    start_grace_s: float = 30.0  # a new worker's time to send its first heartbeat
+    max_receives: int = 3  # (as the queue gives up: said in a dead letter's answer)
+
+
+def _no_sweep() -> int:
+    return 0
 
 
 class Controller:
-    def __init__(self, store: Store, fleet: Fleet, settings: Settings, clock: Callable[[], float] = time.time) -> None:
-        self.store, self.fleet, self.s, self.clock = store, fleet, settings, clock
-        self.policy = policy_from(settings)
+    def __init__(
+        self,
+        *,
+        requests: Queue,
+        results: Results,
+        cluster: Cluster,
+        replies: Replies,
+        fleet: Fleet,
+        config: ControllerConfig,
+        sweep: Callable[[], int] = _no_sweep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """`sweep()`: retention (expired blobs removed, how many), run once a minute."""
+        self.requests, self.results, self.cluster, self.replies = requests, results, cluster, replies
+        self.fleet, self.config, self.sweep, self.clock = fleet, config, sweep, clock
+        self.policy = config.policy
         self.state = State()
         self.decisions: deque[dict[str, Any]] = deque(maxlen=50)
         self._last: tuple[int, int] | None = None
@@ -54,7 +76,7 @@ class Controller:
         self._peak = (0, 0, 0)  # (waiting, in flight, workers) since the last sample
 
     def run(self, stop: threading.Event) -> None:
-        with self.store.requests.wakeups() as woken:
+        with self.requests.wakeups() as woken:
             while not stop.is_set():
                 ticked = time.monotonic()
                 self._safe_tick()
@@ -66,10 +88,10 @@ class Controller:
         launched within milliseconds of the request. On SQS the tick is the wait (a launch
         takes a minute anyway)."""
         if woken is None:
-            stop.wait(self.s.tick_s)
+            stop.wait(self.config.tick_s)
             return
         stop.wait(max(ticked + REACT_S - time.monotonic(), 0))  # a burst: one tick per REACT_S
-        until = ticked + self.s.tick_s
+        until = ticked + self.config.tick_s
         while not stop.is_set() and (left := until - time.monotonic()) > 0:
             if woken(min(left, 0.5)):  # short waits: a stop is seen within 0.5 s
                 return
@@ -102,8 +124,8 @@ class Controller:
 
     def tick(self) -> Decision:
         now = self.clock()
-        depth = self.store.requests.depth()
-        beats = self.store.heartbeats()
+        depth = self.requests.depth()
+        beats = self.cluster.heartbeats()
         listed = self.fleet.list()
         live = [i for i in listed if i.state != "stopping"]
         active = self._replace_stale(live, beats, now)
@@ -134,19 +156,19 @@ class Controller:
         for inst in active:
             beat = beats.get(inst.id)
             if beat is None:
-                if now - inst.launched_at > self.s.start_grace_s:
+                if now - inst.launched_at > self.config.start_grace_s:
                     stale.append(inst.id)
-            elif now - beat.at > self.s.heartbeat_stale_s:
+            elif now - beat.at > self.config.heartbeat_stale_s:
                 stale.append(inst.id)
         if stale:
             log.warning("replacing worker(s) with stale heartbeats: %s", ", ".join(stale))
             self.fleet.kill(stale)
             for wid in stale:
-                self.store.remove_heartbeat(wid)
+                self.cluster.remove_heartbeat(wid)
         known = {i.id for i in active}
         for wid, beat in beats.items():  # heartbeats of workers that died unseen
-            if wid not in known and now - beat.at > self.s.heartbeat_stale_s:
-                self.store.remove_heartbeat(wid)
+            if wid not in known and now - beat.at > self.config.heartbeat_stale_s:
+                self.cluster.remove_heartbeat(wid)
         return [i for i in active if i.id not in stale]
 
     def _recent_work(self, beats: dict[str, Heartbeat]) -> int:
@@ -194,14 +216,14 @@ class Controller:
         if now - self._swept_at < 60:
             return
         self._swept_at = now
-        removed = self.store.expire(input_ttl_s=self.s.input_ttl_s, result_ttl_s=self.s.result_ttl_s)
+        removed = self.sweep()
         if removed:
             log.info("retention: removed %d expired blob(s)", removed)
 
     # -- dead letters -----------------------------------------------------------------------
 
     def drain_dead_letters(self) -> int:
-        dlq = self.store.requests.dead_letter
+        dlq = self.requests.dead_letter
         if dlq is None:
             return 0
         handled = 0
@@ -218,16 +240,16 @@ class Controller:
         except (MessageError, TypeError):
             log.error("unreadable dead letter dropped: %.200s", body)
             return
-        attempts = self.s.max_receives
+        attempts = self.config.max_receives
         failed = Result.failure(
             req,
             "gave_up",
             f"gave up after {attempts} attempts: the worker failed or timed out each time",
             timings={"total": round(self.clock() - req.submitted_at, 4)},
         )
-        final = self.store.finish(req, failed)  # a late worker may have finished after all
+        final = self.results.finish(req, failed)  # a late worker may have finished after all
         log.warning("request %s (%s) %s", req.id, req.name, final.reason or final.status, extra=about(req))
-        self.store.reply(req.reply_to, final)
+        reply(self.replies, req.reply_to, final)
 
     # -- status -----------------------------------------------------------------------------
 
@@ -240,32 +262,28 @@ class Controller:
         beats: dict[str, Heartbeat],
         instances: list[Instance],
     ) -> None:
-        workers = []
-        for inst in instances:
-            wid = inst.id
-            beat = beats.get(wid)
-            workers.append(
-                {
-                    "id": wid,
-                    "state": beat.state if beat and inst.state != "stopping" else inst.state,
-                    "last_heartbeat": beat.at if beat else None,
-                    "processed": beat.processed if beat else 0,
-                    "error": beat.error if beat else "",
-                    "launched_at": inst.launched_at,
-                }
-            )
-        status = {
-            # Ids in workers' hands: what a status query calls "running" (one read, not one
-            # per worker).
-            "running": sorted({rid for beat in beats.values() for rid in beat.current}),
-            "fleet_errors": self.fleet.errors[-5:],
-            "warm": self.fleet.warm(),
-            "at": now,
-            "queue": {"visible": visible, "in_flight": in_flight, "dead_lettered": dead},
-            "dead_letters_total": self.dead_total,
-            "history": list(self.history),
-            "workers": workers,
-            "policy": self.policy.__dict__,
-            "decisions": list(self.decisions),
-        }
-        self.store.publish_status(status)
+        status = ClusterStatus(
+            at=now,
+            # Ids in workers' hands: what a status query calls "running" (one read, not one per worker).
+            running=sorted({rid for beat in beats.values() for rid in beat.current}),
+            queue={"visible": visible, "in_flight": in_flight, "dead_lettered": dead},
+            dead_letters_total=self.dead_total,
+            workers=[_view(inst, beats.get(inst.id)) for inst in instances],
+            history=[list(h) for h in self.history],
+            decisions=list(self.decisions),
+            policy=self.policy.__dict__,
+            fleet_errors=self.fleet.errors[-5:],
+            warm=self.fleet.warm(),
+        )
+        self.cluster.publish_status(status)
+
+
+def _view(inst: Instance, beat: Heartbeat | None) -> WorkerView:
+    return WorkerView(
+        id=inst.id,
+        state=beat.state if beat and inst.state != "stopping" else inst.state,
+        last_heartbeat=beat.at if beat else None,
+        processed=beat.processed if beat else 0,
+        error=beat.error if beat else "",
+        launched_at=inst.launched_at,
+    )

@@ -39,7 +39,7 @@ class ImageError(ValueError):
 
 
 @dataclass(frozen=True)
-class Limits:
+class ImageLimits:
     """What an image may be, checked from its header before any pixel is decoded (a detector
     sized to a 5,000,000 x 10 strip asks for tens of GB)."""
 
@@ -58,7 +58,7 @@ class Limits:
             raise ImageError("bad_shape", f"image is {w}x{h}, more than {self.max_aspect:g} times as long as wide")
 
 
-DEFAULT_LIMITS = Limits()
+DEFAULT_LIMITS = ImageLimits()
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def _detect_other(data: bytes) -> str | None:
     return None
 
 
-def _open(data: bytes | IO[bytes], limits: Limits) -> Image.Image:
+def _open(data: bytes | IO[bytes], limits: ImageLimits) -> Image.Image:
     """Only the header is read (a file is read from its current position)."""
     f = io.BytesIO(data) if isinstance(data, bytes) else data
     head = f.read(64)
@@ -108,7 +108,7 @@ def _open(data: bytes | IO[bytes], limits: Limits) -> Image.Image:
     return img
 
 
-def inspect(data: bytes | IO[bytes], limits: Limits = DEFAULT_LIMITS) -> ImageInfo:
+def inspect(data: bytes | IO[bytes], limits: ImageLimits = DEFAULT_LIMITS) -> ImageInfo:
     """Cheap check from the header only: format allowed, size and shape within the limits."""
     img = _open(data, limits)
     return ImageInfo(str(img.format), img.width, img.height)
@@ -165,7 +165,7 @@ def _wide_to_rgb(img: Image.Image) -> Image.Image:
     return Image.fromarray(gray).convert("RGB")
 
 
-def decode(data: bytes, min_side: int | None = None, limits: Limits = DEFAULT_LIMITS) -> Image.Image:
+def decode(data: bytes, min_side: int | None = None, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
     """Decode to an upright RGB image. With `min_side`, a JPEG may come back smaller, but its
     short side is never below `min_side` (unless the original's already was)."""
     img = _open(data, limits)

@@ -8,11 +8,24 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .access.keys import SCOPES, KeyRing
+from .config import KEYS
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 
-def add_parser(sub: argparse._SubParsersAction, settings_args: list[str], add_settings: object) -> None:  # type: ignore[type-arg]
+SettingsFrom = Callable[[argparse.Namespace, str], "Settings"]
+
+
+def add_parser(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    add_settings: Callable[[argparse.ArgumentParser, str], None],
+    settings_from: SettingsFrom,
+) -> None:
     p = sub.add_parser(
         "keys",
         help="API keys: create (printed once), list, revoke",
@@ -31,16 +44,14 @@ def add_parser(sub: argparse._SubParsersAction, settings_args: list[str], add_se
     revoke = verbs.add_parser("revoke", help="revoke a key: refused everywhere within about a second")
     revoke.add_argument("key_name", metavar="NAME")
     for v in (create, listing, revoke):
-        add_settings(v, settings_args)  # type: ignore[operator]
-        v.set_defaults(func=main, settings_args=settings_args)
+        add_settings(v, KEYS)
+        v.set_defaults(func=main, settings_from=settings_from)
 
 
 def main(args: argparse.Namespace) -> int:
-    from .config import load_settings
     from .parts import blobs, located
 
-    settings = load_settings(args.config, **{n: getattr(args, n) for n in args.settings_args})
-    ring = KeyRing(blobs(located(settings)))
+    ring = KeyRing(blobs(located(args.settings_from(args, KEYS))))
     if args.verb == "create":
         limits = {k: getattr(args, k) for k in ("requests_per_s", "images_per_s", "images_per_day")}
         token = ring.create(args.key_name, args.scope, **limits)

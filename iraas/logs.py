@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from contextvars import ContextVar
 from typing import Any, Protocol
@@ -67,11 +66,19 @@ class JsonFormatter(logging.Formatter):
             if value := getattr(record, key, ""):
                 out[key] = value
         # read per line: a forked worker gets its id after the template configured logging
-        if worker := os.environ.get("IRAAS_WORKER_ID"):
+        if worker := _worker[0]:
             out["worker"] = worker
         if record.exc_info:
             out["error"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)
+
+
+_worker = [""]  # this process's worker id, once it is one
+
+
+def name_worker(wid: str) -> None:
+    """This process is the worker `wid`: its JSON log lines say so."""
+    _worker[0] = wid
 
 
 def configure(fmt: str = "text", verbose: bool = False) -> None:

@@ -71,21 +71,25 @@ class Result(_Json):
     v: int = VERSION
 
     @classmethod
+    def of(cls, req: Request, status: str, *, timings: dict[str, float], worker: str | None, **fields: Any) -> Result:
+        """`req`'s answer: its id, name, model and trace, with `fields` (label, top5, …)."""
+        return cls(
+            id=req.id,
+            name=req.name,
+            status=status,
+            model=req.model,
+            timings=timings,
+            worker=worker,
+            request_id=req.trace,
+            **fields,
+        )
+
+    @classmethod
     def failure(
         cls, req: Request, code: str, reason: str, *, timings: dict[str, float], worker: str | None = None
     ) -> Result:
         """The final answer for a request that cannot be recognised."""
-        return cls(
-            id=req.id,
-            name=req.name,
-            status="failed",
-            model=req.model,
-            error=code,
-            reason=reason,
-            timings=timings,
-            worker=worker,
-            request_id=req.trace,
-        )
+        return cls.of(req, "failed", timings=timings, worker=worker, error=code, reason=reason)
 
     @cached_property
     def encoded(self) -> str:

@@ -6,15 +6,33 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Any
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from .blobs.base import BlobStore
 from .blobs.local import DirectoryBlobStore
-from .config import Settings, worker_env
+from .config import WORKER, Settings, process_env
+from .faces.gallery import GalleryStore
 from .fleet.base import Fleet
+from .lifecycle.callbacks import Callbacks
+from .lifecycle.cluster import Cluster
+from .lifecycle.ids import RequestIds
+from .lifecycle.results import Results
+from .queues.base import Queue
 from .queues.sqlite import SqliteQueue
-from .replies import SocketReplies
-from .store import Store
+from .replies import Replies, SocketReplies
+
+if TYPE_CHECKING:  # the tiers are imported where they are made: `iraas keys` needs none of them
+    from fastapi import FastAPI
+
+    from .autoscale import Policy
+    from .controller import Controller
+    from .model.recognizer import Recognizer
+    from .web.service import WebParts
+    from .webhooks.deliver import Deliverer
+    from .worker import Worker
 
 REQUESTS = "requests"
 WEBHOOKS = "webhooks"  # the deliveries queue: no dead letters (deliveries give up on time)
@@ -76,11 +94,51 @@ def blobs(settings: Settings) -> BlobStore:
     return DirectoryBlobStore(settings.blob_root)
 
 
-def build(settings: Settings) -> Store:
-    return aws(settings) if settings.backend == "aws" else embedded(settings)
+@dataclass(frozen=True)
+class Parts:
+    """A deployment's parts, each named; every component is given the few it uses."""
+
+    requests: Queue
+    deliveries: Queue | None  # the webhooks' own queue
+    blobs: BlobStore
+    replies: Replies
+    ids: RequestIds
+    results: Results
+    callbacks: Callbacks
+    cluster: Cluster
+    gallery: GalleryStore
 
 
-def aws(settings: Settings) -> Store:
+def assemble(
+    *,
+    requests: Queue,
+    blobs: BlobStore,
+    replies: Replies,
+    deliveries: Queue | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Parts:
+    """The lifecycle's parts over these backends: the results' final hook queues webhooks, and
+    the gallery's version keys the faces model's answers."""
+    ids = RequestIds(blobs, clock)
+    callbacks = Callbacks(deliveries=deliveries, blobs=blobs, clock=clock)
+    gallery = GalleryStore(blobs, clock)
+    results = Results(
+        requests=requests,
+        blobs=blobs,
+        ids=ids,
+        clock=clock,
+        on_final=callbacks.on_final,
+        model_version=gallery.model_version,
+    )
+    cluster = Cluster(blobs)
+    return Parts(requests, deliveries, blobs, replies, ids, results, callbacks, cluster, gallery)
+
+
+def build(settings: Settings) -> Parts:
+    return on_aws(settings) if settings.backend == "aws" else embedded(settings)
+
+
+def on_aws(settings: Settings) -> Parts:
     """The deployment's SQS queues, found (not created) as its stack made them, its S3
     bucket, and reply queues `<name>-replies-*` created by the web process that owns one."""
     from .queues.sqs import SqsQueue
@@ -88,7 +146,7 @@ def aws(settings: Settings) -> Store:
 
     sqs = aws_client("sqs", settings)
     requests = SqsQueue(sqs, f"{settings.name}-{REQUESTS}", max_receives=settings.max_receives, create=False)
-    return Store(
+    return assemble(
         requests=requests,
         blobs=blobs(settings),
         replies=SqsReplies(sqs, f"{settings.name}-replies"),
@@ -96,9 +154,9 @@ def aws(settings: Settings) -> Store:
     )
 
 
-def embedded(settings: Settings) -> Store:
+def embedded(settings: Settings) -> Parts:
     """SQLite queue file, a directory store and reply sockets, all under `settings.data_dir`."""
-    return Store(
+    return assemble(
         # A file lock held longer than store_timeout_s (a backup, a stuck process) is an error
         # the caller reports (503 at intake), not a request hanging for minutes.
         requests=SqliteQueue(
@@ -124,5 +182,130 @@ def make_fleet(settings: Settings) -> Fleet:
 
     logs = settings.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    env = worker_env(settings, os.environ) | {"IRAAS_PARENT_PID": str(os.getpid())}
-    return LocalFleet(env, log_dir=str(logs), warm_start=settings.warm_start)
+    env = process_env(settings, WORKER, os.environ)
+    return LocalFleet(env, parent=os.getpid(), log_dir=str(logs), warm_start=settings.warm_start)
+
+
+# -- each component with the parts it uses and its own few settings ---------------------------
+
+
+def make_worker(
+    parts: Parts, recognizer: Recognizer, settings: Settings, worker_id: str | None = None, **kw: Any
+) -> Worker:
+    from .messages import FACES
+    from .worker import Worker, WorkerConfig
+
+    config = WorkerConfig(
+        batch_size=settings.batch_size,
+        batch_wait_s=settings.batch_wait_s,
+        visibility_s=settings.visibility_s,
+        heartbeat_s=settings.heartbeat_s,
+    )
+    return Worker(
+        requests=parts.requests,
+        results=parts.results,
+        cluster=parts.cluster,
+        replies=parts.replies,
+        recognizer=recognizer,
+        config=config,
+        enrolments=parts.gallery if settings.model == FACES else None,
+        worker_id=worker_id,
+        **kw,
+    )
+
+
+def policy_from(settings: Settings) -> Policy:
+    from .autoscale import Policy
+
+    return Policy(
+        min_workers=settings.min_workers,
+        max_workers=settings.max_workers,
+        target_per_worker=settings.target_per_worker,
+        scale_in_after_s=settings.scale_in_after_s,
+    )
+
+
+def make_controller(
+    parts: Parts, fleet: Fleet, settings: Settings, clock: Callable[[], float] = time.time
+) -> Controller:
+    from .access.quota import expire_usage
+    from .controller import Controller, ControllerConfig
+
+    config = ControllerConfig(
+        policy=policy_from(settings),
+        tick_s=settings.tick_s,
+        heartbeat_stale_s=settings.heartbeat_stale_s,
+        start_grace_s=settings.start_grace_s,
+        max_receives=settings.max_receives,
+    )
+
+    def sweep() -> int:
+        now = clock()
+        removed = parts.results.expire(input_ttl_s=settings.input_ttl_s, result_ttl_s=settings.result_ttl_s)
+        removed += parts.callbacks.expire(settings.result_ttl_s)
+        return removed + expire_usage(parts.blobs, now)
+
+    return Controller(
+        requests=parts.requests,
+        results=parts.results,
+        cluster=parts.cluster,
+        replies=parts.replies,
+        fleet=fleet,
+        config=config,
+        sweep=sweep,
+        clock=clock,
+    )
+
+
+def make_deliverer(parts: Parts, settings: Settings, **kw: Any) -> Deliverer:
+    from .signing import secret_keys
+    from .webhooks.deliver import Deliverer, DeliveryConfig
+
+    if parts.deliveries is None:
+        raise ValueError("this deployment has no deliveries queue")
+    config = DeliveryConfig(
+        keys=tuple(secret_keys(settings.webhook_secret)),
+        timeout_s=settings.webhook_timeout_s,
+        backoff_s=settings.webhook_backoff_s,
+        backoff_max_s=settings.webhook_backoff_max_s,
+        retry_for_s=settings.webhook_retry_for_s,
+        concurrency=settings.webhook_concurrency,
+        url_allow=settings.url_allow,
+    )
+    return Deliverer(deliveries=parts.deliveries, callbacks=parts.callbacks, config=config, **kw)
+
+
+def web_parts(
+    parts: Parts, clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic
+) -> WebParts:
+    """What the web tier is given; `clock` and `monotonic`: the keys' cache and the quotas' time."""
+    from .access.keys import KeyRing
+    from .access.quota import Quotas
+    from .web.service import WebParts
+
+    return WebParts(
+        requests=parts.requests,
+        ids=parts.ids,
+        results=parts.results,
+        replies=parts.replies,
+        callbacks=parts.callbacks,
+        cluster=parts.cluster,
+        keys=KeyRing(parts.blobs, clock=clock, monotonic=monotonic),
+        quotas=Quotas(parts.blobs, clock=clock, monotonic=monotonic),
+    )
+
+
+def make_app(
+    settings: Settings,
+    parts: Parts,
+    clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
+    **kw: Any,
+) -> FastAPI:
+    """The web tier over these parts, with the gallery's routes when the faces model is served."""
+    from .faces.routes import gallery_routes
+    from .messages import FACES
+    from .web.app import create_app
+
+    mounts = [gallery_routes(parts.gallery)] if settings.model == FACES else []
+    return create_app(settings, web_parts(parts, clock, monotonic), mounts=mounts, **kw)

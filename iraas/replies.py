@@ -12,16 +12,14 @@ transaction per image. AWS: one SQS queue per web process (`<name>-replies-<id>`
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import select
 import socket
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
-from .queues.base import QueueError
+from .queues.base import QueueMissing
+from .sockets import bound, readable, socket_dir
 
 
 class Inbox(Protocol):
@@ -58,8 +56,7 @@ class SocketReplies:
     directory: socket paths are limited to ~100 bytes)."""
 
     def __init__(self, data_dir: Path, send_timeout_s: float = 5.0) -> None:
-        digest = hashlib.sha1(str(Path(data_dir).resolve()).encode()).hexdigest()[:16]
-        self.dir = Path(tempfile.gettempdir()) / f"iraas-replies-{digest}"
+        self.dir = socket_dir("replies", data_dir)
         self.send_timeout_s = send_timeout_s
 
     def _path(self, name: str) -> str:
@@ -78,24 +75,17 @@ class SocketReplies:
         return True
 
     def inbox(self, name: str) -> SocketInbox:
-        self.dir.mkdir(mode=0o700, exist_ok=True)
         return SocketInbox(name, self._path(name))
 
 
 class SocketInbox:
     def __init__(self, name: str, path: str) -> None:
         self.name, self._path = name, path
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        self._sock.bind(path)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-        self._sock.setblocking(False)
+        self._sock = bound(Path(path), receive_buffer=4 * 1024 * 1024)
 
     def receive(self, wait_s: float) -> list[str]:
-        ready, _, _ = select.select([self._sock], [], [], max(wait_s, 0.0))
         out: list[str] = []
-        if not ready:
+        if not readable(self._sock, wait_s):
             return out
         with contextlib.suppress(BlockingIOError):
             while len(out) < 1000:
@@ -122,11 +112,11 @@ class SqsReplies:
         return SqsQueue(self.client, f"{self.prefix}-{name}", create=create)
 
     def send(self, to: str, body: str) -> bool:
+        queue = self._find(to)
         try:
-            queue = self._find(to)
-        except QueueError:
+            queue.send(body)
+        except QueueMissing:
             return False  # the web process stopped and its queue was deleted
-        queue.send(body)
         return True
 
     def inbox(self, name: str) -> SqsInbox:

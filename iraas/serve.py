@@ -10,36 +10,22 @@ import threading
 import time
 import urllib.request
 
+from . import logs
 from .config import Settings
-from .controller import Controller
-from .parts import build, make_fleet
-from .store import Store
-from .webhooks.deliver import Deliverer
+from .faces.gallery import publish_if_given
+from .parts import Parts, build, make_app, make_controller, make_deliverer, make_fleet, make_worker
 
 log = logging.getLogger(__name__)
 
 
-def publish_gallery_if_given(settings: Settings, store: Store) -> None:
-    """Model "faces": enrol `--gallery` and publish it before any worker starts."""
-    from .messages import FACES
-    from .model.recognizer import BlobGallery, gallery_from_path
-
-    if settings.model != FACES:
-        return
-    if settings.gallery:
-        gallery = gallery_from_path(settings.gallery)
-        store.publish_gallery(gallery.to_bytes())  # type: ignore[attr-defined]
-    BlobGallery(store)()  # fails now, clearly, if there is none at all
-
-
-def check_access(settings: Settings, store: Store) -> None:
+def check_access(settings: Settings, parts: Parts) -> None:
     """Beyond loopback, keys are required: refuse to start with none to check against."""
     from .access.keys import KeyRing
     from .web.gate import is_loopback
 
     if settings.auth == "off" or (is_loopback(settings.host) and settings.auth == "auto"):
         return
-    if not any(key.active for key in KeyRing(store.blobs).all()):
+    if not any(key.active for key in KeyRing(parts.blobs).all()):
         where = (
             f"--data-dir {settings.data_dir}"
             if settings.backend == "embedded"
@@ -54,17 +40,16 @@ def check_access(settings: Settings, store: Store) -> None:
 
 def up(settings: Settings, with_controller: bool = True) -> None:
     """The web tier, and (for `up`) the controller and its fleet, in one process."""
-    from .web.app import create_app
-    from .web.server import serve
+    from .web.server import listen
 
-    store = build(settings)
-    check_access(settings, store)
-    publish_gallery_if_given(settings, store)
+    parts = build(settings)
+    check_access(settings, parts)
+    publish_if_given(settings.model, settings.gallery, parts.gallery)
     background = None
     if with_controller:
         fleet = make_fleet(settings)
-        controller = Controller(store, fleet, settings)
-        deliverer = Deliverer(store, settings)
+        controller = make_controller(parts, fleet, settings)
+        deliverer = make_deliverer(parts, settings)
 
         def background(stop: threading.Event) -> None:
             hooks = threading.Thread(target=deliverer.run, args=(stop,), daemon=True, name="webhooks")
@@ -75,47 +60,48 @@ def up(settings: Settings, with_controller: bool = True) -> None:
                 fleet.shutdown()
                 hooks.join(timeout=settings.webhook_timeout_s + 2)
 
-    app = create_app(settings, store, background=background)
+    app = make_app(settings, parts, background=background)
     where = settings.data_dir if settings.backend == "embedded" else f"AWS deployment {settings.name}"
     print(f"iraas serving on http://{settings.host}:{settings.port}  ({where})", flush=True)
-    serve(app, settings)
+    listen(app, settings)
 
 
 def controller(settings: Settings) -> None:
-    store = build(settings)
+    parts = build(settings)
     fleet = make_fleet(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    hooks = threading.Thread(target=Deliverer(store, settings).run, args=(stop,), daemon=True, name="webhooks")
+    hooks = threading.Thread(target=make_deliverer(parts, settings).run, args=(stop,), daemon=True, name="webhooks")
     hooks.start()
     try:
-        Controller(store, fleet, settings).run(stop)
+        make_controller(parts, fleet, settings).run(stop)
     finally:
         fleet.shutdown()
         hooks.join(timeout=settings.webhook_timeout_s + 2)
 
 
-def worker(settings: Settings) -> None:
+def worker(settings: Settings, worker_id: str | None = None, parent: int | None = None) -> None:
+    """One worker until SIGTERM (or idle for `worker_max_idle_s`); `parent`: a process whose
+    end ends this one too (`iraas up`'s fleet, or its template)."""
     from .model.recognizer import BlobGallery, load_recognizer
-    from .worker import Worker
 
-    store = build(settings)
-    clf = load_recognizer(
+    parts = build(settings)
+    recognizer = load_recognizer(
         settings.model,
         threads=settings.threads,
         limits=settings.image_limits,
-        gallery=BlobGallery(store),
+        gallery=BlobGallery(parts.gallery),
         threshold=settings.face_threshold,
     )
-    wid = os.environ.get("IRAAS_WORKER_ID") or (_instance_id() if settings.backend == "aws" else None)
-    w = Worker(store, clf, settings, wid)
+    wid = worker_id or (_instance_id() if settings.backend == "aws" else None)
+    w = make_worker(parts, recognizer, settings, wid)
+    logs.name_worker(w.id)
     signal.signal(signal.SIGTERM, lambda *_: w.stop())
     signal.signal(signal.SIGINT, lambda *_: w.stop())
-    parent = os.environ.get("IRAAS_PARENT_PID")
     if parent:
-        threading.Thread(target=_orphan_watch, args=(int(parent), w.stop), daemon=True).start()
-    log.info("worker %s ready (model %s)", w.id, clf.spec.name)
+        threading.Thread(target=_orphan_watch, args=(parent, w.stop), daemon=True).start()
+    log.info("worker %s ready (model %s)", w.id, recognizer.spec.name)
     w.run(max_idle_s=settings.worker_max_idle_s)
 
 

@@ -27,9 +27,9 @@ def _prepare() -> None:
     if settings.model == FACES:
         load_recognizer(settings.model, threads=settings.threads, gallery=lambda: None)
     else:
-        clf = load_recognizer(settings.model, threads=settings.threads, limits=settings.image_limits)
-        clf.classify([_sample_jpeg()])
-        del clf
+        recognizer = load_recognizer(settings.model, threads=settings.threads, limits=settings.image_limits)
+        recognizer.classify([_sample_jpeg()])
+        del recognizer
     gc.collect()
 
 
@@ -56,7 +56,7 @@ def _reap(*_: object) -> None:
         _say(f"exited {pid} {os.waitstatus_to_exitcode(status)}")
 
 
-def _child(wid: str, log_path: str, run: Callable[[], int]) -> None:
+def _child(wid: str, log_path: str, run: Callable[[str, int], int]) -> None:
     """In the forked worker: its own session and log, then the worker's main, then exit."""
     code = 1
     try:
@@ -69,9 +69,7 @@ def _child(wid: str, log_path: str, run: Callable[[], int]) -> None:
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
-        os.environ["IRAAS_WORKER_ID"] = wid
-        os.environ["IRAAS_PARENT_PID"] = str(os.getppid())  # the template: gone when the parent is
-        code = run()
+        code = run(wid, os.getppid())  # its parent, the template, is gone when the fleet's is
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:
@@ -81,20 +79,21 @@ def _child(wid: str, log_path: str, run: Callable[[], int]) -> None:
         os._exit(code)
 
 
-def _run_worker() -> int:
+def _run_worker(wid: str, parent: int) -> int:
     """`iraas worker` without its command line (argparse and its imports cost a child ~30 ms)."""
     from . import serve
     from .config import load_settings
     from .parts import located
 
-    serve.worker(located(load_settings()))
+    serve.worker(located(load_settings()), worker_id=wid, parent=parent)
     return 0
 
 
 def main() -> None:
+    from .config import log_format_from_env
     from .logs import configure
 
-    configure(os.environ.get("IRAAS_LOG_FORMAT") or "text")
+    configure(log_format_from_env())
     t0 = time.perf_counter()
     _prepare()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops workers; ^C is its business

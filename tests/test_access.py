@@ -22,13 +22,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from iraas.access.keys import Key, KeyRing, KeyRingError, digest
-from iraas.access.quota import Bucket, Limits, Quotas
+from iraas.access.quota import Bucket, KeyLimits, Quotas
 from iraas.config import Settings
 from iraas.loadgen.run import Plan, run
 from iraas.model.classifier import Classifier
-from iraas.parts import embedded
-from iraas.web.access import keys_required
-from iraas.web.app import create_app
+from iraas.parts import embedded, make_app
+from iraas.web.auth import keys_required
 from iraas.web.gate import allowed_hosts, foreign_origin, host_name
 
 from .conftest import DATASETS, IMAGENET
@@ -214,13 +213,25 @@ def test_host_and_origin_refusals(dep: Deployment) -> None:
     assert "<script>" not in page.text  # no inline script
 
 
+class _Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_quota_429_with_retry_after_then_recovery(tmp_path: Path) -> None:
+    # In process, on the service's own clock: no worker is needed to be refused or queued.
     data = tmp_path / "data"
     key = create_key(data, "carol", "recognize", "--images-per-day", "3")
-    svc = Service(data, max_workers=1, requests_per_s=1, burst_s=3).start()  # a burst of 3 requests
+    settings = Settings(data_dir=data, requests_per_s=1, burst_s=3)  # a burst of 3 requests
+    clock = _Clock()
     auth = {"Authorization": f"Bearer {key}"}
-    try:
-        got = [httpx.get(svc.url + "/v1/me", headers=auth) for _ in range(4)]
+    with TestClient(
+        make_app(settings, embedded(settings), clock=clock, monotonic=clock), base_url="http://127.0.0.1"
+    ) as client:
+        got = [client.get("/v1/me", headers=auth) for _ in range(4)]
         assert [r.status_code for r in got] == [200, 200, 200, 429]
         refused = got[-1]
         assert refused.json()["error"] == "rate_limited"
@@ -228,46 +239,45 @@ def test_quota_429_with_retry_after_then_recovery(tmp_path: Path) -> None:
         assert refused.headers["ratelimit"].startswith('"requests";r=0;t=')
         wait = int(refused.headers["retry-after"])
         assert wait == 1  # one request's worth of refill at 1/s
-        time.sleep(wait)
-        assert httpx.get(svc.url + "/v1/me", headers=auth).status_code == 200  # recovered
+        clock.now += wait
+        assert client.get("/v1/me", headers=auth).status_code == 200  # recovered
 
-        time.sleep(3)  # a full request bucket again; now the daily images (3 for this key)
+        clock.now += 3  # a full request bucket again; now the daily images (3 for this key)
         files = [("files", (PHOTO.name, PHOTO.read_bytes()))] * 2
-        first = httpx.post(svc.url + "/v1/recognitions?wait=false", files=files, headers=auth)
+        first = client.post("/v1/recognitions?wait=false", files=files, headers=auth)
         assert first.status_code == 202 and '"daily";r=1;' in first.headers["ratelimit"]
         policies = first.headers["ratelimit-policy"]
         assert policies.startswith('"requests";q=3;w=3;qu="requests", "images";') and '"daily";q=3;w=86400' in policies
-        second = httpx.post(svc.url + "/v1/recognitions?wait=false", files=files, headers=auth)
+        second = client.post("/v1/recognitions?wait=false", files=files, headers=auth)
         assert second.status_code == 429 and "daily quota of 3" in second.json()["detail"]
         assert int(second.headers["retry-after"]) <= 86_400
-        one = httpx.post(svc.url + "/v1/recognitions?wait=false", files=files[:1], headers=auth)
+        one = client.post("/v1/recognitions?wait=false", files=files[:1], headers=auth)
         assert one.status_code == 202  # what is left of the day can still be spent
-    finally:
-        svc.stop()
 
 
 def test_a_key_revoked_through_one_web_process_is_refused_by_another(tmp_path: Path) -> None:
+    # Two web processes' apps on one store, in process, on one clock: the second caches a key's
+    # record for a second (KeyRing.cache_s), then reads it again.
     data = tmp_path / "data"
     admin = {"Authorization": f"Bearer {create_key(data, 'root', 'admin')}"}
     dave = {"Authorization": f"Bearer {create_key(data, 'dave')}"}
-    one = Service(data, max_workers=1).start()
-    two = Service(data, command="web").start()  # a second web tier on the same store
-    try:
-        assert httpx.get(two.url + "/v1/me", headers=dave).status_code == 200  # cached as valid there
-        revoked = httpx.delete(one.url + "/v1/keys/dave", headers=admin)
+    settings, clock = Settings(data_dir=data), _Clock()
+    apps = [make_app(settings, embedded(settings), clock=clock, monotonic=clock) for _ in range(2)]
+    with (
+        TestClient(apps[0], base_url="http://127.0.0.1") as one,
+        TestClient(apps[1], base_url="http://127.0.0.1") as two,
+    ):
+        assert two.get("/v1/me", headers=dave).status_code == 200  # cached as valid there
+        revoked = one.delete("/v1/keys/dave", headers=admin)
         assert revoked.status_code == 200 and revoked.json()["revoked_at"]
-        start = time.monotonic()
-        two.wait_for(lambda: httpx.get(two.url + "/v1/me", headers=dave).status_code == 401, timeout=10, every=0.05)
-        print(f"revocation took effect in the second web process after {time.monotonic() - start:.2f} s")
-        assert httpx.get(one.url + "/v1/me", headers=dave).status_code == 401
+        clock.now += 1.01  # past the second process's cache of dave's record
+        assert two.get("/v1/me", headers=dave).status_code == 401
+        assert one.get("/v1/me", headers=dave).status_code == 401
         # a key created through the second process works on the first
-        made = httpx.post(two.url + "/v1/keys", json={"name": "erin"}, headers=admin).json()
+        made = two.post("/v1/keys", json={"name": "erin"}, headers=admin).json()
         assert made["scope"] == "recognize" and made["key"].startswith("iraas_")
         erin = {"Authorization": f"Bearer {made['key']}"}
-        assert httpx.get(one.url + "/v1/me", headers=erin).json()["name"] == "erin"
-    finally:
-        two.stop()
-        one.stop()
+        assert one.get("/v1/me", headers=erin).json()["name"] == "erin"
 
 
 def test_course_clients_100_of_100_anonymously_while_keys_guard_the_rest(
@@ -304,7 +314,7 @@ def _app(tmp_path: Path, **changes: object) -> tuple[TestClient, dict[str, str]]
     store = embedded(settings)
     ring = KeyRing(store.blobs)
     keys = {"admin": ring.create("root", "admin"), "recognize": ring.create("alice", "recognize")}
-    return TestClient(create_app(settings, store), base_url="http://127.0.0.1"), keys
+    return TestClient(make_app(settings, store), base_url="http://127.0.0.1"), keys
 
 
 def test_metrics_beyond_loopback_and_the_gallery_need_admin(tmp_path: Path) -> None:
@@ -324,7 +334,7 @@ def test_no_auth_serves_everyone_as_admin_and_says_so_loudly(tmp_path: Path, cap
     settings = Settings(data_dir=tmp_path, host="0.0.0.0", auth="off")
     store = embedded(settings)
     KeyRing(store.blobs).create("root", "admin")
-    with TestClient(create_app(settings, store), base_url="http://api.example") as client:
+    with TestClient(make_app(settings, store), base_url="http://api.example") as client:
         assert client.get("/v1/me").json() == {"name": "anonymous", "scope": "admin", "auth": "off"}
         assert client.get("/v1/keys").status_code == 200
     assert "AUTHENTICATION IS OFF" in caplog.text
@@ -374,7 +384,7 @@ def test_token_bucket_arithmetic() -> None:
 
 def test_the_daily_quota_holds_across_web_processes(tmp_path: Path) -> None:
     blobs = embedded(Settings(data_dir=tmp_path)).blobs
-    limits = Limits(requests_per_s=100, images_per_s=100, images_per_day=10, burst_s=10)
+    limits = KeyLimits(requests_per_s=100, images_per_s=100, images_per_day=10, burst_s=10)
     one, two = Quotas(blobs), Quotas(blobs)
     assert one.images("alice", limits, 6).allowed
     one.sync()

@@ -35,8 +35,8 @@ from iraas.controller import Controller
 from iraas.fleet.base import Fleet
 from iraas.fleet.ec2 import Ec2Fleet
 from iraas.model.classifier import Classifier
+from iraas.parts import Parts
 from iraas.signing import verify
-from iraas.store import Store
 
 from . import iampolicy
 from .conftest import IMAGENET, ROOT
@@ -100,10 +100,12 @@ class Hypervisor:
                     proc.send_signal(signal.SIGTERM)
 
     def _boot(self, iid: str) -> subprocess.Popen[bytes]:
-        env = {**os.environ, **self.env, "IRAAS_WORKER_ID": iid}
+        env = {**os.environ, **self.env}
         args = [
             *recorded(self.logs / f"{iid}.calls.jsonl"),
             "worker",
+            "--worker-id",
+            iid,
             "--backend",
             "aws",
             "--name",
@@ -494,10 +496,11 @@ def test_a_worker_whose_role_may_not_take_requests_says_so_and_ends_when_idle(
 ) -> None:
     out = _deploy(deployer, tmp_path, max_workers=1)
     role = _role(deployer, boto3_client("iam", moto), "WorkerRole", without="TakeRequests")
-    args = [*recorded(tmp_path / "w.calls.jsonl"), "worker", "--backend", "aws", "--name", NAME]
+    args = [*recorded(tmp_path / "w.calls.jsonl"), "worker", "--worker-id", "i-0refused", "--backend", "aws"]
+    args += ["--name", NAME]
     args += ["--bucket", out["Bucket"], "--aws-endpoint-url", moto, "--aws-region", "us-east-1"]
     args += ["--heartbeat-s", "0.2", "--worker-max-idle-s", "3"]
-    env = {**os.environ, **role.env, "IRAAS_WORKER_ID": "i-0refused"}
+    env = {**os.environ, **role.env}
     done = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr  # ended when idle, not crashed
     assert done.stderr.count("AWS refused sqs receive_message") == 1  # said once, clearly
@@ -619,17 +622,16 @@ def test_capacity_and_throttling_errors_back_off_and_are_reported(moto: str) -> 
 
 def _controller(
     moto: str, out: dict[str, str], clock: Callable[[], float] = time.time, **settings: Any
-) -> tuple[Store, Fleet, Controller]:
+) -> tuple[Parts, Fleet, Controller]:
     """The deployment's store, fleet (as `iraas up` makes them, from the settings) and a controller."""
     from iraas.config import Settings
-    from iraas.parts import aws as aws_backends
-    from iraas.parts import make_fleet
+    from iraas.parts import make_controller, make_fleet, on_aws
 
     s = Settings(
         backend="aws", name=NAME, bucket=out["Bucket"], aws_endpoint_url=moto, aws_region="us-east-1", **settings
     )
-    store, fleet = aws_backends(s), make_fleet(s)
-    return store, fleet, Controller(store, fleet, s, clock=clock)
+    store, fleet = on_aws(s), make_fleet(s)
+    return store, fleet, make_controller(store, fleet, s, clock=clock)
 
 
 def test_controller_survives_a_throttled_describe_and_reports_fleet_errors(
@@ -653,8 +655,8 @@ def test_controller_survives_a_throttled_describe_and_reports_fleet_errors(
     _wait(lambda: calls["n"] >= 3, 30, "ticks after the throttled one")
     stop.set()
     thread.join()
-    status = b.cluster_status()
-    assert status["fleet_errors"][-1]["code"] == "InsufficientInstanceCapacity"
+    status = b.cluster.status()
+    assert status.fleet_errors[-1]["code"] == "InsufficientInstanceCapacity"
 
 
 def _states(aws: Aws) -> dict[str, str]:
@@ -702,7 +704,7 @@ def test_a_warm_pool_stops_scaled_in_workers_and_starts_them_again_never_past_ma
     pooled = {i for i, s in states.items() if s in ("stopping", "stopped")}
     assert len(pooled) == 2 and pooled < first
     assert [s for i, s in states.items() if i in first - pooled] in (["shutting-down"], ["terminated"])
-    assert store.cluster_status()["warm"]["size"] == 2
+    assert (store.cluster.status().warm or {})["size"] == 2
 
     tick()  # the pool as it stands (stopped), then a burst
     store.requests.send_batch([f'{{"again": {i}}}' for i in range(6)])

@@ -3,55 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from iraas.config import Settings
 from iraas.controller import Controller
-from iraas.fleet.base import Instance
+from iraas.lifecycle.cluster import Cluster
 from iraas.messages import Heartbeat, Request, Result
-from iraas.parts import embedded
-from iraas.store import Store
+from iraas.parts import Parts, embedded, make_controller
 
-
-class FakeFleet:
-    def __init__(self) -> None:
-        self.instances: dict[str, Instance] = {}
-        self.stopped: list[str] = []
-        self.killed: list[str] = []
-        self.errors: list[dict[str, object]] = []
-        self._n = 0
-
-    def launch(self, n: int) -> list[str]:
-        ids = []
-        for _ in range(n):
-            self._n += 1
-            wid = f"w{self._n}"
-            self.instances[wid] = Instance(wid, "running", 0.0)
-            ids.append(wid)
-        return ids
-
-    def stop(self, ids: Sequence[str]) -> None:
-        self.stopped += ids
-        for wid in ids:
-            self.instances.pop(wid, None)
-
-    def kill(self, ids: Sequence[str]) -> None:
-        self.killed += ids
-        for wid in ids:
-            self.instances.pop(wid, None)
-
-    def list(self) -> list[Instance]:
-        return list(self.instances.values())
-
-    def warm(self) -> dict[str, Any] | None:
-        return None
-
-    def shutdown(self) -> None:
-        self.stop(list(self.instances))
+from .fakes import FakeFleet
 
 
 class Clock:
@@ -63,7 +25,7 @@ class Clock:
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> tuple[Store, FakeFleet, Clock, Controller]:
+def setup(tmp_path: Path) -> tuple[Parts, FakeFleet, Clock, Controller]:
     settings = Settings(
         data_dir=tmp_path,
         max_workers=3,
@@ -73,12 +35,13 @@ def setup(tmp_path: Path) -> tuple[Store, FakeFleet, Clock, Controller]:
         start_grace_s=4,
         max_receives=2,
     )
-    b, fleet, clock = embedded(settings), FakeFleet(), Clock()
-    return b, fleet, clock, Controller(b, fleet, settings, clock=clock)
+    b, clock = embedded(settings), Clock()
+    fleet = FakeFleet(clock)
+    return b, fleet, clock, make_controller(b, fleet, settings, clock=clock)
 
 
-def _beat(b: Store, wid: str, state: str, at: float, processed: int = 0) -> None:
-    b.write_heartbeat(Heartbeat(worker=wid, pid=1, state=state, at=at, started_at=at, processed=processed))
+def _beat(b: Parts, wid: str, state: str, at: float, processed: int = 0) -> None:
+    b.cluster.write_heartbeat(Heartbeat(worker=wid, pid=1, state=state, at=at, started_at=at, processed=processed))
 
 
 def _request(rid: str, reply_to: str = "") -> str:
@@ -86,7 +49,7 @@ def _request(rid: str, reply_to: str = "") -> str:
     return req.to_json()
 
 
-def test_scales_out_from_zero_then_in_only_idle_workers(setup: tuple[Store, FakeFleet, Clock, Controller]) -> None:
+def test_scales_out_from_zero_then_in_only_idle_workers(setup: tuple[Parts, FakeFleet, Clock, Controller]) -> None:
     b, fleet, clock, ctl = setup
     assert ctl.tick().desired == 0 and not fleet.instances
     b.requests.send_batch([_request(f"{i:032x}") for i in range(5)])
@@ -106,7 +69,7 @@ def test_scales_out_from_zero_then_in_only_idle_workers(setup: tuple[Store, Fake
     assert set(fleet.stopped) == {ids[1], ids[2]}
 
 
-def test_stale_worker_is_replaced(setup: tuple[Store, FakeFleet, Clock, Controller]) -> None:
+def test_stale_worker_is_replaced(setup: tuple[Parts, FakeFleet, Clock, Controller]) -> None:
     b, fleet, clock, ctl = setup
     b.requests.send(_request("a" * 32))
     ctl.tick()
@@ -119,11 +82,11 @@ def test_stale_worker_is_replaced(setup: tuple[Store, FakeFleet, Clock, Controll
     ctl.tick()
     assert fleet.killed == [first]
     assert list(fleet.instances) != [first] and len(fleet.instances) == 1  # replaced in the same tick
-    assert first not in b.heartbeats()
+    assert first not in b.cluster.heartbeats()
 
 
 def test_worker_that_never_reports_is_replaced_after_grace(
-    setup: tuple[Store, FakeFleet, Clock, Controller],
+    setup: tuple[Parts, FakeFleet, Clock, Controller],
 ) -> None:
     b, fleet, clock, ctl = setup
     b.requests.send(_request("b" * 32))
@@ -133,16 +96,16 @@ def test_worker_that_never_reports_is_replaced_after_grace(
     assert len(fleet.killed) == 1 and len(fleet.instances) == 1
 
 
-def test_dead_letters_become_failed_results_and_replies(setup: tuple[Store, FakeFleet, Clock, Controller]) -> None:
+def test_dead_letters_become_failed_results_and_replies(setup: tuple[Parts, FakeFleet, Clock, Controller]) -> None:
     b, _, _, ctl = setup
     rid = "c" * 32
-    inbox = b.inbox("test")
+    inbox = b.replies.inbox("test")
     b.requests.send(_request(rid, reply_to="test"))
     for _ in range(2):  # two deliveries that never finish (max_receives = 2)
         assert b.requests.receive(1, visibility_s=0)
     assert b.requests.receive(1) == []  # moved to the dead-letter queue
     ctl.tick()
-    result = b.load_result(rid)
+    result = b.results.load_result(rid)
     assert result is not None and (result.status, result.error) == ("failed", "gave_up")
     assert "gave up after 2 attempts" in (result.reason or "")
     (reply,) = inbox.receive(1)
@@ -150,46 +113,46 @@ def test_dead_letters_become_failed_results_and_replies(setup: tuple[Store, Fake
     assert Result.from_json(reply) == result
 
 
-def test_dead_letter_does_not_overwrite_a_late_success(setup: tuple[Store, FakeFleet, Clock, Controller]) -> None:
+def test_dead_letter_does_not_overwrite_a_late_success(setup: tuple[Parts, FakeFleet, Clock, Controller]) -> None:
     b, _, _, ctl = setup
     rid = "d" * 32
     done = Result(id=rid, name="x.jpg", status="done", model="m", label="tench", confidence=0.9)
-    b.publish_result(done)
+    b.results.publish_result(done)
     assert b.requests.dead_letter is not None
     b.requests.dead_letter.send(_request(rid))
     ctl.tick()
-    assert b.load_result(rid) == done
+    assert b.results.load_result(rid) == done
 
 
-def test_status_is_published_with_decisions(setup: tuple[Store, FakeFleet, Clock, Controller]) -> None:
+def test_status_is_published_with_decisions(setup: tuple[Parts, FakeFleet, Clock, Controller]) -> None:
     b, _, _, ctl = setup
     b.requests.send(_request("e" * 32))
     ctl.tick()
-    status = b.cluster_status()
-    assert status["queue"]["visible"] == 1
-    assert [w["state"] for w in status["workers"]] == ["running"]
-    assert status["decisions"][-1]["desired"] == 1 and "scale out" in status["decisions"][-1]["reason"]
-    assert dataclasses.asdict(ctl.policy) == status["policy"]
+    status = b.cluster.status()
+    assert status.queue["visible"] == 1
+    assert [w.state for w in status.workers] == ["running"]
+    assert status.decisions[-1]["desired"] == 1 and "scale out" in status.decisions[-1]["reason"]
+    assert dataclasses.asdict(ctl.policy) == status.policy
 
 
 def test_ids_in_workers_hands_are_published_for_status_queries(
-    setup: tuple[Store, FakeFleet, Clock, Controller],
+    setup: tuple[Parts, FakeFleet, Clock, Controller],
 ) -> None:
     b, fleet, clock, ctl = setup
     b.requests.send(_request("1" * 32))
     ctl.tick()
     (wid,) = fleet.instances
     beat = Heartbeat(worker=wid, pid=1, state="busy", at=clock.now, started_at=0.0, current=["1" * 32, "2" * 32])
-    b.write_heartbeat(beat)
+    b.cluster.write_heartbeat(beat)
     ctl.tick()
-    assert Store(requests=b.requests, blobs=b.blobs, replies=b.replies).cluster_status()["running"] == [
+    assert Cluster(b.blobs).status().running == [  # as another process reads it
         "1" * 32,
         "2" * 32,
     ]
 
 
 def test_finished_work_keeps_a_worker_while_the_queue_is_empty(
-    setup: tuple[Store, FakeFleet, Clock, Controller],
+    setup: tuple[Parts, FakeFleet, Clock, Controller],
 ) -> None:
     b, fleet, clock, ctl = setup
     b.requests.send(_request("f" * 32))
@@ -209,13 +172,13 @@ def test_finished_work_keeps_a_worker_while_the_queue_is_empty(
 
 
 def test_a_failure_that_repeats_every_tick_is_logged_once_not_four_times_a_second(
-    setup: tuple[Store, FakeFleet, Clock, Controller], caplog: pytest.LogCaptureFixture
+    setup: tuple[Parts, FakeFleet, Clock, Controller], caplog: pytest.LogCaptureFixture
 ) -> None:
     import logging
     import threading
 
     *_, ctl = setup
-    ctl.s = dataclasses.replace(ctl.s, tick_s=0.01)
+    ctl.config = dataclasses.replace(ctl.config, tick_s=0.01)
 
     def full_disk() -> None:
         raise OSError(28, "No space left on device")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from iraas.imaging import ImageError, Limits, decode, inspect
+from iraas.imaging import ImageError, ImageLimits, decode, inspect
 
 from .conftest import IMAGENET
 from .images import encode, png_bomb
@@ -56,9 +56,9 @@ def test_png_bomb_fails_fast_from_the_header() -> None:
 
 def test_pixel_limit_is_a_parameter() -> None:
     data = encode(Image.new("RGB", (100, 100)), "PNG")
-    assert decode(data, limits=Limits(max_pixels=10_000)).size == (100, 100)
+    assert decode(data, limits=ImageLimits(max_pixels=10_000)).size == (100, 100)
     with pytest.raises(ImageError) as info:
-        decode(data, limits=Limits(max_pixels=9_999))
+        decode(data, limits=ImageLimits(max_pixels=9_999))
     assert info.value.code == "too_many_pixels"
 
 

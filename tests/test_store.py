@@ -10,22 +10,20 @@ import numpy as np
 import pytest
 
 from iraas.config import Settings
-from iraas.parts import embedded
+from iraas.parts import assemble, embedded
 from iraas.queues.group import GroupSender
 from iraas.queues.sqlite import SqliteQueue
-from iraas.replies import SocketReplies
-from iraas.store import Store
 
 
 def test_ids_are_recognised_by_every_process_of_the_deployment_and_carry_their_time(tmp_path: Path) -> None:
     one, two = embedded(Settings(data_dir=tmp_path)), embedded(Settings(data_dir=tmp_path))
-    ids = one.new_ids(100)
+    ids = one.ids.new_ids(100)
     assert len(set(ids)) == 100 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
-    at = two.issued_at(ids[0])  # another process, the same key from the store
-    assert at is not None and abs(at - one.clock()) < 2
+    at = two.ids.issued_at(ids[0])  # another process, the same key from the store
+    assert at is not None and abs(at - one.ids.clock()) < 2
     other = embedded(Settings(data_dir=tmp_path / "elsewhere"))
-    assert other.issued_at(ids[0]) is None  # another deployment's key
-    assert two.issued_at("0" * 32) is None and two.issued_at("xyz") is None
+    assert other.ids.issued_at(ids[0]) is None  # another deployment's key
+    assert two.ids.issued_at("0" * 32) is None and two.ids.issued_at("xyz") is None
 
 
 class _CountingQueue(SqliteQueue):
@@ -66,40 +64,17 @@ def test_a_failed_group_send_fails_its_senders(tmp_path: Path) -> None:
     assert queue.depth().visible == 0
 
 
-def test_socket_replies_reach_an_open_inbox_and_say_when_nobody_listens(tmp_path: Path) -> None:
-    replies = SocketReplies(tmp_path)
-    assert replies.send("nobody", "{}") is False
-    inbox = replies.inbox("web1")
-    got: list[str] = []
-
-    def receive() -> None:
-        while len(got) < 200 and (batch := inbox.receive(5.0)):
-            got.extend(batch)
-
-    receiver = threading.Thread(target=receive)
-    receiver.start()
-    try:
-        # more than the kernel queues for one socket (net.unix.max_dgram_qlen): senders wait
-        assert all(replies.send("web1", f'{{"n":{i}}}') for i in range(200))
-        receiver.join()
-        assert got == [f'{{"n":{i}}}' for i in range(200)]
-        assert inbox.receive(0.05) == []
-    finally:
-        inbox.close()
-    assert replies.send("web1", "{}") is False  # closed: nobody waits there any more
-
-
 def test_enrolments_are_kept_apart_from_the_base_gallery(tmp_path: Path) -> None:
     web1, web2 = embedded(Settings(data_dir=tmp_path)), embedded(Settings(data_dir=tmp_path))
-    web1.publish_gallery(b"base")
-    v0 = web1.gallery_version()
-    (a,), (b,) = web1.new_ids(1), web2.new_ids(1)
-    web1.add_enrolment(a, b"alice")
-    web2.add_enrolment(b, b"bob")  # another process at the same time: both kept
-    assert web1.gallery_version() != v0
-    assert sorted(d for _, d in web1.load_gallery().parts) == [b"alice", b"base", b"bob"]
-    web2.publish_gallery(b"base again")  # a restart with the same --gallery
-    assert sorted(d for _, d in web2.load_gallery().parts) == [b"alice", b"base again", b"bob"]
+    web1.gallery.publish_gallery(b"base")
+    v0 = web1.gallery.gallery_version()
+    (a,), (b,) = web1.ids.new_ids(1), web2.ids.new_ids(1)
+    web1.gallery.add_enrolment(a, b"alice")
+    web2.gallery.add_enrolment(b, b"bob")  # another process at the same time: both kept
+    assert web1.gallery.gallery_version() != v0
+    assert sorted(d for _, d in web1.gallery.load_gallery().parts) == [b"alice", b"base", b"bob"]
+    web2.gallery.publish_gallery(b"base again")  # a restart with the same --gallery
+    assert sorted(d for _, d in web2.gallery.load_gallery().parts) == [b"alice", b"base again", b"bob"]
 
 
 def test_a_person_removed_leaves_out_earlier_photos_not_later_ones(tmp_path: Path) -> None:
@@ -107,7 +82,7 @@ def test_a_person_removed_leaves_out_earlier_photos_not_later_ones(tmp_path: Pat
 
     clock = [1000.0]
     parts = embedded(Settings(data_dir=tmp_path))
-    store = Store(requests=parts.requests, blobs=parts.blobs, replies=parts.replies, clock=lambda: clock[0])
+    store = assemble(requests=parts.requests, blobs=parts.blobs, replies=parts.replies, clock=lambda: clock[0])
     row = np.ones(128, np.float32)
 
     def one(name: str) -> bytes:
@@ -118,18 +93,18 @@ def test_a_person_removed_leaves_out_earlier_photos_not_later_ones(tmp_path: Pat
     base = Gallery()
     for name in ("Alice", "Bob"):
         base.add(name, row, "base")
-    store.publish_gallery(base.to_bytes())
-    (early,) = store.new_ids(1)
-    store.add_enrolment(early, one("Alice"))
-    version = store.gallery_version()
+    store.gallery.publish_gallery(base.to_bytes())
+    (early,) = store.ids.new_ids(1)
+    store.gallery.add_enrolment(early, one("Alice"))
+    version = store.gallery.gallery_version()
     clock[0] = 2000.0
-    store.remove_person("Alice")
-    assert store.gallery_version() != version  # workers reload
-    assert Gallery.merged(store.load_gallery()).people() == {"Bob": 1}  # base and enrolment rows
+    store.gallery.remove_person("Alice")
+    assert store.gallery.gallery_version() != version  # workers reload
+    assert Gallery.merged(store.gallery.load_gallery()).people() == {"Bob": 1}  # base and enrolment rows
     clock[0] = 3000.0
-    (late,) = store.new_ids(1)
-    store.add_enrolment(late, one("Alice"))  # enrolled again after the removal: counts
-    assert Gallery.merged(store.load_gallery()).people() == {"Alice": 1, "Bob": 1}
+    (late,) = store.ids.new_ids(1)
+    store.gallery.add_enrolment(late, one("Alice"))  # enrolled again after the removal: counts
+    assert Gallery.merged(store.gallery.load_gallery()).people() == {"Alice": 1, "Bob": 1}
 
 
 def test_retention_expires_inputs_results_and_dedup_but_keeps_enrolments(tmp_path: Path) -> None:
@@ -139,33 +114,33 @@ def test_retention_expires_inputs_results_and_dedup_but_keeps_enrolments(tmp_pat
     from iraas.messages import Result
 
     store = embedded(Settings(data_dir=tmp_path))
-    (old, new) = store.new_ids(2)
-    store.put_input(b"old bytes", "a" * 64)
-    store.put_input(b"new bytes", "b" * 64)
-    store.publish_result(Result(id=old, name="o.jpg", status="done", model="m", label="x"))
-    store.publish_result(Result(id=new, name="n.jpg", status="done", model="m", label="y"))
-    store.add_enrolment(old, b"one row")
+    (old, new) = store.ids.new_ids(2)
+    store.results.put_input(b"old bytes", "a" * 64)
+    store.results.put_input(b"new bytes", "b" * 64)
+    store.results.publish_result(Result(id=old, name="o.jpg", status="done", model="m", label="x"))
+    store.results.publish_result(Result(id=new, name="n.jpg", status="done", model="m", label="y"))
+    store.gallery.add_enrolment(old, b"one row")
     day = 86_400
     past = time.time() - 2 * day
     for key in ("inputs/" + "a" * 64, f"results/{old}.json", f"gallery/enrolments/{old}.npz"):
         os.utime(tmp_path / "blobs" / key, (past, past))
-    assert store.expire(input_ttl_s=day, result_ttl_s=day) == 2
+    assert store.results.expire(input_ttl_s=day, result_ttl_s=day) == 2
     assert not store.blobs.exists("inputs/" + "a" * 64) and store.blobs.exists("inputs/" + "b" * 64)
-    assert store.load_result(old) is None and store.load_result(new) is not None
-    assert [d for _, d in store.load_gallery().parts] == [b"one row"]  # records, never expired
+    assert store.results.load_result(old) is None and store.results.load_result(new) is not None
+    assert [d for _, d in store.gallery.load_gallery().parts] == [b"one row"]  # records, never expired
     # The same bytes sent again make the stored copy young again: it is wanted.
     os.utime(tmp_path / "blobs" / ("inputs/" + "b" * 64), (past, past))
-    store.put_input(b"new bytes", "b" * 64)
-    assert store.expire(input_ttl_s=day, result_ttl_s=day) == 0
+    store.results.put_input(b"new bytes", "b" * 64)
+    assert store.results.expire(input_ttl_s=day, result_ttl_s=day) == 0
 
 
 def test_an_id_past_the_results_retention_reads_expired_not_queued(tmp_path: Path) -> None:
     import time
 
     store = embedded(Settings(data_dir=tmp_path))
-    (rid,) = store.new_ids(1)
-    assert store.status(rid, result_ttl_s=3600) == {"id": rid, "status": "queued"}
+    (rid,) = store.ids.new_ids(1)
+    assert store.results.status(rid, result_ttl_s=3600) == {"id": rid, "status": "queued"}
     later = embedded(Settings(data_dir=tmp_path))
-    later.clock = lambda: time.time() + 7200
-    got = later.status(rid, result_ttl_s=3600)
+    later.results.clock = lambda: time.time() + 7200
+    got = later.results.status(rid, result_ttl_s=3600)
     assert got is not None and (got["status"], got["error"]) == ("failed", "expired")

@@ -10,13 +10,12 @@ from pathlib import Path
 import httpx
 
 from iraas.config import Settings
-from iraas.controller import Controller
-from iraas.parts import embedded
+from iraas.parts import embedded, make_controller
 from iraas.queues.sqlite import SqliteQueue
 
 from .conftest import IMAGENET
+from .fakes import FakeFleet
 from .service import Service, alive
-from .test_controller import FakeFleet
 
 PHOTOS = iter(sorted((IMAGENET / "images").iterdir()))  # a new photo each time: none answered from the cache
 
@@ -105,7 +104,7 @@ def test_a_request_wakes_the_controller_at_once(tmp_path: Path) -> None:
     the first launch follows the request, not the next tick."""
     settings = Settings(data_dir=tmp_path, max_workers=2, tick_s=3600)
     store, fleet = embedded(settings), FakeFleet()
-    controller = Controller(store, fleet, settings)
+    controller = make_controller(store, fleet, settings)
     stop = threading.Event()
     thread = threading.Thread(target=controller.run, args=(stop,))
     thread.start()

@@ -12,12 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from iraas.config import Settings
-from iraas.messages import Result
-from iraas.parts import embedded
-from iraas.store import Store
-from iraas.web.app import create_app
+from iraas.messages import ClusterStatus, Result
+from iraas.parts import Parts, embedded, make_app
 
 from .conftest import IMAGENET
+from .drafts import make_request
 from .images import png_bomb
 from .imageserver import image_server
 
@@ -28,7 +27,7 @@ MAX_FILE = 1_000_000
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
+def store(tmp_path: Path) -> Parts:
     return embedded(_settings(tmp_path))
 
 
@@ -37,12 +36,12 @@ def _settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def client(tmp_path: Path, store: Store) -> Iterator[TestClient]:
-    with TestClient(create_app(_settings(tmp_path), store), base_url="http://127.0.0.1") as c:
+def client(tmp_path: Path, store: Parts) -> Iterator[TestClient]:
+    with TestClient(make_app(_settings(tmp_path), store), base_url="http://127.0.0.1") as c:
         yield c
 
 
-def _nothing_stored_or_queued(store: Store) -> None:
+def _nothing_stored_or_queued(store: Parts) -> None:
     assert store.requests.depth().backlog == 0
     assert store.blobs.list("inputs/") == []
     assert store.blobs.list("results/") == []
@@ -63,7 +62,7 @@ def _nothing_stored_or_queued(store: Store) -> None:
     ],
     ids=["too-large", "too-many", "html", "random", "eps", "truncated", "bomb", "empty", "one-bad-of-two"],
 )
-def test_bad_uploads(client: TestClient, store: Store, files: list[tuple[str, bytes]], status: int, code: str) -> None:
+def test_bad_uploads(client: TestClient, store: Parts, files: list[tuple[str, bytes]], status: int, code: str) -> None:
     resp = client.post("/v1/recognitions", files=[("files", f) for f in files])
     assert resp.status_code == status, resp.text
     body = resp.json()
@@ -85,7 +84,7 @@ def test_bad_uploads(client: TestClient, store: Store, files: list[tuple[str, by
     ],
     ids=["missing-field", "missing-url", "bad-json", "bad-url", "unreachable", "not-multipart"],
 )
-def test_bad_requests(client: TestClient, store: Store, kwargs: dict[str, object], status: int, code: str) -> None:
+def test_bad_requests(client: TestClient, store: Parts, kwargs: dict[str, object], status: int, code: str) -> None:
     resp = client.post("/v1/recognitions", **kwargs)  # type: ignore[arg-type]
     assert resp.status_code == status, resp.text
     assert resp.json()["error"] == code
@@ -102,7 +101,7 @@ def test_bad_requests(client: TestClient, store: Store, kwargs: dict[str, object
     ],
     ids=["loopback", "metadata", "ipv4-mapped", "redirect-to-loopback"],
 )
-def test_ssrf_refusals(client: TestClient, store: Store, target: str) -> None:
+def test_ssrf_refusals(client: TestClient, store: Parts, target: str) -> None:
     with image_server(IMAGENET / "images") as port:
         url = target.format(port=port, name=PHOTOS[0].name)
         resp = client.post("/v1/recognitions", json={"url": url})
@@ -111,7 +110,7 @@ def test_ssrf_refusals(client: TestClient, store: Store, target: str) -> None:
     _nothing_stored_or_queued(store)
 
 
-def test_async_submit_is_queued_once_and_its_status_follows_the_store(client: TestClient, store: Store) -> None:
+def test_async_submit_is_queued_once_and_its_status_follows_the_store(client: TestClient, store: Parts) -> None:
     resp = client.post("/v1/recognitions?wait=false", files=[("files", ("a.jpg", JPEG)), ("files", ("b.jpg", JPEG))])
     assert resp.status_code == 202
     entries = resp.json()
@@ -121,17 +120,17 @@ def test_async_submit_is_queued_once_and_its_status_follows_the_store(client: Te
     first, second = (e["id"] for e in entries)
     assert client.get(f"/v1/recognitions/{first}").json()["status"] == "queued"
     # a worker holds it: the controller's published view says so
-    store.publish_status({"workers": [], "decisions": [], "running": [first]})
-    time.sleep(store.status_ttl_s)
+    store.cluster.publish_status(ClusterStatus(running=[first]))
+    time.sleep(store.cluster.status_ttl_s)
     assert client.get(f"/v1/recognitions/{first}").json()["status"] == "running"
     done = Result(id=second, name="b.jpg", status="done", model="efficientnet-lite0", label="tench", confidence=0.9)
-    store.publish_result(done)
+    store.results.publish_result(done)
     got = client.get(f"/v1/recognitions/{second}").json()
     assert (got["status"], got["label"], got["location"]) == ("done", "tench", f"/v1/recognitions/{second}")
 
 
-def test_ids_this_deployment_never_issued_are_404_and_malformed_ones_400(client: TestClient, store: Store) -> None:
-    (real,) = store.new_ids(1)
+def test_ids_this_deployment_never_issued_are_404_and_malformed_ones_400(client: TestClient, store: Parts) -> None:
+    (real,) = store.ids.new_ids(1)
     forged = real[:-1] + ("0" if real[-1] != "0" else "1")
     for rid in ("0" * 32, forged):
         resp = client.get(f"/v1/recognitions/{rid}")
@@ -140,16 +139,16 @@ def test_ids_this_deployment_never_issued_are_404_and_malformed_ones_400(client:
     assert client.get("/v1/recognitions/nope").status_code == 400
 
 
-def test_the_same_image_is_answered_from_the_stored_answer_without_queueing(client: TestClient, store: Store) -> None:
+def test_the_same_image_is_answered_from_the_stored_answer_without_queueing(client: TestClient, store: Parts) -> None:
     import hashlib
 
-    (rid,) = store.new_ids(1)
+    (rid,) = store.ids.new_ids(1)
     digest = hashlib.sha256(JPEG).hexdigest()
-    req = store.request(
-        rid=rid, digest=digest, name="a.jpg", model="efficientnet-lite0", reply_to="", submitted_at=time.time()
+    req = make_request(
+        store, rid=rid, digest=digest, name="a.jpg", model="efficientnet-lite0", reply_to="", submitted_at=time.time()
     )
     answer = Result(id=rid, name="a.jpg", status="done", model="efficientnet-lite0", label="tench", confidence=0.8)
-    store.remember(req, answer)
+    store.results.remember(req, answer)
     resp = client.post("/v1/recognitions", files=[("files", ("again.jpg", JPEG))])
     (entry,) = resp.json()
     assert (entry["status"], entry["label"], entry["cached"], entry["name"]) == ("done", "tench", True, "again.jpg")
@@ -157,7 +156,7 @@ def test_the_same_image_is_answered_from_the_stored_answer_without_queueing(clie
     assert client.get(entry["location"]).json()["label"] == "tench"
 
 
-def test_a_sync_request_with_no_answer_in_time_says_where_to_look(client: TestClient, store: Store) -> None:
+def test_a_sync_request_with_no_answer_in_time_says_where_to_look(client: TestClient, store: Parts) -> None:
     resp = client.post("/v1/recognitions?timeout=0.2", files=[("files", ("a.jpg", JPEG))])
     (entry,) = resp.json()
     assert entry["status"] == "queued" and client.get(entry["location"]).json()["status"] == "queued"
@@ -185,7 +184,7 @@ def _client_with(tmp_path: Path, **changes: object) -> TestClient:
     import dataclasses
 
     settings = dataclasses.replace(_settings(tmp_path), **changes)  # type: ignore[arg-type]
-    return TestClient(create_app(settings, embedded(settings)), base_url="http://127.0.0.1")
+    return TestClient(make_app(settings, embedded(settings)), base_url="http://127.0.0.1")
 
 
 def test_past_max_backlog_new_work_is_shed_with_retry_after(tmp_path: Path) -> None:
@@ -239,8 +238,8 @@ def test_a_large_upload_waits_on_disk_and_is_stored_whole(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("raw", [".", "..", " ", "", "-x", "a/b", "x" * 65, "Al\x00ice", "\u0410lice"])
 def test_person_names_that_cannot_be_enrolled(raw: str) -> None:
+    from iraas.faces.names import person_name
     from iraas.refusals import InputError
-    from iraas.web.names import person_name
 
     with pytest.raises(InputError) as info:
         person_name(raw, [])
@@ -248,8 +247,8 @@ def test_person_names_that_cannot_be_enrolled(raw: str) -> None:
 
 
 def test_person_names_are_normalised_and_look_alikes_refused() -> None:
+    from iraas.faces.names import person_name
     from iraas.refusals import InputError
-    from iraas.web.names import person_name
 
     assert person_name("Jose\u0301 ", []) == "Jos\u00e9"  # NFC: one spelling however typed
     assert (

@@ -21,14 +21,12 @@ from fastapi.testclient import TestClient
 from iraas.config import Settings
 from iraas.messages import Request, Result
 from iraas.model.classifier import Classifier
-from iraas.parts import embedded
+from iraas.parts import Parts, embedded, make_app, make_deliverer, make_worker
 from iraas.signing import new_secret
-from iraas.store import Store
-from iraas.web.app import create_app
 from iraas.webhooks.deliver import Deliverer, backoff_s
-from iraas.worker import Worker
 
 from .conftest import IMAGENET, ROOT
+from .drafts import make_request
 from .receiver import receiver
 from .service import Service
 
@@ -131,7 +129,7 @@ def _settings(tmp_path: Path, **changes: Any) -> Settings:
     return Settings(data_dir=tmp_path, webhook_secret=SECRET, webhook_backoff_s=0.2, webhook_timeout_s=2, **changes)
 
 
-def _deliver_for(store: Store, deliverer: Deliverer, rid: str, timeout: float = 20) -> dict[str, Any]:
+def _deliver_for(store: Parts, deliverer: Deliverer, rid: str, timeout: float = 20) -> dict[str, Any]:
     """Run the deliverer until `rid`'s webhook is settled; its callback state."""
     stop = threading.Event()
     thread = threading.Thread(target=deliverer.run, args=(stop,), daemon=True)
@@ -139,24 +137,25 @@ def _deliver_for(store: Store, deliverer: Deliverer, rid: str, timeout: float = 
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            state = store.callback_state(rid) or {}
-            if state.get("status") in ("delivered", "failed"):
-                return state
+            state = store.callbacks.state(rid)
+            if state is not None and state.status in ("delivered", "failed"):
+                return state.shown()
             time.sleep(0.05)
-        raise AssertionError(f"not settled: {store.callback_state(rid)}")
+        raise AssertionError(f"not settled: {store.callbacks.state(rid)}")
     finally:
         stop.set()
         thread.join(10)
 
 
-def _queue(store: Store, image: bytes, *, deadline: float = 0.0, callback: str = "") -> str:
+def _queue(store: Parts, image: bytes, *, deadline: float = 0.0, callback: str = "") -> str:
     import hashlib
 
-    (rid,) = store.new_ids(1)
+    (rid,) = store.ids.new_ids(1)
     digest = hashlib.sha256(image).hexdigest()
-    store.put_input(image, digest)
+    store.results.put_input(image, digest)
     now = time.time()
-    req = store.request(
+    req = make_request(
+        store,
         rid=rid,
         digest=digest,
         name="photo.jpg",
@@ -167,7 +166,7 @@ def _queue(store: Store, image: bytes, *, deadline: float = 0.0, callback: str =
         deadline=deadline,
         callback=callback,
     )
-    store.enqueue([req])
+    store.results.enqueue([req])
     return rid
 
 
@@ -196,14 +195,14 @@ def test_a_request_queued_past_its_deadline_is_never_inferred_and_its_webhook_sa
         late = _queue(store, PHOTOS[0].read_bytes(), deadline=time.time() + 0.2, callback=rec.url)
         on_time = _queue(store, PHOTOS[1].read_bytes(), deadline=time.time() + 600, callback=rec.url)
         time.sleep(0.3)  # nobody took them in time: the first is past its deadline
-        worker = Worker(store, counting, settings, "w-test")  # type: ignore[arg-type]
+        worker = make_worker(store, counting, settings, "w-test")  # type: ignore[arg-type]
         assert worker.run_once(wait_s=1) == 2
         assert counting.seen == 1  # the one on time only
-        expired = store.load_result(late)
+        expired = store.results.load_result(late)
         assert expired is not None and (expired.status, expired.error) == ("failed", "expired")
         assert "deadline" in (expired.reason or "") and expired.request_id == "trace-expired"
-        assert _deliver_for(store, Deliverer(store, settings), late)["status"] == "delivered"
-        _deliver_for(store, Deliverer(store, settings), on_time)
+        assert _deliver_for(store, make_deliverer(store, settings), late)["status"] == "delivered"
+        _deliver_for(store, make_deliverer(store, settings), on_time)
         bodies = {json.loads(g.body)["data"]["id"]: json.loads(g.body) for g in rec.got}
         assert bodies[late]["type"] == "recognition.failed" and bodies[late]["data"]["error"] == "expired"
         assert bodies[on_time]["type"] == "recognition.done"
@@ -219,8 +218,8 @@ def test_an_address_the_policy_refuses_at_delivery_time_gets_nothing(tmp_path: P
         rid = _queue(store, PHOTOS[0].read_bytes(), callback=f"http://hooks.example.com:{port}/in")
         result = Result(id=rid, name="photo.jpg", status="done", model="efficientnet-lite0", label="tench")
         msg = store.requests.receive(1, visibility_s=30)[0]
-        store.finish(Request.from_json(msg.body), result)
-        deliverer = Deliverer(store, settings, resolver=lambda host, port: ["127.0.0.1"])
+        store.results.finish(Request.from_json(msg.body), result)
+        deliverer = make_deliverer(store, settings, resolver=lambda host, port: ["127.0.0.1"])
         state = _deliver_for(store, deliverer, rid)
         assert state["status"] == "failed" and state["attempts"] == 1
         assert state["last_error"].startswith("refused_address")
@@ -237,7 +236,7 @@ def test_the_web_tier_refuses_callbacks_it_must_not_deliver_and_bad_deadlines(tm
     photo = ("p.jpg", PHOTOS[0].read_bytes())
     settings = _settings(tmp_path)
     store = embedded(settings)
-    with TestClient(create_app(settings, store), base_url="http://127.0.0.1") as c:
+    with TestClient(make_app(settings, store), base_url="http://127.0.0.1") as c:
         for callback, status, code in [
             ("http://127.0.0.1:9/hook", 403, "refused_address"),
             ("http://169.254.169.254/latest", 403, "refused_address"),
@@ -256,7 +255,7 @@ def test_the_web_tier_refuses_callbacks_it_must_not_deliver_and_bad_deadlines(tm
         assert 29 < body["deadline"] - body["submitted_at"] <= 30 and body["trace"] == sent.headers["x-request-id"]
     assert store.deliveries is not None and store.deliveries.depth().visible == 0  # nothing to deliver
     unsigned = Settings(data_dir=tmp_path / "other")
-    with TestClient(create_app(unsigned, embedded(unsigned)), base_url="http://127.0.0.1") as c:
+    with TestClient(make_app(unsigned, embedded(unsigned)), base_url="http://127.0.0.1") as c:
         r = c.post("/v1/recognitions", files={"files": photo}, data={"callback_url": "https://example.com/h"})
         assert (r.status_code, r.json()["error"]) == (400, "webhooks_off")
 

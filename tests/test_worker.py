@@ -14,12 +14,12 @@ import pytest
 from iraas.config import Settings
 from iraas.messages import Request, Result
 from iraas.model.classifier import Classifier
-from iraas.parts import embedded
+from iraas.parts import Parts, assemble, embedded, make_worker
 from iraas.replies import Inbox
-from iraas.store import Store
 from iraas.worker import Worker
 
 from .conftest import IMAGENET
+from .drafts import make_request
 from .images import crashing_avif
 
 TENCH = (IMAGENET / "images" / "n01440764_tench.JPEG").read_bytes()
@@ -28,38 +28,38 @@ MODEL = "efficientnet-lite0"
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
+def store(tmp_path: Path) -> Parts:
     return embedded(Settings(data_dir=tmp_path, heartbeat_s=0.2))
 
 
 @pytest.fixture
-def inbox(store: Store) -> Iterator[Inbox]:
-    box = store.inbox("t")
+def inbox(store: Parts) -> Iterator[Inbox]:
+    box = store.replies.inbox("t")
     yield box
     box.close()
 
 
-def _submit(store: Store, data: bytes, reply_to: str = "t") -> str:
-    (rid,) = store.new_ids(1)
+def _submit(store: Parts, data: bytes, reply_to: str = "t") -> str:
+    (rid,) = store.ids.new_ids(1)
     digest = hashlib.sha256(data).hexdigest()
-    store.put_input(data, digest)
-    req = store.request(
-        rid=rid, digest=digest, name=f"{rid}.jpg", model=MODEL, reply_to=reply_to, submitted_at=time.time()
+    store.results.put_input(data, digest)
+    req = make_request(
+        store, rid=rid, digest=digest, name=f"{rid}.jpg", model=MODEL, reply_to=reply_to, submitted_at=time.time()
     )
-    store.enqueue([req])
+    store.results.enqueue([req])
     return rid
 
 
-def _worker(store: Store, clf: Any, tmp_path: Path) -> Worker:
-    return Worker(store, clf, Settings(data_dir=tmp_path, heartbeat_s=0.2, visibility_s=5), "w-test")
+def _worker(store: Parts, clf: Any, tmp_path: Path) -> Worker:
+    return make_worker(store, clf, Settings(data_dir=tmp_path, heartbeat_s=0.2, visibility_s=5), "w-test")
 
 
 def test_classifies_stores_replies_and_deletes(
-    store: Store, inbox: Inbox, classifier: Classifier, tmp_path: Path
+    store: Parts, inbox: Inbox, classifier: Classifier, tmp_path: Path
 ) -> None:
     rid = _submit(store, TENCH)
     assert _worker(store, classifier, tmp_path).run_once(wait_s=1) == 1
-    stored = store.load_result(rid)
+    stored = store.results.load_result(rid)
     assert stored is not None and (stored.status, stored.label, stored.worker) == ("done", "tench", "w-test")
     (reply,) = inbox.receive(1)
     replied = Result.from_json(reply)
@@ -68,24 +68,24 @@ def test_classifies_stores_replies_and_deletes(
     assert replace(replied, timings={k: v for k, v in replied.timings.items() if k != "store"}) == stored
     assert store.requests.depth().backlog == 0
     time.sleep(0.2)  # the dedup entry is written in the background
-    (rid2,) = store.new_ids(1)
+    (rid2,) = store.ids.new_ids(1)
     digest = hashlib.sha256(TENCH).hexdigest()
-    cached = store.answer_from_cache(_again(store, rid2, digest))
+    cached = store.results.answer_from_cache(_again(store, rid2, digest))
     assert cached is not None and (cached.label, cached.cached) == ("tench", True)
 
 
 def test_redelivered_request_is_answered_from_the_stored_result(
-    store: Store, inbox: Inbox, classifier: Classifier, tmp_path: Path
+    store: Parts, inbox: Inbox, classifier: Classifier, tmp_path: Path
 ) -> None:
     rid = _submit(store, TENCH)
     assert store.requests.receive(1, visibility_s=1)  # a first worker took it and died...
     first = Result(id=rid, name="b.jpg", status="done", model=MODEL, label="goldfish", confidence=0.5)
-    store.publish_result(first)  # ...after storing its result, before replying
+    store.results.publish_result(first)  # ...after storing its result, before replying
     time.sleep(1.1)
     before = classifier.times.images
     assert _worker(store, classifier, tmp_path).run_once(wait_s=1) == 1
     assert classifier.times.images == before  # no inference
-    assert store.load_result(rid) == first  # unchanged
+    assert store.results.load_result(rid) == first  # unchanged
     (reply,) = inbox.receive(1)
     assert Result.from_json(reply).label == "goldfish"
 
@@ -102,16 +102,16 @@ class _CountingBlobs:
         return getattr(self.inner, name)
 
 
-def test_a_first_delivery_reads_its_input_and_no_result(store: Store, classifier: Classifier, tmp_path: Path) -> None:
+def test_a_first_delivery_reads_its_input_and_no_result(store: Parts, classifier: Classifier, tmp_path: Path) -> None:
     _submit(store, TENCH, reply_to="")
     counting = _CountingBlobs(store.blobs)
-    store.blobs = counting  # type: ignore[assignment]
-    assert _worker(store, classifier, tmp_path).run_once(wait_s=1) == 1
+    counted = assemble(requests=store.requests, blobs=counting, replies=store.replies)  # type: ignore[arg-type]
+    assert _worker(counted, classifier, tmp_path).run_once(wait_s=1) == 1
     assert [k.split("/")[0] for k in counting.gets] == ["inputs"]
 
 
 def test_a_reply_that_cannot_be_handed_over_keeps_the_message(
-    store: Store, classifier: Classifier, tmp_path: Path
+    store: Parts, classifier: Classifier, tmp_path: Path
 ) -> None:
     rid = _submit(store, TENCH)
 
@@ -120,19 +120,19 @@ def test_a_reply_that_cannot_be_handed_over_keeps_the_message(
 
     store.replies.send = refuse  # type: ignore[method-assign]
     assert _worker(store, classifier, tmp_path).run_once(wait_s=1) == 1
-    assert store.load_result(rid) is not None
+    assert store.results.load_result(rid) is not None
     assert store.requests.depth().in_flight == 1  # comes back, and its redelivery replies
 
 
-def test_bad_image_is_a_final_failed_result_not_a_retry(store: Store, classifier: Classifier, tmp_path: Path) -> None:
+def test_bad_image_is_a_final_failed_result_not_a_retry(store: Parts, classifier: Classifier, tmp_path: Path) -> None:
     rid = _submit(store, TENCH[:2000])
     _worker(store, classifier, tmp_path).run_once(wait_s=1)
-    result = store.load_result(rid)
+    result = store.results.load_result(rid)
     assert result is not None and (result.status, result.error) == ("failed", "truncated")
     assert store.requests.depth().backlog == 0  # deleted, not left to come back
 
 
-def test_a_stopped_worker_takes_nothing(store: Store, classifier: Classifier, tmp_path: Path) -> None:
+def test_a_stopped_worker_takes_nothing(store: Parts, classifier: Classifier, tmp_path: Path) -> None:
     _submit(store, TENCH)
     w = _worker(store, classifier, tmp_path)
     w.stop()
@@ -141,7 +141,7 @@ def test_a_stopped_worker_takes_nothing(store: Store, classifier: Classifier, tm
     assert msg.receive_count == 1  # never received by the stopped worker
 
 
-def test_a_hand_back_while_stopping_costs_no_try(store: Store, classifier: Classifier, tmp_path: Path) -> None:
+def test_a_hand_back_while_stopping_costs_no_try(store: Parts, classifier: Classifier, tmp_path: Path) -> None:
     import threading
 
     w = _worker(store, classifier, tmp_path)
@@ -157,11 +157,11 @@ def test_a_hand_back_while_stopping_costs_no_try(store: Store, classifier: Class
     assert msg.receive_count == 1  # the hand-back was not counted against max_receives
 
 
-def test_a_crashing_image_fails_alone(store: Store, classifier: Classifier, tmp_path: Path) -> None:
+def test_a_crashing_image_fails_alone(store: Parts, classifier: Classifier, tmp_path: Path) -> None:
     poison = crashing_avif(TENCH)
     ids = [_submit(store, TENCH), _submit(store, poison), _submit(store, SHARK)]
     assert _worker(store, classifier, tmp_path).run_once(wait_s=1) == 3
-    results = [store.load_result(rid) for rid in ids]
+    results = [store.results.load_result(rid) for rid in ids]
     assert [(r.status, r.label or r.error) for r in results if r] == [
         ("done", "tench"),
         ("failed", "corrupt"),
@@ -191,12 +191,12 @@ class _RaisesOn:
 
 
 def test_an_exception_for_the_batch_fails_only_the_image_that_raised(
-    store: Store, classifier: Classifier, tmp_path: Path
+    store: Parts, classifier: Classifier, tmp_path: Path
 ) -> None:
     bad = TENCH[:-10] + b"\xff\xd9" * 5
     ids = [_submit(store, TENCH), _submit(store, bad), _submit(store, SHARK)]
     assert _worker(store, _RaisesOn(classifier, bad), tmp_path).run_once(wait_s=1) == 3
-    results = [store.load_result(rid) for rid in ids]
+    results = [store.results.load_result(rid) for rid in ids]
     assert [(r.status, r.label or r.error) for r in results if r] == [
         ("done", "tench"),
         ("failed", "recognition_failed"),
@@ -204,14 +204,14 @@ def test_an_exception_for_the_batch_fails_only_the_image_that_raised(
     ]
 
 
-def test_redelivered_requests_run_one_at_a_time(store: Store, classifier: Classifier, tmp_path: Path) -> None:
+def test_redelivered_requests_run_one_at_a_time(store: Parts, classifier: Classifier, tmp_path: Path) -> None:
     ids = [_submit(store, TENCH), _submit(store, SHARK), _submit(store, TENCH[:5000])]
     assert len(store.requests.receive(3, visibility_s=1)) == 3  # a worker took them and died
     time.sleep(1.1)
     w = _worker(store, classifier, tmp_path)
     handled = [w.run_once(wait_s=1) for _ in range(3)]
     assert handled == [1, 1, 1]  # each redelivery alone: a poison image cannot take others down
-    results = [store.load_result(rid) for rid in ids]
+    results = [store.results.load_result(rid) for rid in ids]
     assert [(r.status, r.timings["batch"] if r.status == "done" else r.error) for r in results if r] == [
         ("done", 1),
         ("done", 1),
@@ -223,19 +223,19 @@ def test_redelivered_requests_run_one_at_a_time(store: Store, classifier: Classi
 class _Watching(_RaisesOn):
     """The real classifier, noting for each batch its size and which of `ids` had a result."""
 
-    def __init__(self, inner: Classifier, store: Store) -> None:
+    def __init__(self, inner: Classifier, store: Parts) -> None:
         super().__init__(inner, b"")
         self.store = store
         self.ids: list[str] = []
         self.seen: list[tuple[int, list[bool]]] = []
 
     def classify(self, images: Any, top_k: int = 5) -> Any:
-        self.seen.append((len(images), [self.store.load_result(i) is not None for i in self.ids]))
+        self.seen.append((len(images), [self.store.results.load_result(i) is not None for i in self.ids]))
         return self.inner.classify(images, top_k)
 
 
 def test_first_time_batch_mates_are_answered_before_a_redelivered_message_runs(
-    store: Store, classifier: Classifier, tmp_path: Path
+    store: Parts, classifier: Classifier, tmp_path: Path
 ) -> None:
     suspect = _submit(store, TENCH[:5000])
     assert len(store.requests.receive(1, visibility_s=1)) == 1  # a worker took it and died
@@ -246,22 +246,22 @@ def test_first_time_batch_mates_are_answered_before_a_redelivered_message_runs(
     # the two first-time requests as a batch, answered; only then the redelivered one, alone:
     # had it killed the worker, it could not have taken them along
     assert watching.seen == [(2, [False, False]), (1, [True, True])]
-    mates = [store.load_result(i) for i in watching.ids]
+    mates = [store.results.load_result(i) for i in watching.ids]
     assert [(r.label, r.timings["batch"], r.timings["attempt"]) for r in mates if r] == [
         ("tench", 2, 1),
         ("great white shark", 2, 1),
     ]  # neither handed back for the suspect's sake (SQS would count it against their tries)
-    last = store.load_result(suspect)
+    last = store.results.load_result(suspect)
     assert last is not None and (last.error, last.timings["attempt"]) == ("truncated", 2)
     assert store.requests.depth().backlog == 0
 
 
-def test_exits_by_itself_after_max_idle(store: Store, classifier: Classifier, tmp_path: Path) -> None:
+def test_exits_by_itself_after_max_idle(store: Parts, classifier: Classifier, tmp_path: Path) -> None:
     w = _worker(store, classifier, tmp_path)
     start = time.monotonic()
     w.run(max_idle_s=1.0)
     assert 1.0 <= time.monotonic() - start < 10
-    assert store.heartbeats() == {}  # it says goodbye
+    assert store.cluster.heartbeats() == {}  # it says goodbye
 
 
 class _Slow:
@@ -276,18 +276,18 @@ class _Slow:
 
 
 def test_a_batch_longer_than_the_visibility_timeout_stays_hidden(
-    store: Store, classifier: Classifier, tmp_path: Path
+    store: Parts, classifier: Classifier, tmp_path: Path
 ) -> None:
     import threading
 
     rid = _submit(store, TENCH, reply_to="")
-    w = Worker(store, _Slow(classifier), Settings(data_dir=tmp_path, heartbeat_s=0.2, visibility_s=1), "w-slow")
+    w = make_worker(store, _Slow(classifier), Settings(data_dir=tmp_path, heartbeat_s=0.2, visibility_s=1), "w-slow")
     runner = threading.Thread(target=w.run, kwargs={"burst": True})
     runner.start()
     time.sleep(1.8)  # past the 1 s timeout: without extension the message would be visible again
     assert store.requests.receive(1, wait_s=0) == []
     runner.join()
-    result = store.load_result(rid)
+    result = store.results.load_result(rid)
     assert result is not None and result.label == "tench"
     assert store.requests.depth().backlog == 0
 
@@ -312,16 +312,17 @@ class _Reloads:
 
 
 def test_an_answer_is_remembered_only_under_the_version_that_gave_it(
-    store: Store, classifier: Classifier, tmp_path: Path
+    store: Parts, classifier: Classifier, tmp_path: Path
 ) -> None:
     _submit(store, TENCH)
     assert _worker(store, _Reloads(classifier), tmp_path).run_once(wait_s=1) == 1
     time.sleep(0.3)  # the dedup entry would be written in the background
-    (rid,) = store.new_ids(1)
+    (rid,) = store.ids.new_ids(1)
     digest = hashlib.sha256(TENCH).hexdigest()
-    assert store.answer_from_cache(_again(store, rid, digest)) is None
+    assert store.results.answer_from_cache(_again(store, rid, digest)) is None
 
 
-def _again(store: Store, rid: str, digest: str) -> Request:
+def _again(store: Parts, rid: str, digest: str) -> Request:
     """A request for bytes sent before, as the web makes it (the dedup key is its business)."""
-    return store.request(rid=rid, digest=digest, name="again.jpg", model=MODEL, reply_to="", submitted_at=time.time())
+    when = time.time()
+    return make_request(store, rid=rid, digest=digest, name="again.jpg", model=MODEL, reply_to="", submitted_at=when)

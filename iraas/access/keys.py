@@ -74,8 +74,16 @@ class KeyRing:
     """Create, list, revoke and find keys. `find` caches each answer for `cache_s` seconds, so
     a revocation reaches every web process within that (one read per key per second)."""
 
-    def __init__(self, blobs: BlobStore, *, cache_s: float = 1.0, clock: Callable[[], float] = time.time) -> None:
-        self.blobs, self.cache_s, self.clock = blobs, cache_s, clock
+    def __init__(
+        self,
+        blobs: BlobStore,
+        *,
+        cache_s: float = 1.0,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`clock`: when keys are made and revoked; `monotonic`: the cache's age."""
+        self.blobs, self.cache_s, self.clock, self.monotonic = blobs, cache_s, clock, monotonic
         self._found: dict[str, tuple[float, Key | None]] = {}
         self._names: tuple[float, list[str]] | None = None
         self._lock = threading.Lock()
@@ -141,7 +149,7 @@ class KeyRing:
         if not token.startswith(PREFIX) or len(token) > 100:
             return True, None
         hit = self._found.get(digest(token))
-        if hit is None or time.monotonic() - hit[0] >= self.cache_s:
+        if hit is None or self.monotonic() - hit[0] >= self.cache_s:
             return False, None
         return True, hit[1]
 
@@ -158,12 +166,12 @@ class KeyRing:
         with self._lock:
             if len(self._found) > 10_000:  # a flood of wrong keys cannot grow this without bound
                 self._found.clear()
-            self._found[h] = (time.monotonic(), key)
+            self._found[h] = (self.monotonic(), key)
         return key
 
     def cached_names(self) -> list[str] | None:
         """`names()` if read within the last 2 s, else None: no store read (for the event loop)."""
-        if self._names is None or time.monotonic() - self._names[0] > 2 * self.cache_s:
+        if self._names is None or self.monotonic() - self._names[0] > 2 * self.cache_s:
             return None
         return self._names[1]
 
@@ -172,5 +180,5 @@ class KeyRing:
         names = self.cached_names()
         if names is None:
             names = [blob[len(_NAMES) : -len(".json")] for blob in self.blobs.list(_NAMES)]
-            self._names = (time.monotonic(), names)
+            self._names = (self.monotonic(), names)
         return names

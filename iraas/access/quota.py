@@ -52,7 +52,7 @@ class Bucket:
 
 
 @dataclass(frozen=True)
-class Limits:
+class KeyLimits:
     requests_per_s: float
     images_per_s: float
     images_per_day: int
@@ -84,8 +84,16 @@ def day(now: float) -> str:
 class Quotas:
     """Per caller: request bucket, image bucket, and the day's image count."""
 
-    def __init__(self, blobs: BlobStore, *, clock: Callable[[], float] = time.time, sync_s: float = 1.0) -> None:
-        self.blobs, self.clock, self.sync_s = blobs, clock, sync_s
+    def __init__(
+        self,
+        blobs: BlobStore,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        sync_s: float = 1.0,
+    ) -> None:
+        """`clock`: the day (UTC); `monotonic`: the buckets' time (a wall clock may jump)."""
+        self.blobs, self.clock, self.monotonic, self.sync_s = blobs, clock, monotonic, sync_s
         self.process = uuid.uuid4().hex[:12]
         self._buckets: dict[tuple[str, str], Bucket] = {}
         self._mine: dict[str, int] = {}  # today's images by caller, this process
@@ -100,9 +108,9 @@ class Quotas:
             b = self._buckets[(who, kind)] = Bucket(rate=rate, capacity=capacity)
         return b
 
-    def request(self, who: str, limits: Limits) -> Verdict:
+    def request(self, who: str, limits: KeyLimits) -> Verdict:
         """One request by `who`, before its body is read."""
-        now = time.monotonic()
+        now = self.monotonic()
         with self._lock:
             b = self._bucket(who, "requests", limits.requests_per_s, limits.request_burst)
             wait = b.take(1, now)
@@ -113,9 +121,9 @@ class Quotas:
             )
         return Verdict(True, 0, headers)
 
-    def images(self, who: str, limits: Limits, n: int) -> Verdict:
+    def images(self, who: str, limits: KeyLimits, n: int) -> Verdict:
         """`n` images by `who`, once the request is read: the image bucket and the day's quota."""
-        now, wall = time.monotonic(), self.clock()
+        now, wall = self.monotonic(), self.clock()
         with self._lock:
             self._roll(wall)
             left = limits.images_per_day - self._mine.get(who, 0) - self._others.get(who, 0)
@@ -145,9 +153,9 @@ class Quotas:
     def claim_sync(self) -> bool:
         """True (once a `sync_s`) when it is time to `sync`: the caller then runs it."""
         with self._lock:
-            if time.monotonic() - self._synced < self.sync_s:
+            if self.monotonic() - self._synced < self.sync_s:
                 return False
-            self._synced = time.monotonic()
+            self._synced = self.monotonic()
             return True
 
     def sync(self) -> None:
@@ -183,3 +191,8 @@ def _headers(name: str, burst: int, b: Bucket, window: float, now: float) -> dic
         "RateLimit-Policy": f'"{name}";q={burst};w={window:g};qu="{name}"',
         "RateLimit": f'"{name}";r={math.floor(b.level(now))};t={math.ceil(b.full_in(now))}',
     }
+
+
+def expire_usage(blobs: BlobStore, now: float) -> int:
+    """Retention of the daily counts (embedded store; S3: a lifecycle rule)."""
+    return blobs.expire(USAGE, now - USAGE_RETENTION_S)

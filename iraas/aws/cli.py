@@ -27,47 +27,55 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         v.add_argument("--region", help="AWS region (default: the AWS SDK's)")
         v.add_argument("--endpoint-url", help="AWS endpoint override (moto, LocalStack)")
         if verb == "deploy":
-            v.add_argument("--max-workers", type=int, default=20, help="most worker instances (default 20)")
-            v.add_argument("--min-workers", type=int, default=0, help="always-on workers (default 0)")
-            v.add_argument(
-                "--warm-pool",
-                type=int,
-                default=0,
-                help="scaled-in workers kept stopped, started in seconds instead of launched in a minute (default 0)",
-            )
-            v.add_argument("--instance-type", help="instance type (default c7i.large)")
-            v.add_argument("--ami", help="AMI id (default: Amazon Linux 2023 from the public SSM parameter)")
-            v.add_argument("--web-port", type=int, default=8000, help="the web tier's port (default 8000)")
-            v.add_argument("--wheel", help="the iraas wheel to install (default: built from this source tree)")
-            v.add_argument(
-                "--lock",
-                help="dependency lock with hashes to install from (default: resolved now by pip for the instances)",
-            )
-            v.add_argument("--model", default="efficientnet-lite0", help="the model workers serve (e.g. faces)")
-            v.add_argument("--gallery", default="", help="model faces: a folder per person, enrolled and stored")
-            v.add_argument(
-                "--allowed-cidr",
-                required=True,
-                help="who may reach the service, e.g. 203.0.113.0/24 (no default; 0.0.0.0/0 is the whole internet)",
-            )
-            v.add_argument(
-                "--certificate-arn",
-                default="",
-                help="an ACM certificate: serve HTTPS through a load balancer, the only way to the web instance",
-            )
-            v.add_argument(
-                "--admin-key-file",
-                help="the first admin key, made elsewhere (default: a new one, printed once as AdminKey)",
-            )
+            _deploy_options(v)
         if verb == "doctor":
-            v.add_argument(
-                "--role",
-                choices=["web", "worker", "both"],
-                default="both",
-                help="whose needs to check (default both; on an instance, its own)",
-            )
-            v.add_argument("--bucket", help="the deployment's bucket (default: the stack's output)")
+            _doctor_options(v)
         v.set_defaults(func=main)
+
+
+def _deploy_options(v: argparse.ArgumentParser) -> None:
+    v.add_argument("--max-workers", type=int, default=20, help="most worker instances (default 20)")
+    v.add_argument("--min-workers", type=int, default=0, help="always-on workers (default 0)")
+    v.add_argument(
+        "--warm-pool",
+        type=int,
+        default=0,
+        help="scaled-in workers kept stopped, started in seconds instead of launched in a minute (default 0)",
+    )
+    v.add_argument("--instance-type", help="instance type (default c7i.large)")
+    v.add_argument("--ami", help="AMI id (default: Amazon Linux 2023 from the public SSM parameter)")
+    v.add_argument("--web-port", type=int, default=8000, help="the web tier's port (default 8000)")
+    v.add_argument("--wheel", help="the iraas wheel to install (default: built from this source tree)")
+    v.add_argument(
+        "--lock",
+        help="dependency lock with hashes to install from (default: resolved now by pip for the instances)",
+    )
+    v.add_argument("--model", default="efficientnet-lite0", help="the model workers serve (e.g. faces)")
+    v.add_argument("--gallery", default="", help="model faces: a folder per person, enrolled and stored")
+    v.add_argument(
+        "--allowed-cidr",
+        required=True,
+        help="who may reach the service, e.g. 203.0.113.0/24 (no default; 0.0.0.0/0 is the whole internet)",
+    )
+    v.add_argument(
+        "--certificate-arn",
+        default="",
+        help="an ACM certificate: serve HTTPS through a load balancer, the only way to the web instance",
+    )
+    v.add_argument(
+        "--admin-key-file",
+        help="the first admin key, made elsewhere (default: a new one, printed once as AdminKey)",
+    )
+
+
+def _doctor_options(v: argparse.ArgumentParser) -> None:
+    v.add_argument(
+        "--role",
+        choices=["web", "worker", "both"],
+        default="both",
+        help="whose needs to check (default both; on an instance, its own)",
+    )
+    v.add_argument("--bucket", help="the deployment's bucket (default: the stack's output)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -156,19 +156,25 @@ class Probes:
 
 def checks(role: str, p: Probes) -> list[Check]:
     """What `role` ("web": web tier + controller, "worker") needs, in the order it needs it."""
-    if role == "worker":
-        return [
-            *(p.queue("requests", a) for a in ("GetQueueAttributes", "ReceiveMessage", "DeleteMessage")),
-            p.queue("requests", "ChangeMessageVisibility"),
-            p.send_reply(),
-            p.queue("webhooks", "SendMessage"),
-            *(p.read(prefix) for prefix in ("inputs/", "results/", "dedup/", "gallery/", "config/", "callbacks/")),
-            *(p.write(key) for key in ("results/doctor", "dedup/doctor", "heartbeats/doctor", "callbacks/doctor")),
-            p.write("gallery/enrolments/doctor"),
-            p.write("gallery/faces.version"),
-            p.listing("gallery/enrolments/"),
-            p.delete("heartbeats/"),
-        ]
+    return _worker_checks(p) if role == "worker" else _web_checks(p)
+
+
+def _worker_checks(p: Probes) -> list[Check]:
+    return [
+        *(p.queue("requests", a) for a in ("GetQueueAttributes", "ReceiveMessage", "DeleteMessage")),
+        p.queue("requests", "ChangeMessageVisibility"),
+        p.send_reply(),
+        p.queue("webhooks", "SendMessage"),
+        *(p.read(prefix) for prefix in ("inputs/", "results/", "dedup/", "gallery/", "config/", "callbacks/")),
+        *(p.write(key) for key in ("results/doctor", "dedup/doctor", "heartbeats/doctor", "callbacks/doctor")),
+        p.write("gallery/enrolments/doctor"),
+        p.write("gallery/faces.version"),
+        p.listing("gallery/enrolments/"),
+        p.delete("heartbeats/"),
+    ]
+
+
+def _web_checks(p: Probes) -> list[Check]:
     prefixes = (
         "inputs/",
         "results/",

@@ -1,4 +1,5 @@
-"""The fleet protocol: where workers run (local processes now, EC2 instances later)."""
+"""The fleet protocol: where workers run (local processes, EC2 instances); tests/test_fleet_contract.py
+holds every fleet to it."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Workers as local processes: `python -m iraas.cli worker`, settings passed in the environment;
-forked from a warm template (template.py) when `warm_start` is on, a new interpreter otherwise."""
+"""Workers as local processes: `python -m iraas.cli worker`, settings passed in the environment
+(config.process_env), the worker's id and its parent as arguments; forked from a warm template
+(template.py) when `warm_start` is on, a new interpreter otherwise."""
 
 from __future__ import annotations
 
@@ -23,12 +24,14 @@ class LocalFleet:
     def __init__(
         self,
         env: dict[str, str],
+        *,
+        parent: int | None = None,
         clock: Callable[[], float] = time.time,
         log_dir: str | None = None,
         warm_start: bool = False,
     ) -> None:
-        """`env`: the workers' whole environment (config.worker_env)."""
-        self._env = dict(env)
+        """`env`: the workers' whole environment; `parent`: the process whose end ends them."""
+        self._env, self._parent = dict(env), parent
         self._clock = clock
         self._log_dir = log_dir
         self._procs: dict[str, tuple[subprocess.Popen[bytes] | Forked, float]] = {}
@@ -46,9 +49,8 @@ class LocalFleet:
         ids = []
         for _ in range(n):
             wid = f"local-{uuid.uuid4().hex[:8]}"
-            env = {**self._env, "IRAAS_WORKER_ID": wid}
             try:
-                proc = self._spawn(wid, env)
+                proc = self._spawn(wid)
             except OSError as exc:
                 log.exception("could not start a worker process")
                 self.errors = [*self.errors[-9:], {"at": self._clock(), "code": "spawn", "message": str(exc)}]
@@ -57,7 +59,7 @@ class LocalFleet:
             ids.append(wid)
         return ids
 
-    def _spawn(self, wid: str, env: dict[str, str]) -> subprocess.Popen[bytes] | Forked:
+    def _spawn(self, wid: str) -> subprocess.Popen[bytes] | Forked:
         if self.template is not None:
             try:
                 return Forked(self.template.spawn(wid, self._log(wid) or os.devnull), self.template)
@@ -66,9 +68,10 @@ class LocalFleet:
                 if not self.template.alive():
                     self.template = self._new_template()  # for the next launch
         # Own session: a Ctrl-C in the terminal reaches `iraas up`, which stops workers in order.
-        cmd = [sys.executable, "-m", "iraas.cli", "worker"]
+        cmd = [sys.executable, "-m", "iraas.cli", "worker", "--worker-id", wid]
+        cmd += ["--parent-pid", str(self._parent)] if self._parent else []
         with open(self._log(wid) or os.devnull, "ab") as out:
-            return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            return subprocess.Popen(cmd, env=self._env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def stop(self, ids: Sequence[str]) -> None:
         self._signal(ids, signal.SIGTERM)

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .report import Record
+    from .report import Record, Report
+    from .run import Plan
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -46,21 +47,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def main(args: argparse.Namespace) -> int:
-    # Imported here: every `iraas` command builds this parser, and workers need not load
-    # rich and httpx.
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    report = _run_with_progress(_plan(args), args.requests)
+    print(report.text())
+    if args.out:
+        Path(args.out).write_text(report.to_json())
+    if args.plot:
+        report.plot(args.plot)
+    s = report.summary()
+    return 0 if s["answered"] == s["sent"] and not s["wrong"] else 1
 
+
+def _plan(args: argparse.Namespace) -> Plan:
     from ..files import image_files
     from .labels import read_labels
-    from .run import Plan, run
+    from .run import Plan
 
     images = image_files([Path(args.images)])
     if not images:
         raise ValueError(f"no images in {args.images}")
     labels = read_labels(args.labels) if args.labels else {}
     concurrency = args.concurrency if not args.rate else max(args.concurrency, 1000)
-    plan = Plan(
+    return Plan(
         args.url,
         images,
         labels,
@@ -73,28 +80,30 @@ def main(args: argparse.Namespace) -> int:
         args.timeout,
         args.key,
     )
-    console = Console(stderr=True)
+
+
+def _run_with_progress(plan: Plan, total: int) -> Report:
+    # Imported here: every `iraas` command builds this parser, and workers need not load
+    # rich and httpx.
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .run import run
+
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TextColumn("{task.fields[status]}"),
-        console=console,
+        console=Console(stderr=True),
         transient=False,
     ) as bar:
-        task = bar.add_task("requests", total=args.requests, status="")
+        task = bar.add_task("requests", total=total, status="")
         seen = {"ok": 0, "wrong": 0, "err": 0}
 
         def tick(rec: Record) -> None:
             seen["err" if rec.error else "wrong" if rec.correct is False else "ok"] += 1
             bar.update(task, advance=1, status=f"ok {seen['ok']} wrong {seen['wrong']} errors {seen['err']}")
 
-        report = asyncio.run(run(plan, tick))
-    print(report.text())
-    if args.out:
-        Path(args.out).write_text(report.to_json())
-    if args.plot:
-        report.plot(args.plot)
-    s = report.summary()
-    return 0 if s["answered"] == s["sent"] and not s["wrong"] else 1
+        return asyncio.run(run(plan, tick))

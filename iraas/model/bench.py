@@ -53,15 +53,15 @@ def _worker(
     out: mp.Queue[StageTimes],
     gallery: bytes | None = None,
 ) -> None:
-    clf = _recognizer(model, threads, gallery)
+    recognizer = _recognizer(model, threads, gallery)
     data = [Path(f).read_bytes() for f in files]
-    clf.classify(data[:batch])  # warm-up: first run allocates and plans
-    clf.times = StageTimes()
+    recognizer.classify(data[:batch])  # warm-up: first run allocates and plans
+    recognizer.times = StageTimes()
     barrier.wait()
     for _ in range(rounds):
         for i in range(0, len(data), batch):
-            clf.classify(data[i : i + batch])
-    out.put(clf.times)
+            recognizer.classify(data[i : i + batch])
+    out.put(recognizer.times)
 
 
 def _recognizer(model: str | None, threads: int, gallery: bytes | None) -> Recognizer:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from platformdirs import user_cache_dir
 
+from .. import config
 from .spec import ModelSpec, SpecError, load_spec, read_labels
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ _LABELS = Path(__file__).with_name("imagenet_labels.json")
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("IRAAS_CACHE_DIR") or user_cache_dir("iraas"))
+    return config.cache_dir() or Path(user_cache_dir("iraas"))
 
 
 def _weights_file(package: str) -> Path:

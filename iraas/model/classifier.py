@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from ..imaging import DEFAULT_LIMITS, ImageError, Limits, decode
+from ..imaging import DEFAULT_LIMITS, ImageError, ImageLimits, decode
 from .spec import ModelSpec, SpecError
 
 
@@ -96,7 +96,7 @@ class Classifier:
     """One onnxruntime session; `threads` intra-op threads (1 per worker process by default,
     so N worker processes use N cores without oversubscription)."""
 
-    def __init__(self, spec: ModelSpec, threads: int = 1, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(self, spec: ModelSpec, threads: int = 1, limits: ImageLimits = DEFAULT_LIMITS) -> None:
         self.spec = spec
         self.limits = limits
         opts = ort.SessionOptions()

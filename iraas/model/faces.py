@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from ..files import IMAGE_SUFFIXES
-from ..imaging import DEFAULT_LIMITS, ImageError, Limits, decode
+from ..imaging import DEFAULT_LIMITS, ImageError, ImageLimits, decode
 from .classifier import Label, Prediction, StageTimes
 from .spec import SpecError
 
@@ -186,7 +186,7 @@ class FaceRecognizer:
         embedder: FaceEmbedder,
         gallery: Callable[[], Gallery],
         threshold: float = 0.0,
-        limits: Limits = DEFAULT_LIMITS,
+        limits: ImageLimits = DEFAULT_LIMITS,
     ) -> None:
         self.embedder, self._gallery, self.threshold, self.limits = embedder, gallery, threshold, limits
         self.spec = _FaceSpec()
@@ -258,7 +258,7 @@ def enroll_image(
     name: str,
     data: bytes,
     source: str,
-    limits: Limits = DEFAULT_LIMITS,
+    limits: ImageLimits = DEFAULT_LIMITS,
     strict: bool = False,
 ) -> str | None:
     """Add one photo of `name`; returns a problem to report, or None. `strict`: an image that

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..imaging import DEFAULT_LIMITS, ImageError, Limits
+from ..imaging import DEFAULT_LIMITS, ImageError, ImageLimits
 from ..messages import FACES
 from .classifier import Classifier, Prediction, StageTimes
 from .spec import SpecError
@@ -64,7 +64,7 @@ def load_recognizer(
     model: str | None,
     *,
     threads: int = 1,
-    limits: Limits = DEFAULT_LIMITS,
+    limits: ImageLimits = DEFAULT_LIMITS,
     gallery: Callable[[], object] | None = None,
     threshold: float = 0.0,
 ) -> Recognizer:

@@ -21,7 +21,12 @@ MAX_BODY_BYTES = 262_144  # SQS's classic limit; the one every region and emulat
 
 
 class QueueError(Exception):
-    """A queue operation failed for a reason the caller cannot fix by retrying."""
+    """A queue operation failed: the queue is locked, unreachable or refusing. Callers try again
+    later (a worker after a second; the web tier answers 503 with Retry-After)."""
+
+
+class QueueMissing(QueueError):
+    """The queue does not exist (for a reply queue: nobody waits there any more)."""
 
 
 class QueueDenied(QueueError, PermissionError):

@@ -22,6 +22,7 @@ from .base import (
     Message,
     QueueDenied,
     QueueError,
+    QueueMissing,
     check_receipts,
     check_receive,
     check_send,
@@ -73,6 +74,8 @@ class SqsQueue:
                 return None
             if denied(exc):
                 raise QueueDenied(refused(f"sqs {op} on {self.name}", exc)) from exc
+            if _missing(exc):
+                raise QueueMissing(f"SQS queue {self.name} does not exist (any more)") from exc
             raise QueueError(f"SQS {op} on {self.name}: {exc}") from exc
 
     def _find_or_create(self, create: bool, attributes: dict[str, str]) -> str:
@@ -84,7 +87,10 @@ class SqsQueue:
         except ClientError as exc:
             if denied(exc):
                 raise QueueDenied(refused(f"sqs GetQueueUrl of {self.name}", exc)) from exc
-            if ("NonExistentQueue" not in error_code(exc) and error_code(exc) != "QueueDoesNotExist") or not create:
+            missing = _missing(exc)
+            if missing and not create:
+                raise QueueMissing(f"SQS queue {self.name} does not exist") from exc
+            if not missing:
                 raise QueueError(f"SQS queue {self.name}: {exc}") from exc
         return str(self.client.create_queue(QueueName=self.name, Attributes=attributes)["QueueUrl"])
 
@@ -181,3 +187,7 @@ class SqsQueue:
 
     def purge(self) -> None:
         self._call("purge_queue")
+
+
+def _missing(exc: ClientError) -> bool:
+    return "NonExistentQueue" in error_code(exc) or error_code(exc) == "QueueDoesNotExist"

@@ -12,31 +12,26 @@ import contextlib
 import hashlib
 import itertools
 import os
-import select
 import socket
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from ..sockets import bound, readable, socket_dir
 
 _counter = itertools.count()
 
 
 class Waker:
     def __init__(self, db_path: Path, queue: str) -> None:
-        digest = hashlib.sha1(str(db_path.resolve()).encode()).hexdigest()[:16]
-        # Under the temp dir, not beside the database: socket paths are limited to ~100 bytes.
-        self.dir = Path(tempfile.gettempdir()) / f"iraas-wake-{digest}"
+        self.dir = socket_dir("wake", db_path)
         self.prefix = hashlib.sha1(queue.encode()).hexdigest()[:8]
 
     @contextlib.contextmanager
     def listening(self) -> Iterator[socket.socket]:
         """A socket that receives this queue's wake-ups while the block runs."""
-        self.dir.mkdir(mode=0o700, exist_ok=True)
         path = self.dir / f"{self.prefix}-{os.getpid()}-{next(_counter)}"
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock = bound(path)
         try:
-            sock.bind(str(path))
-            sock.setblocking(False)
             yield sock
         finally:
             sock.close()
@@ -45,12 +40,12 @@ class Waker:
     @staticmethod
     def wait(sock: socket.socket, timeout: float) -> bool:
         """True when woken, False when `timeout` passed."""
-        ready, _, _ = select.select([sock], [], [], max(timeout, 0.0))
-        if ready:
-            with contextlib.suppress(OSError):
-                while sock.recv(64):  # drain: one check of the database serves them all
-                    pass
-        return bool(ready)
+        if not readable(sock, timeout):
+            return False
+        with contextlib.suppress(OSError):
+            while sock.recv(64):  # drain: one check of the database serves them all
+                pass
+        return True
 
     def notify(self) -> None:
         try:

@@ -10,7 +10,7 @@ import logging
 import re
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +21,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from .. import logs
-from ..access.keys import KeyRing, KeyRingError
-from ..access.quota import Quotas
+from ..access.keys import KeyRingError
 from ..config import Settings
-from ..messages import FACES
 from ..refusals import InputError
-from ..store import Store
 from ..urls import Resolver, system_resolver
-from .access import Access, Caller
+from .asgi import HttpMiddleware, Send, on_start
+from .auth import Access, Caller
+from .cluster import read_view
 from .gate import Gate, allowed_hosts
 from .metrics import Metrics
-from .names import person_name
-from .service import WebService, location
+from .service import WebParts, WebService, location
 
 log = logging.getLogger(__name__)
 _ID = re.compile(r"[0-9a-f]{32}")
@@ -45,16 +43,45 @@ _ASSETS = {"app.js": "text/javascript", "app.css": "text/css"}
 COURSE_FIELDS = ("inputFile", "myfile")
 
 
+Mount = Callable[[FastAPI, WebService, Access], None]
+
+
 def create_app(
     settings: Settings,
-    store: Store,
+    parts: WebParts,
     resolver: Resolver = system_resolver,
     background: Callable[[threading.Event], None] | None = None,
+    mounts: Sequence[Mount] = (),
 ) -> FastAPI:
-    """`background(stop)` runs in a thread for the app's lifetime (the controller, in `iraas up`)."""
-    svc = WebService(settings, store, resolver)
-    access = Access(settings, KeyRing(store.blobs), Quotas(store.blobs))
+    """`background(stop)` runs in a thread for the app's lifetime (the controller, in `iraas up`);
+    `mounts` add the routes of what is served besides recognition (the faces gallery)."""
+    svc = WebService(settings, parts, resolver)
+    access = Access(settings, parts.keys, parts.quotas)
+    app = FastAPI(
+        title="iraas",
+        version="0.1.0",
+        lifespan=_lifespan(svc, background),
+        description="Image Recognition as a Service: classify images on an elastic worker pool.",
+    )
 
+    _error_handlers(app)
+    app.add_middleware(
+        Gate, hosts=allowed_hosts(settings.host, settings.allowed_hosts), origins=frozenset(settings.allowed_origins)
+    )
+    app.add_middleware(_Observe, metrics=svc.metrics)
+    _recognition_routes(app, svc, access)
+    _course_routes(app, svc, access)
+    _page_routes(app)
+    _operations_routes(app, svc, access)
+    _key_routes(app, access)
+    for mount in mounts:
+        mount(app, svc, access)
+    return app
+
+
+def _lifespan(
+    svc: WebService, background: Callable[[threading.Event], None] | None
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         svc.waiter.start(asyncio.get_running_loop())
@@ -68,24 +95,7 @@ def create_app(
             thread.join(timeout=10)
         svc.waiter.stop()
 
-    app = FastAPI(
-        title="iraas",
-        version="0.1.0",
-        lifespan=lifespan,
-        description="Image Recognition as a Service: classify images on an elastic worker pool.",
-    )
-
-    _error_handlers(app)
-    app.add_middleware(
-        Gate, hosts=allowed_hosts(settings.host, settings.allowed_hosts), origins=frozenset(settings.allowed_origins)
-    )
-    app.add_middleware(_Observe, metrics=svc.metrics)
-    _recognition_routes(app, svc, access)
-    _operations_routes(app, svc, access)
-    _key_routes(app, access)
-    if settings.model == FACES:
-        _gallery_routes(app, svc, access)
-    return app
+    return lifespan
 
 
 def request_id(request: Request) -> str:
@@ -134,11 +144,14 @@ def _recognition_routes(app: FastAPI, svc: WebService, access: Access) -> None:
         if not _ID.fullmatch(rid):
             raise InputError(400, "bad_id", "an id is 32 lowercase hex digits")
         owners = await run_in_threadpool(access.owners, caller)
-        status = await run_in_threadpool(svc.store.status, rid, svc.settings.result_ttl_s, owners)
+        status = await run_in_threadpool(svc.status, rid, owners)
         if status is None:
             raise InputError(404, "not_found", f"no recognition with id {rid}")
         return JSONResponse(status | {"location": location(rid)})
 
+
+def _course_routes(app: FastAPI, svc: WebService, access: Access) -> None:
+    """The course contract: one image, answered in plain text, at each `course_paths`."""
     plain = svc.settings.course_reply == "label"
 
     async def course(request: Request, caller: Caller = Depends(access.course)) -> Response:
@@ -166,7 +179,9 @@ def _recognition_routes(app: FastAPI, svc: WebService, access: Access) -> None:
         )
 
 
-def _operations_routes(app: FastAPI, svc: WebService, access: Access) -> None:
+def _page_routes(app: FastAPI) -> None:
+    """The browser page and its two files."""
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def ui() -> FileResponse:
         return FileResponse(_STATIC / "index.html", media_type="text/html")
@@ -177,6 +192,8 @@ def _operations_routes(app: FastAPI, svc: WebService, access: Access) -> None:
             raise InputError(404, "not_found", f"no file {name[:60]!r}")
         return FileResponse(_STATIC / name, media_type=_ASSETS[name])
 
+
+def _operations_routes(app: FastAPI, svc: WebService, access: Access) -> None:
     @app.get("/v1/me", summary="The key this request was made with: its name and scope")
     async def me(caller: Caller = Depends(access.recognize)) -> JSONResponse:
         return JSONResponse(access.whoami(caller))
@@ -202,72 +219,14 @@ def _operations_routes(app: FastAPI, svc: WebService, access: Access) -> None:
     @app.get("/v1/cluster", summary="Queue depth and workers; for admin keys, also decisions and errors")
     async def cluster(caller: Caller = Depends(access.recognize)) -> JSONResponse:
         admin = caller.scope == "admin"
-        info = await run_in_threadpool(_cluster, svc.store, admin)
-        if not admin:  # the load, not the deployment's inner workings
-            workers = [{"state": w["state"]} for w in info["workers"]]
-            info = {"queue": info["queue"], "workers": workers, "history": info.get("history", [])}
-        return JSONResponse(info)
+        view = await run_in_threadpool(read_view, svc.requests, svc.cluster, svc.callbacks, webhooks=admin)
+        return JSONResponse(view.answer(admin))
 
     @app.get("/metrics", include_in_schema=False, dependencies=[Depends(access.metrics)])
     async def prometheus() -> Response:
-        info = await run_in_threadpool(_cluster, svc.store, True)
-        m = svc.metrics
-        for state in ("visible", "in_flight", "delayed"):
-            m.queue.labels(state).set(info["queue"].get(state, 0))
-        counts: dict[str, int] = {"idle": 0, "busy": 0, "starting": 0, "stopping": 0}
-        for w in info["workers"]:
-            counts[w["state"]] = counts.get(w["state"], 0) + 1
-        for state, n in counts.items():
-            m.workers.labels(state).set(n)
-        m.shared.snapshot = info
-        return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-def _gallery_routes(app: FastAPI, svc: WebService, access: Access) -> None:
-    """Model "faces": the people a running service knows, and adding photos of someone. The
-    web tier runs no face model: enrolment is a job for the workers, like recognition."""
-
-    def current() -> Any:
-        from ..model.recognizer import faces_module  # the gallery format only (numpy)
-
-        return faces_module().Gallery.merged(svc.store.load_gallery())
-
-    admin = [Depends(access.admin)]
-
-    @app.get("/v1/gallery", summary="People enrolled, with their number of photos", dependencies=admin)
-    async def people() -> JSONResponse:
-        gallery = await run_in_threadpool(current)
-        return JSONResponse({"people": gallery.people(), "images": len(gallery.names)})
-
-    @app.delete("/v1/gallery/{name}", summary="Remove a person: every photo enrolled until now", dependencies=admin)
-    async def remove(name: str) -> JSONResponse:
-        people = (await run_in_threadpool(current)).people()
-        name = person_name(name, people)
-        if name not in people:
-            raise InputError(404, "not_found", f"nobody named {name!r} is enrolled")
-        if len(people) == 1:
-            raise InputError(409, "last_person", "the gallery would be empty: enrol someone else first")
-        await run_in_threadpool(svc.store.remove_person, name)
-        return JSONResponse({"person": name, "removed": people[name]})
-
-    @app.post("/v1/gallery/{name}", summary="Add photos (multipart `files`) of a person")
-    async def add(name: str, request: Request, caller: Caller = Depends(access.admin)) -> JSONResponse:
-        timeout = svc.timeout(request)
-        known = (await run_in_threadpool(current)).people()
-        name = person_name(name, known)
-        items, extras = await svc.gather(request, ("files",))
-        items = await access.charge(request, caller, items)
-        entries = await svc.submit_and_wait(
-            items, True, timeout, owner=caller.owner, task="enroll", person=name, extras=extras
-        )
-        svc.store.gallery_changed()  # the next recognition here asks for the gallery with them
-        done = [e for e in entries if e["status"] == "done"]
-        problems = [e["reason"] for e in done if e.get("reason")]
-        problems += [f"{e['name']}: {e.get('reason')}" for e in entries if e["status"] == "failed"]
-        pending = [e["id"] for e in entries if e["status"] not in ("done", "failed")]
-        gallery = await run_in_threadpool(current)
-        body = {"person": name, "added": len(done), "images": gallery.people().get(name, 0), "problems": problems}
-        return JSONResponse(body | {"pending": pending}, status_code=202 if pending else 200)
+        view = await run_in_threadpool(read_view, svc.requests, svc.cluster, svc.callbacks, webhooks=True)
+        svc.metrics.scraped(view)
+        return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def _key_routes(app: FastAPI, access: Access) -> None:
@@ -310,20 +269,16 @@ def _key_routes(app: FastAPI, access: Access) -> None:
         return JSONResponse(dataclasses.asdict(key))
 
 
-class _Observe:
+class _Observe(HttpMiddleware):
     """Gives each request an id (the client's `X-Request-ID` if sane, else a new one), returns
-    it, and counts requests by route and status; plain ASGI, as BaseHTTPMiddleware costs ~1 ms
-    a request."""
+    it, and counts requests by route and status."""
 
     def __init__(self, app: Any, metrics: Metrics) -> None:
-        self.app, self.metrics = app, metrics
+        super().__init__(app)
+        self.metrics = metrics
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Any, receive: Any, send: Send, headers: dict[bytes, bytes]) -> None:
         status = {"code": 500}
-        headers = dict(scope["headers"])
         given = headers.get(b"x-request-id", b"")
         rid = given.decode() if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         parent = headers.get(b"traceparent", b"")
@@ -331,43 +286,13 @@ class _Observe:
         scope.setdefault("state", {}).update(request_id=rid, traceparent=traceparent)
         token = logs.current.set((rid, traceparent))  # every line logged about this request names it
 
-        async def send_status(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
-            await send(message)
+        def started(message: Any) -> None:
+            status["code"] = message["status"]
+            message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
 
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive, on_start(send, started))
         finally:
             logs.current.reset(token)
             route = scope.get("route")
             self.metrics.requests.labels(getattr(route, "path", "other"), str(status["code"])).inc()
-
-
-def _cluster(store: Store, webhooks: bool) -> dict[str, Any]:
-    """The controller's published view with the queue as it is now; `webhooks`: also the
-    deliveries' counts and backlog (two more reads: for admin keys and /metrics only)."""
-    try:
-        depth = store.requests.depth()
-        status = {k: v for k, v in store.cluster_status().items() if k != "running"}
-        if webhooks:
-            status["webhooks"] = _webhooks(store)
-    except PermissionError as exc:  # a configuration error: shown, not a 500
-        return {"config_errors": [str(exc)[:400]], "queue": {}, "workers": [], "decisions": []}
-    status["queue"] = {
-        "visible": depth.visible,
-        "in_flight": depth.in_flight,
-        "delayed": depth.delayed,
-        "oldest_age_s": depth.oldest_age_s,
-        **{k: v for k, v in status.get("queue", {}).items() if k == "dead_lettered"},
-    }
-    return status
-
-
-def _webhooks(store: Store) -> dict[str, Any]:
-    hooks = store.delivery_stats()
-    if store.deliveries is not None:
-        waiting = store.deliveries.depth()
-        hooks["backlog"] = waiting.visible + waiting.in_flight + waiting.delayed
-    return hooks

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
+from .asgi import HttpMiddleware, Send, on_start
+
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 CSP = (
@@ -95,15 +97,12 @@ def _refusal(status: int, code: str, detail: str, rid: str) -> tuple[dict[str, A
     return start, body
 
 
-class Gate:
+class Gate(HttpMiddleware):
     def __init__(self, app: Any, hosts: frozenset[str] | None, origins: frozenset[str]) -> None:
-        self.app, self.hosts, self.origins = app, hosts, origins
+        super().__init__(app)
+        self.hosts, self.origins = hosts, origins
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
+    async def handle(self, scope: Any, receive: Any, send: Send, headers: dict[bytes, bytes]) -> None:
         host = headers.get(b"host", b"").decode("latin-1")
         refused = self._check(scope["method"], host, headers)
         if refused:
@@ -113,15 +112,13 @@ class Gate:
             return
         csp = not scope["path"].startswith(_NO_CSP)
 
-        async def send_with_headers(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                extra = [*HEADERS, (b"content-security-policy", CSP.encode())] if csp else [*HEADERS]
-                limits = scope.get("state", {}).get("ratelimit", {})
-                extra += [(k.lower().encode(), v.encode()) for k, v in limits.items()]
-                message["headers"] = [*message.get("headers", []), *extra]
-            await send(message)
+        def add_headers(message: Any) -> None:
+            extra = [*HEADERS, (b"content-security-policy", CSP.encode())] if csp else [*HEADERS]
+            limits = scope.get("state", {}).get("ratelimit", {})
+            extra += [(k.lower().encode(), v.encode()) for k, v in limits.items()]
+            message["headers"] = [*message.get("headers", []), *extra]
 
-        await self.app(scope, receive, send_with_headers)
+        await self.app(scope, receive, on_start(send, add_headers))
 
     def _check(self, method: str, host: str, headers: dict[bytes, bytes]) -> tuple[int, str, str] | None:
         if not host:

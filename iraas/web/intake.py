@@ -13,9 +13,9 @@ from pathlib import Path
 
 from ..config import Settings
 from ..imaging import ImageError, inspect, looks_complete
-from ..messages import Result
+from ..lifecycle.results import Results
+from ..messages import Request, Result
 from ..refusals import InputError
-from ..store import Store
 from .upload import Spool
 
 
@@ -60,8 +60,8 @@ class Extras:
 
 
 class Intake:
-    def __init__(self, settings: Settings, store: Store, reply_to: str) -> None:
-        self.s, self.store, self.reply_to = settings, store, reply_to
+    def __init__(self, settings: Settings, results: Results, reply_to: str) -> None:
+        self.s, self.results, self.reply_to = settings, results, reply_to
         self.model = model_key(settings.model)
 
     def submit(
@@ -80,9 +80,9 @@ class Intake:
         queued = []
         for item, rid in zip(items, ids, strict=True):
             digest = item.body.digest
-            req = self.store.request(
-                rid=rid,
-                digest=digest,
+            draft = Request(
+                id=rid,
+                input_key="",
                 name=item.name,
                 model=self.model,
                 reply_to=self.reply_to,
@@ -94,10 +94,11 @@ class Intake:
                 deadline=now + extras.deadline_s if extras.deadline_s else 0.0,
                 callback=extras.callback,
             )
-            cached = self.store.answer_from_cache(req) if task == "recognize" else None
+            req = self.results.request(draft, digest)
+            cached = self.results.answer_from_cache(req) if task == "recognize" else None
             out.append(Submitted(rid, item.name, cached))
             if cached is None:
-                self.store.put_input(item.body.reader(), digest)
+                self.results.put_input(item.body.reader(), digest)
                 queued.append(req)
-        self.store.enqueue(queued)
+        self.results.enqueue(queued)
         return out

@@ -7,13 +7,13 @@ webhook deliveries) comes from their published status at each scrape (`Shared`).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..messages import OUTCOMES, Result
+from ..messages import OUTCOMES, ClusterStatus, Result
+from .cluster import ClusterView
 
 _LATENCY = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 _STAGE = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -21,28 +21,29 @@ STAGES = ("queued", "fetch", "decode", "inference", "store")
 
 
 class Shared(Collector):
-    """Counters kept by other processes, as last published: set `snapshot` (the cluster view
+    """Counters kept by other processes, as last published: set `view` (the cluster view
     /v1/cluster gives an admin) before a scrape."""
 
     def __init__(self) -> None:
-        self.snapshot: dict[str, Any] = {}
+        self.view = ClusterView(ClusterStatus())
 
     def collect(self) -> Iterator[Metric]:
-        snap = self.snapshot
+        view = self.view
         dead = CounterMetricFamily("iraas_dead_letters", "Requests given up after max_receives deliveries")
-        dead.add_metric([], float(snap.get("dead_letters_total", 0)))
+        dead.add_metric([], float(view.status.dead_letters_total))
         yield dead
         hooks = CounterMetricFamily(
             "iraas_webhook_deliveries", "Webhook delivery attempts by outcome", labels=["outcome"]
         )
-        webhooks = snap.get("webhooks", {})
+        webhooks = view.webhooks or {}
         for outcome in OUTCOMES:
             hooks.add_metric([outcome], float(webhooks.get("outcomes", {}).get(outcome, 0)))
         yield hooks
         backlog = GaugeMetricFamily("iraas_webhook_backlog", "Webhooks waiting for delivery or a retry")
         backlog.add_metric([], float(webhooks.get("backlog", 0)))
         yield backlog
-        if (age := snap.get("queue", {}).get("oldest_age_s")) is not None:  # not on SQS (CloudWatch has it)
+        age = view.depth.oldest_age_s if view.depth is not None else None
+        if age is not None:  # not on SQS (CloudWatch has it)
             oldest = GaugeMetricFamily("iraas_queue_oldest_age_seconds", "Age of the oldest request not yet answered")
             oldest.add_metric([], float(age))
             yield oldest
@@ -79,6 +80,18 @@ class Metrics:
         self.workers = Gauge("iraas_workers", "Workers by state", ["state"], registry=r)
         self.shared = Shared()
         r.register(self.shared)
+
+    def scraped(self, view: ClusterView) -> None:
+        """Before a scrape: the gauges and the other processes' counters from `view`."""
+        queue = view.queue()
+        for state in ("visible", "in_flight", "delayed"):
+            self.queue.labels(state).set(queue.get(state, 0))
+        counts: dict[str, int] = {"idle": 0, "busy": 0, "starting": 0, "stopping": 0}
+        for w in view.status.workers:
+            counts[w.state] = counts.get(w.state, 0) + 1
+        for state, n in counts.items():
+            self.workers.labels(state).set(n)
+        self.shared.view = view
 
     def observe(self, result: Result) -> None:
         """One final answer (thread-safe: the reply thread calls it)."""

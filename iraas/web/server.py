@@ -92,7 +92,7 @@ class _Protocol(HttpToolsProtocol):
         super().on_headers_complete()
 
 
-def serve(app: Any, settings: Settings) -> None:
+def listen(app: Any, settings: Settings) -> None:
     protocol = type("IraasProtocol", (_Protocol,), {"header_timeout_s": settings.header_timeout_s})
     uvicorn.run(
         app,

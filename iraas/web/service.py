@@ -14,18 +14,24 @@ from typing import Any
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from ..access.keys import KeyRing
+from ..access.quota import Quotas
 from ..blobs.base import BlobError
 from ..config import Settings
+from ..lifecycle.callbacks import Callbacks
+from ..lifecycle.cluster import Cluster
+from ..lifecycle.ids import RequestIds
+from ..lifecycle.results import Results
 from ..messages import Result
-from ..queues.base import Depth, QueueError
+from ..queues.base import Depth, Queue, QueueError
 from ..refusals import InputError
+from ..replies import Replies
 from ..signing import secret_keys
-from ..store import Store
 from ..urls import Resolver, UrlPolicy, checked_address, display_name, fetch_url, target
 from .intake import Extras, Intake, Item, Submitted, check
 from .metrics import Metrics
-from .replies import ReplyWaiter
-from .upload import TEXT_FIELDS, Limits, Spool, capped, read_multipart
+from .upload import TEXT_FIELDS, Spool, UploadLimits, capped, read_multipart
+from .waiting import ReplyWaiter
 
 
 class Refused(InputError):
@@ -55,25 +61,41 @@ def entry(sub: Submitted, result: Result | None) -> dict[str, Any]:
     return result.as_dict() | {"location": where}
 
 
+@dataclass(frozen=True)
+class WebParts:
+    """What the web tier is given (the composition root builds them)."""
+
+    requests: Queue  # its depth: load shedding, readiness, /v1/cluster
+    ids: RequestIds
+    results: Results
+    replies: Replies  # this process's inbox
+    callbacks: Callbacks
+    cluster: Cluster
+    keys: KeyRing
+    quotas: Quotas
+
+
 @dataclass
 class WebService:
     settings: Settings
-    store: Store
+    parts: WebParts
     resolver: Resolver
 
     def __post_init__(self) -> None:
-        s = self.settings
+        s, parts = self.settings, self.parts
+        self.requests, self.ids, self.results = parts.requests, parts.ids, parts.results
+        self.callbacks, self.cluster = parts.callbacks, parts.cluster
         self.metrics = Metrics()
-        self.waiter = ReplyWaiter(self.store, self.metrics.observe)  # every answer is replied here
-        self.intake = Intake(s, self.store, self.waiter.name)
+        self.waiter = ReplyWaiter(parts.replies, self.metrics.observe)  # every answer is replied here
+        self.intake = Intake(s, self.results, self.waiter.name)
         self.signing = bool(secret_keys(s.webhook_secret))
         self._misconfigured = ""  # the configuration error last logged (once, not per request)
         try:
-            self.store.new_ids(1)  # reads (or makes) the id-signing key now, not on the event loop
+            self.ids.key()  # reads (or makes) the id-signing key now, not on the event loop
         except PermissionError as exc:  # start anyway: /readyz and intake say what is wrong
             self._log_misconfigured(exc)
         self.url_policy = UrlPolicy(s.url_allow, s.url_timeout_s, s.max_file_bytes)
-        self.upload_limits = Limits(
+        self.upload_limits = UploadLimits(
             max_file_bytes=s.max_file_bytes,
             max_files=s.max_files,
             max_request_bytes=s.max_request_bytes,
@@ -130,7 +152,7 @@ class WebService:
         return Extras(state.get("request_id", ""), state.get("traceparent", ""), deadline, callback)
 
     async def _callback(self, url: str) -> str:
-        if not self.signing or self.store.deliveries is None:
+        if not self.signing or not self.callbacks.enabled:
             detail = "this service delivers no webhooks: its operator has set no --webhook-secret"
             raise InputError(400, "webhooks_off", detail)
         if len(url) > 2048:
@@ -141,7 +163,7 @@ class WebService:
 
     def _load(self) -> tuple[Depth, int | None]:
         """Queue depth, and free bytes on the embedded store's disk (None on AWS)."""
-        depth = self.store.requests.depth()
+        depth = self.requests.depth()
         if self.settings.backend != "embedded":
             return depth, None
         return depth, shutil.disk_usage(self.settings.data_dir).free
@@ -151,8 +173,18 @@ class WebService:
         depth, free = self._load()
         if free is not None and free < self.settings.min_free_bytes:
             raise OSError(f"only {free} bytes free on the data disk (min_free_bytes {self.settings.min_free_bytes})")
-        self.store.probe()
+        self.results.probe()
         return depth
+
+    def status(self, rid: str, owners: list[str]) -> dict[str, Any] | None:
+        """`rid`'s result and its webhook's delivery, or where it is; None if never issued for
+        one of `owners` (blocking I/O: call from a thread)."""
+        running = set(self.cluster.status().running)
+        return self.results.status(rid, self.settings.result_ttl_s, owners, running, also=self._callback_shown)
+
+    def _callback_shown(self, rid: str) -> dict[str, Any]:
+        state = self.callbacks.state(rid)
+        return {"callback": state.shown()} if state is not None else {}
 
     @staticmethod
     def release(items: list[Item]) -> None:
@@ -243,7 +275,7 @@ class WebService:
         """Queue `items` for the workers (`task` "enroll": faces, add them as `person`) and
         wait up to `timeout` for the answers; unanswered ones say where to look later. Only
         `owner` (or an admin) may read their status later."""
-        ids = self.store.new_ids(len(items), owner)
+        ids = self.ids.new_ids(len(items), owner)
         futures = {rid: self.waiter.expect(rid) for rid in ids} if wait else {}
         try:
             subs = await run_in_threadpool(self._check_and_submit, items, ids, task, person, extras)

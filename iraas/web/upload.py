@@ -73,7 +73,7 @@ class Upload:
 
 
 @dataclass(frozen=True)
-class Limits:
+class UploadLimits:
     max_file_bytes: int
     max_files: int
     max_request_bytes: int
@@ -82,7 +82,7 @@ class Limits:
 
 
 class _Collector:
-    def __init__(self, fields: tuple[str, ...], limits: Limits) -> None:
+    def __init__(self, fields: tuple[str, ...], limits: UploadLimits) -> None:
         self.fields, self.limits = fields, limits
         self.files: list[Upload] = []
         self.values: dict[str, str] = {}  # the form fields in TEXT_FIELDS
@@ -162,7 +162,7 @@ async def capped(body: AsyncIterator[bytes], limit: int, read_timeout_s: float) 
 
 
 async def read_multipart(
-    content_type: str, body: AsyncIterator[bytes], fields: tuple[str, ...], limits: Limits
+    content_type: str, body: AsyncIterator[bytes], fields: tuple[str, ...], limits: UploadLimits
 ) -> tuple[list[Upload], dict[str, str]]:
     """The files in `fields`, and the values of the TEXT_FIELDS sent; the caller closes the
     files' spools."""

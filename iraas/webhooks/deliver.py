@@ -1,7 +1,7 @@
 """Delivering webhooks: their own queue, at least once, never in the way of recognition.
 
 A final result for a request with a callback URL becomes a message on the deliveries queue
-(the store layer sends it, before the request's own message is deleted). This loop, in the
+(the results' final hook sends it, before the request's own message is deleted). This loop, in the
 controller's process, takes them `webhook_concurrency` at a time and POSTs each, signed:
 
 - 2xx: delivered. A redirect is not followed; 410 Gone stops the retries; anything else (other
@@ -26,37 +26,49 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, replace
 
 import httpx
 
 from .. import signing
-from ..config import Settings
+from ..lifecycle.callbacks import Callbacks
 from ..logs import about
-from ..messages import OUTCOMES, Delivery, MessageError
-from ..queues.base import Message
+from ..messages import OUTCOMES, CallbackState, Delivery, MessageError
+from ..queues.base import Message, Queue
 from ..refusals import InputError
-from ..store import Store
 from ..urls import Resolver, UrlPolicy, pinned, system_resolver
 
 log = logging.getLogger(__name__)
 FINAL = ("delivered", "failed")
 
 
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """What the deliverer takes from the settings (the composition root derives it)."""
+
+    keys: tuple[bytes, ...]  # signing keys (signing.secret_keys): none, no deliveries
+    timeout_s: float = 10.0  # one attempt, connection included
+    backoff_s: float = 5.0  # the first retry's delay; doubled each time, with jitter
+    backoff_max_s: float = 3600.0
+    retry_for_s: float = 86_400.0  # retries stop this long after the result was final
+    concurrency: int = 16
+    url_allow: tuple[str, ...] = ()  # hosts or CIDRs a callback may reach despite being private
+
+
 class Deliverer:
     def __init__(
         self,
-        store: Store,
-        settings: Settings,
+        *,
+        deliveries: Queue,
+        callbacks: Callbacks,
+        config: DeliveryConfig,
         resolver: Resolver = system_resolver,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
     ) -> None:
-        if store.deliveries is None:
-            raise ValueError("this deployment has no deliveries queue")
-        self.store, self.queue, self.s = store, store.deliveries, settings
-        self.keys = signing.secret_keys(settings.webhook_secret)
-        self.policy = UrlPolicy(settings.url_allow, settings.webhook_timeout_s, 64 * 1024)
+        self.queue, self.callbacks, self.config = deliveries, callbacks, config
+        self.keys = list(config.keys)
+        self.policy = UrlPolicy(config.url_allow, config.timeout_s, 64 * 1024)
         self.resolver, self.clock, self.jitter = resolver, clock, jitter
         self.counts = dict.fromkeys(OUTCOMES, 0)
         self._published: dict[str, int] = {}
@@ -71,8 +83,8 @@ class Deliverer:
 
     async def _main(self, stop: threading.Event) -> None:
         busy: set[asyncio.Task[None]] = set()
-        limit = self.s.webhook_concurrency
-        async with httpx.AsyncClient(timeout=self.s.webhook_timeout_s, follow_redirects=False, trust_env=False) as web:
+        limit = self.config.concurrency
+        async with httpx.AsyncClient(timeout=self.config.timeout_s, follow_redirects=False, trust_env=False) as web:
             while not stop.is_set():
                 if len(busy) >= limit:
                     await asyncio.wait(busy, return_when=asyncio.FIRST_COMPLETED)
@@ -89,16 +101,16 @@ class Deliverer:
                     busy.add(task)
                     task.add_done_callback(busy.discard)
             if busy:  # unfinished attempts come back after their visibility timeout
-                await asyncio.wait(busy, timeout=self.s.webhook_timeout_s)
+                await asyncio.wait(busy, timeout=self.config.timeout_s)
         self._publish()
 
     def _receive(self, n: int, wait_s: float) -> list[Message]:
         # hidden for an attempt's longest time and then some: a second deliverer must not take it
-        return self.queue.receive(n, wait_s=wait_s, visibility_s=math.ceil(self.s.webhook_timeout_s) + 5)
+        return self.queue.receive(n, wait_s=wait_s, visibility_s=math.ceil(self.config.timeout_s) + 5)
 
     def _publish(self) -> None:
         if self.counts != self._published:
-            self.store.publish_delivery_stats({"outcomes": self.counts, "at": self.clock(), "pid": os.getpid()})
+            self.callbacks.publish_stats({"outcomes": self.counts, "at": self.clock(), "pid": os.getpid()})
             self._published = dict(self.counts)
 
     # -- one attempt ------------------------------------------------------------------------
@@ -110,23 +122,24 @@ class Deliverer:
             log.error("unreadable webhook dropped: %.200s", msg.body)
             await asyncio.to_thread(self.queue.delete, msg.receipt)
             return
-        state = await asyncio.to_thread(self.store.callback_state, job.id) or {}
-        if state.get("status") in FINAL:  # a repeat of one already settled (at-least-once)
+        state = await asyncio.to_thread(self.callbacks.state, job.id)
+        if state is not None and state.status in FINAL:  # a repeat of one already settled (at-least-once)
             await asyncio.to_thread(self.queue.delete, msg.receipt)
             return
         attempt = msg.receive_count
         error, retry = await self._attempt(web, job)
         now = self.clock()
-        wait_s = backoff_s(attempt, self.s.webhook_backoff_s, self.s.webhook_backoff_max_s, self.jitter())
-        if error is None:
-            outcome, record = "delivered", {"status": "delivered", "delivered_at": now}
-        elif retry and now + wait_s < job.first_at + self.s.webhook_retry_for_s:
-            outcome, record = "retried", {"status": "pending", "next_attempt_at": round(now + wait_s, 3)}
-        else:
-            outcome, record = "failed", {"status": "failed"}
-        self.counts[outcome] += 1
+        wait_s = backoff_s(attempt, self.config.backoff_s, self.config.backoff_max_s, self.jitter())
         # the last failure stays shown once delivered: why it took `attempts`
-        record |= {"attempts": attempt, "last_error": error or state.get("last_error"), "last_attempt_at": now}
+        last_error = error or (state.last_error if state is not None else None)
+        tried = CallbackState(status="failed", attempts=attempt, last_error=last_error, last_attempt_at=now)
+        if error is None:
+            outcome, record = "delivered", replace(tried, status="delivered", delivered_at=now)
+        elif retry and now + wait_s < job.first_at + self.config.retry_for_s:
+            outcome, record = "retried", replace(tried, status="pending", next_attempt_at=round(now + wait_s, 3))
+        else:
+            outcome, record = "failed", tried
+        self.counts[outcome] += 1
         await asyncio.to_thread(self._settle, job, msg, record, wait_s if outcome == "retried" else None)
         level = logging.INFO if outcome == "delivered" else logging.WARNING
         log.log(
@@ -139,8 +152,8 @@ class Deliverer:
             extra=about(job),
         )
 
-    def _settle(self, job: Delivery, msg: Message, record: dict[str, Any], retry_in: float | None) -> None:
-        self.store.record_callback(job.id, record)
+    def _settle(self, job: Delivery, msg: Message, record: CallbackState, retry_in: float | None) -> None:
+        self.callbacks.record(job.id, record)
         if retry_in is None:
             self.queue.delete(msg.receipt)
         else:
@@ -159,10 +172,10 @@ class Deliverer:
         except InputError as err:  # refused by the URL policy, or no such host (for now)
             return f"{err.code}: {err.reason}"[:300], err.code == "unreachable_url"
         try:
-            response = await asyncio.wait_for(web.send(request), self.s.webhook_timeout_s)
+            response = await asyncio.wait_for(web.send(request), self.config.timeout_s)
             await response.aclose()
         except TimeoutError:
-            return f"no answer in {self.s.webhook_timeout_s:g} s", True
+            return f"no answer in {self.config.timeout_s:g} s", True
         except httpx.HTTPError as exc:
             return f"cannot connect: {exc!r}"[:300], True
         if 200 <= response.status_code < 300:

@@ -15,17 +15,17 @@ import uuid
 from collections.abc import Callable
 
 from ..messages import MessageError, Result
-from ..store import Store
+from ..replies import Replies
 
 log = logging.getLogger(__name__)
 
 
 class ReplyWaiter:
-    def __init__(self, store: Store, observe: Callable[[Result], None] = lambda _: None) -> None:
+    def __init__(self, replies: Replies, observe: Callable[[Result], None] = lambda _: None) -> None:
         """`observe` sees every reply, waited for or not (metrics)."""
         self.name = uuid.uuid4().hex[:12]
         self.observe = observe
-        self.inbox = store.inbox(self.name)
+        self.inbox = replies.inbox(self.name)
         self._pending: dict[str, asyncio.Future[Result]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()

@@ -17,21 +17,37 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
-from .blobs.base import BlobError
-from .config import Settings
-from .imaging import ImageError
-from .logs import about
-from .messages import Heartbeat, MessageError, Request, Result
-from .model.classifier import Prediction
-from .model.recognizer import Recognizer
-from .model.spec import SpecError
-from .queues.base import Message, QueueError
-from .store import Store
+from ..blobs.base import BlobError
+from ..imaging import ImageError
+from ..lifecycle.cluster import Cluster
+from ..lifecycle.results import Results, reply
+from ..logs import about
+from ..messages import Heartbeat, MessageError, Request, Result
+from ..model.classifier import Prediction
+from ..model.recognizer import Recognizer
+from ..model.spec import SpecError
+from ..queues.base import Message, Queue, QueueError
+from ..replies import Replies
+from . import answers
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("iraas.worker")  # the name log queries know (before the package split)
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What a worker takes from the settings (the composition root derives it)."""
+
+    batch_size: int = 4
+    batch_wait_s: float = 0.0  # extra wait for a fuller batch once one request arrived
+    visibility_s: int = 10
+    heartbeat_s: float = 1.0
+
+
+class Enrolments(Protocol):
+    def add_enrolment(self, rid: str, data: bytes) -> None: ...
 
 
 @dataclass
@@ -48,15 +64,20 @@ class _Job:
 class Worker:
     def __init__(
         self,
-        store: Store,
-        classifier: Recognizer,
-        settings: Settings,
+        *,
+        requests: Queue,
+        results: Results,
+        cluster: Cluster,
+        replies: Replies,
+        recognizer: Recognizer,
+        config: WorkerConfig,
+        enrolments: Enrolments | None = None,
         worker_id: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.store = store
-        self.clf = classifier
-        self.s = settings
+        """`enrolments`: where a faces worker adds the photos it enrols (the gallery store)."""
+        self.requests, self.results, self.cluster, self.replies = requests, results, cluster, replies
+        self.recognizer, self.config, self.enrolments = recognizer, config, enrolments
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.clock = clock
         self.started_at = clock()
@@ -70,6 +91,7 @@ class Worker:
         self._count_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="fetch")
         self._received_at = 0.0  # of the batch in hand
+        self._backoff_s = 1.0  # after a refused permission: doubled each time, up to a minute
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -87,26 +109,10 @@ class Worker:
         # One thread for the worker's life, not one per batch (a thread start costs ~0.1 ms).
         threading.Thread(target=self._extend_loop, daemon=True, name="visibility").start()
         idle_since = time.monotonic()
-        backoff_s = 1.0
         try:
             while not self._stop.is_set():
-                try:
-                    handled = self.run_once(wait_s=1.0)
-                    self.error, backoff_s = "", 1.0
-                except PermissionError as exc:
-                    # A permission the role lacks: retrying fast fixes nothing and a restart loop
-                    # even less. Say so (log, heartbeat for /v1/cluster), back off to a minute.
-                    if str(exc) != self.error:
-                        log.error("worker %s: %s", self.id, exc)
-                    self.error, backoff_s = str(exc)[:300], min(backoff_s * 2, 60.0)
-                    self._write_beat()
-                    self._stop.wait(backoff_s)
-                    handled = False  # idle as far as max_idle_s goes: an instance that cannot work ends
-                except (QueueError, BlobError) as exc:
-                    # Storage locked or unreachable for a while: what is in hand comes back after
-                    # the visibility timeout; try again shortly rather than die and be replaced.
-                    log.warning("worker %s: storage unavailable (%s); retrying in 1 s", self.id, exc)
-                    self._stop.wait(1.0)
+                handled = self._attempt()
+                if handled is None:
                     continue
                 if handled:
                     idle_since = time.monotonic()
@@ -114,26 +120,52 @@ class Worker:
                     log.info("worker %s: idle, exiting", self.id)
                     break
         finally:
-            self.state = "stopping"
-            self._stop.set()
-            self._closed.set()
-            beat.join(timeout=5)
-            try:
-                self.store.remove_heartbeat(self.id)
-            except BlobError as exc:  # the controller removes stale ones
-                log.warning("worker %s: could not remove its heartbeat: %s", self.id, exc)
-            self._pool.shutdown()
+            self._close(beat)
+
+    def _attempt(self) -> int | None:
+        """One batch: how many requests it handled (0 when it cannot work: idle as far as
+        `max_idle_s` goes, so an instance that cannot work ends); None after a storage outage."""
+        try:
+            handled = self.run_once(wait_s=1.0)
+        except PermissionError as exc:
+            # A permission the role lacks: retrying fast fixes nothing and a restart loop even
+            # less. Say so (log, heartbeat for /v1/cluster), back off to a minute.
+            if str(exc) != self.error:
+                log.error("worker %s: %s", self.id, exc)
+            self.error, self._backoff_s = str(exc)[:300], min(self._backoff_s * 2, 60.0)
+            self._write_beat()
+            self._stop.wait(self._backoff_s)
+            return 0
+        except (QueueError, BlobError) as exc:
+            # Storage locked or unreachable for a while: what is in hand comes back after the
+            # visibility timeout; try again shortly rather than die and be replaced.
+            log.warning("worker %s: storage unavailable (%s); retrying in 1 s", self.id, exc)
+            self._stop.wait(1.0)
+            return None
+        self.error, self._backoff_s = "", 1.0
+        return handled
+
+    def _close(self, beat: threading.Thread) -> None:
+        self.state = "stopping"
+        self._stop.set()
+        self._closed.set()
+        beat.join(timeout=5)
+        try:
+            self.cluster.remove_heartbeat(self.id)
+        except BlobError as exc:  # the controller removes stale ones
+            log.warning("worker %s: could not remove its heartbeat: %s", self.id, exc)
+        self._pool.shutdown()
 
     def run_once(self, wait_s: float = 0.0) -> int:
         """Handle at most one batch; returns how many requests it handled."""
         self.state = "idle"
         if self._stop.is_set():  # stopping: take nothing new
             return 0
-        queue, vis = self.store.requests, self.s.visibility_s
-        msgs = queue.receive(self.s.batch_size, wait_s=wait_s, visibility_s=vis)
-        if msgs and len(msgs) < self.s.batch_size and self.s.batch_wait_s > 0 and not self._stop.is_set():
-            time.sleep(self.s.batch_wait_s)
-            msgs += queue.receive(self.s.batch_size - len(msgs), 0, vis)
+        queue, vis = self.requests, self.config.visibility_s
+        msgs = queue.receive(self.config.batch_size, wait_s=wait_s, visibility_s=vis)
+        if msgs and len(msgs) < self.config.batch_size and self.config.batch_wait_s > 0 and not self._stop.is_set():
+            time.sleep(self.config.batch_wait_s)
+            msgs += queue.receive(self.config.batch_size - len(msgs), 0, vis)
         if not msgs:
             return 0
         if self._stop.is_set():  # stopped during the long poll: give back what we have not started
@@ -157,13 +189,13 @@ class Worker:
         fresh = [m for m in msgs if m.receive_count <= 1]
         again = [m for m in msgs if m.receive_count > 1]
         if len(again) > 1:
-            self.store.requests.release([m.receipt for m in again[1:]])
+            self.requests.release([m.receipt for m in again[1:]])
         return fresh, again[:1]
 
     def _handle(self, msgs: list[Message], received_at: float, still: list[Message]) -> None:
         """One group: infer, store, reply, delete. `still`: messages held for after it (kept
         hidden meanwhile, like the group's own)."""
-        queue = self.store.requests
+        queue = self.requests
         jobs = self._parse(msgs)
         self._received_at = received_at
         # Heartbeats report this state on their own period: a beat forced per batch would cost
@@ -198,14 +230,14 @@ class Worker:
         todo = []
         for job in jobs:
             if job.msg.receive_count > 1:  # a redelivery: another worker may have finished it
-                job.result = self.store.load_result(job.req.id)
+                job.result = self.results.load_result(job.req.id)
                 if job.result is not None:
-                    self.store.ensure_delivery(job.req, job.result)
+                    self.results.resume(job.req, job.result)
             if job.result is None:
                 todo.append(job)
         for job in todo:  # never inferred past its deadline: the client said it is of no use then
             if job.req.deadline and self._received_at > job.req.deadline:
-                job.result = self._expired(job.req)
+                job.result = answers.expired(job.req, self._received_at, self.id)
         live = [j for j in todo if j.result is None]
         for job, data in zip(live, self._each(self._fetch, live), strict=True):
             job.data = data
@@ -213,18 +245,14 @@ class Worker:
             if job.req.task == "enroll" and job.data is not None:
                 job.result = self._enroll(job.req, job.data)
         runnable = [j for j in live if j.data is not None and j.result is None]
-        if any(j.req.model_version not in ("", self.clf.version) for j in runnable):
+        if any(j.req.model_version not in ("", self.recognizer.version) for j in runnable):
             # the web asked about a gallery this worker has not read yet (it checks once a
             # second): read it now, or the answer would come from the one before
-            self.clf.refresh()
-        before = replace(self.clf.times)
+            self.recognizer.refresh()
+        before = replace(self.recognizer.times)
         outcomes = self._classify([j.data or b"" for j in runnable]) if runnable else []
-        n = max(len(runnable), 1)
-        spent = {
-            "decode": (self.clf.times.decode + self.clf.times.preprocess - before.decode - before.preprocess) / n,
-            "inference": (self.clf.times.inference - before.inference) / n,
-        }
-        version = self.clf.version  # now: by the time the dedup entry is written, it may be newer
+        spent = answers.per_image(before, self.recognizer.times, len(runnable))
+        version = self.recognizer.version  # now: by the time the dedup entry is written, it may be newer
         for job, outcome in zip(runnable, outcomes, strict=True):
             job.result, job.version = self._result(job, outcome, spent, len(runnable)), version
         for job in live:
@@ -232,19 +260,13 @@ class Worker:
                 job.result = self._failure(job.req, "input_missing", "the uploaded image is no longer stored")
         self._each(self._store, todo)  # each write waits on its own fsync: in parallel
 
-    def _expired(self, req: Request) -> Result:
-        waited = self._received_at - req.submitted_at
-        given = req.deadline - req.submitted_at
-        reason = f"still queued {waited:.1f} s after it was sent, past its deadline of {given:g} s: not recognised"
-        return self._failure(req, "expired", reason, {"queued": round(waited, 4), "total": round(waited, 4)})
-
     def _classify(self, images: list[bytes]) -> list[Prediction | ImageError]:
         """The recognizer's answers; if it raises for the batch, each image alone, so that the
         exception is the failure of the image that caused it and of no other. (Decoding and
         preprocessing errors are the recognizer's `corrupt` answers; an exception that escapes
         it comes from the model, and is `recognition_failed`: it may not be the image's fault.)"""
         try:
-            return self.clf.classify(images)
+            return self.recognizer.classify(images)
         except SpecError:
             raise  # the deployment's problem (no gallery), not an image's
         except Exception as exc:
@@ -261,7 +283,7 @@ class Worker:
     def _fetch(self, job: _Job) -> bytes | None:
         t0 = time.perf_counter()
         try:
-            return self.store.load_input(job.req)
+            return self.results.load_input(job.req)
         finally:
             job.fetch_s = time.perf_counter() - t0
 
@@ -276,27 +298,13 @@ class Worker:
             "batch": batch,
             "attempt": job.msg.receive_count,  # above 1: redelivered (a worker died or stalled)
         }
-        if isinstance(outcome, ImageError):
-            return self._failure(req, outcome.code, outcome.reason, timings)
-        top5 = [{"label": t.label, "index": t.index, "probability": round(t.probability, 6)} for t in outcome.top]
-        return Result(
-            id=req.id,
-            name=req.name,
-            status="done",
-            model=req.model,
-            label=outcome.label,
-            confidence=round(outcome.probability, 6),
-            top5=top5,
-            timings=timings,
-            worker=self.id,
-            request_id=req.trace,
-        )
+        return answers.recognised(req, outcome, timings, self.id)
 
     def _enroll(self, req: Request, data: bytes) -> Result:
         """Faces: add the photo to the gallery as `req.person`; the answer says what was added."""
         timings = {"total": round(self.clock() - req.submitted_at, 4)}
         try:
-            part, problem = self.clf.enroll(req.person, data, f"{req.person}/{req.name}")
+            part, problem = self.recognizer.enroll(req.person, data, f"{req.person}/{req.name}")
         except ImageError as err:
             return self._failure(req, err.code, err.reason, timings)
         except SpecError as err:
@@ -304,18 +312,10 @@ class Worker:
         except Exception as exc:  # one bad photo fails alone
             failed = ImageError.unexpected("cannot enrol image", exc)
             return self._failure(req, failed.code, failed.reason, timings)
-        self.store.add_enrolment(req.id, part)
-        return Result(
-            id=req.id,
-            name=req.name,
-            status="done",
-            model=req.model,
-            label=req.person,
-            reason=problem,
-            timings=timings,
-            worker=self.id,
-            request_id=req.trace,
-        )
+        if self.enrolments is None:
+            return self._failure(req, "not_supported", "this worker keeps no gallery", timings)
+        self.enrolments.add_enrolment(req.id, part)
+        return Result.of(req, "done", timings=timings, worker=self.id, label=req.person, reason=problem)
 
     def _failure(self, req: Request, code: str, reason: str, timings: dict[str, float] | None = None) -> Result:
         return Result.failure(req, code, reason, timings=timings or {}, worker=self.id)
@@ -323,7 +323,7 @@ class Worker:
     def _store(self, job: _Job) -> None:
         assert job.result is not None
         mine, t0 = job.result, time.perf_counter()
-        job.result = self.store.finish(job.req, mine)  # someone else's, if they finished first
+        job.result = self.results.finish(job.req, mine)  # someone else's, if they finished first
         if job.result is mine:
             job.store_s = time.perf_counter() - t0
             with self._count_lock:
@@ -331,7 +331,7 @@ class Worker:
                     self.processed += 1
                 else:
                     self.failed += 1
-            log.info("request %s (%s): %s", job.req.id, job.req.name, _outcome(mine), extra=about(job.req))
+            log.info("request %s (%s): %s", job.req.id, job.req.name, answers.outcome_line(mine), extra=about(job.req))
 
     def _remember(self, job: _Job) -> None:
         """Dedup entry for the same bytes later; after the reply, being only an optimisation."""
@@ -339,7 +339,7 @@ class Worker:
         # Only for the model version the web asked about: a worker still on the previous gallery
         # must not store its answer as the answer for the new one.
         if result is not None and result.worker == self.id and job.req.model_version == job.version:
-            self.store.remember(job.req, result)
+            self.results.remember(job.req, result)
 
     def _reply(self, job: _Job) -> bool:
         """False when the reply could not be handed over: keep the message, so that its
@@ -351,7 +351,7 @@ class Worker:
             # the stored result cannot hold the time it took to store it: the reply (metrics) does
             result = replace(result, timings=result.timings | {"store": round(job.store_s, 4)})
         try:
-            self.store.reply(job.req.reply_to, result)
+            reply(self.replies, job.req.reply_to, result)
         except Exception:
             log.warning("reply to %s failed: the request will be answered again", job.req.reply_to, exc_info=True)
             return False
@@ -372,24 +372,18 @@ class Worker:
             error=self.error,
         )
         try:
-            self.store.write_heartbeat(beat)
+            self.cluster.write_heartbeat(beat)
         except BlobError:
             log.warning("heartbeat write failed", exc_info=True)
 
     def _extend_loop(self) -> None:
         """Keeps the batch in hand hidden however long inference takes: every third of the
         visibility timeout, its messages get a full timeout again."""
-        vis = self.s.visibility_s
+        vis = self.config.visibility_s
         while not self._closed.wait(max(vis / 3, 0.5)):
             for receipt in self._held:
-                self.store.requests.change_visibility(receipt, vis)
+                self.requests.change_visibility(receipt, vis)
 
     def _beat_loop(self) -> None:
-        while not self._stop.wait(self.s.heartbeat_s):
+        while not self._stop.wait(self.config.heartbeat_s):
             self._write_beat()
-
-
-def _outcome(result: Result) -> str:
-    if result.status == "done":
-        return f"{result.label} in {result.timings.get('total', 0):.3f} s"
-    return f"failed: {result.error}: {result.reason}"

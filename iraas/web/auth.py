@@ -16,7 +16,7 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from ..access.keys import Key, KeyRing
-from ..access.quota import Limits, Quotas, Verdict
+from ..access.quota import KeyLimits, Quotas, Verdict
 from ..config import Settings
 from ..refusals import InputError
 from .gate import is_loopback
@@ -33,7 +33,7 @@ class Caller:
     name: str
     scope: str  # "admin" | "recognize" | "course" (anonymous, POST / only)
     owner: str  # signs the ids of this caller's requests: only it (or an admin) reads them
-    limits: Limits | None  # None: no quotas
+    limits: KeyLimits | None  # None: no quotas
 
 
 ANONYMOUS_ADMIN = Caller(name="anonymous", scope="admin", owner=OPEN_OWNER, limits=None)
@@ -69,11 +69,11 @@ class Access:
                 "AUTHENTICATION IS OFF (--no-auth): anyone who can reach port %d may use everything", settings.port
             )
 
-    def limits(self, key: Key | None) -> Limits:
+    def limits(self, key: Key | None) -> KeyLimits:
         """The deployment's defaults, with the key's own limits where it has them."""
         s = self.settings
         own = key or Key(name="", scope="", created_at=0)
-        return Limits(
+        return KeyLimits(
             requests_per_s=own.requests_per_s or s.requests_per_s,
             images_per_s=own.images_per_s or s.images_per_s,
             images_per_day=own.images_per_day or s.images_per_day,

@@ -1,0 +1,191 @@
+"""Intake and results: the whole life of a request between the web tier and the workers.
+
+    inputs/<sha256>             the image bytes, content-addressed (many requests share one)
+    results/<id>.json           the final Result: the first write wins, every reader sees it
+    dedup/<model>/<sha256>.json the answer for the same bytes later
+
+Web tier, worker and controller call these verbs and never format one of these keys or parse a
+stored result themselves (dramatiq's results backend is the model: the lifecycle written once).
+What must happen when a result becomes final (a webhook) plugs in through `on_final`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Container, Iterable
+from dataclasses import replace
+from typing import IO, Any
+
+from ..blobs.base import BlobNotFound, BlobStore
+from ..messages import MessageError, Request, Result
+from ..queues.base import Queue
+from ..queues.group import GroupSender
+from ..replies import Replies
+from .ids import RequestIds
+
+log = logging.getLogger(__name__)
+
+# (the request, the result that stands, whether this call made it final): webhooks plug in here
+FinalHook = Callable[[Request, Result, bool], None]
+_PROBE = "config/ready-probe"
+
+
+def _result_key(rid: str) -> str:
+    return f"results/{rid}.json"
+
+
+def _no_version(model: str) -> str:
+    return ""
+
+
+def _nothing_more(req: Request, result: Result, made_final: bool) -> None:
+    return None
+
+
+def _nothing_shown(rid: str) -> dict[str, Any]:
+    return {}
+
+
+class Results:
+    def __init__(
+        self,
+        *,
+        requests: Queue,
+        blobs: BlobStore,
+        ids: RequestIds,
+        clock: Callable[[], float] = time.time,
+        on_final: FinalHook = _nothing_more,
+        model_version: Callable[[str], str] = _no_version,
+    ) -> None:
+        """`model_version(model)`: the part of a model's identity that changes while it serves
+        (the face gallery's version), so that a dedup answer is never one of another version."""
+        self.requests, self.blobs, self.ids, self.clock = requests, blobs, ids, clock
+        self.on_final, self.model_version = on_final, model_version
+        self._sender = GroupSender(requests)
+
+    # -- intake (web tier) -------------------------------------------------------------------
+
+    def put_input(self, data: bytes | IO[bytes], digest: str) -> None:
+        """Store the image bytes (whose SHA-256 is `digest`) once, whoever sends them. Not
+        fsynced, like the queue's own commits (SQLite synchronous=NORMAL): both survive any
+        process crash; a power cut may cost the last moments, and a request that outlives its
+        input is answered `failed: input_missing`, never lost."""
+        self.blobs.put(f"inputs/{digest}", data, if_absent=True, durable=False)
+
+    def request(self, draft: Request, digest: str) -> Request:
+        """`draft` (every field the web knows) with its input key, model version and dedup key."""
+        version = self.model_version(draft.model)
+        dedup = _dedup_key(draft.model, version, digest) if draft.task == "recognize" else ""
+        return replace(draft, input_key=f"inputs/{digest}", model_version=version, dedup=dedup)
+
+    def enqueue(self, reqs: list[Request]) -> None:
+        """Send the requests, sharing queue calls with other threads sending at the same time."""
+        self._sender.send([r.to_json() for r in reqs])
+
+    def answer_from_cache(self, req: Request) -> Result | None:
+        """The stored answer for the same bytes and model, published as `req`'s result."""
+        prior = self._load(req.dedup) if req.dedup else None
+        if prior is None:
+            return None
+        result = replace(
+            prior,
+            id=req.id,
+            name=req.name,
+            timings={"queued": 0.0, "inference": 0.0, "total": round(self.clock() - req.submitted_at, 4)},
+            worker=None,
+            cached=True,
+            request_id=req.trace,
+        )
+        return self.finish(req, result)
+
+    def probe(self) -> None:
+        """Raises unless the queue and the blob store can be written now (readiness)."""
+        self.requests.writable()
+        self.blobs.put(_PROBE, b"ok", durable=False)
+
+    # -- results -----------------------------------------------------------------------------
+
+    def load_input(self, req: Request) -> bytes | None:
+        try:
+            return self.blobs.get(req.input_key)
+        except BlobNotFound:
+            return None
+
+    def load_result(self, rid: str) -> Result | None:
+        return self._load(_result_key(rid))
+
+    def _load(self, key: str) -> Result | None:
+        try:
+            return Result.from_json(self.blobs.get(key))
+        except BlobNotFound:
+            return None
+        except MessageError:
+            log.error("unreadable result at %s: treated as absent", key)
+            return None
+
+    def publish_result(self, result: Result) -> Result:
+        """Store the final result unless one exists; returns the one that stands."""
+        key = _result_key(result.id)
+        if self.blobs.put(key, result.encoded.encode(), if_absent=True):
+            return result
+        return self._load(key) or result
+
+    def finish(self, req: Request, result: Result) -> Result:
+        """`req`'s final result: stored unless one exists (the one that stands is returned),
+        then what follows a final result (its webhook) set going."""
+        final = self.publish_result(result)
+        self.on_final(req, final, final is result)
+        return final
+
+    def resume(self, req: Request, result: Result) -> None:
+        """A redelivered request whose result stands: what finishing it sets going may not
+        have been (the worker before died in between); the hook makes sure of it."""
+        self.on_final(req, result, False)
+
+    def remember(self, req: Request, result: Result) -> None:
+        """The answer for the same bytes later (an optimisation: after the reply)."""
+        if req.dedup and result.status == "done":
+            self.blobs.put(req.dedup, result.encoded.encode(), if_absent=True, durable=False)
+
+    def status(
+        self,
+        rid: str,
+        result_ttl_s: float = math.inf,
+        owners: Iterable[str] = ("",),
+        running: Container[str] = (),
+        also: Callable[[str], dict[str, Any]] = _nothing_shown,
+    ) -> dict[str, Any] | None:
+        """`rid`'s result (with what `also(rid)` adds to a stored one: its webhook's delivery),
+        or where it is ("queued" | "running": among `running`, the ids in workers' hands); None
+        if never issued for one of `owners`. An id older than the results' retention and
+        without one reads `failed: expired`."""
+        issued = self.ids.issued_at(rid, owners)
+        if issued is None:
+            return None
+        result = self.load_result(rid)
+        if result is not None:
+            return result.as_dict() | also(rid)
+        if self.clock() - issued > result_ttl_s:
+            return {"id": rid, "status": "failed", "error": "expired", "reason": "past the results' retention"}
+        return {"id": rid, "status": "running" if rid in running else "queued"}
+
+    def expire(self, *, input_ttl_s: float, result_ttl_s: float) -> int:
+        """Retention on the embedded store (S3: the same rules as lifecycle rules): inputs
+        after `input_ttl_s`, results and dedup entries after `result_ttl_s`."""
+        now = self.clock()
+        removed = self.blobs.expire("inputs/", now - input_ttl_s)
+        for folder in ("results/", "dedup/"):
+            removed += self.blobs.expire(folder, now - result_ttl_s)
+        return removed
+
+
+def _dedup_key(model: str, version: str, digest: str) -> str:
+    return f"dedup/{model}-{version}/{digest}.json" if version else f"dedup/{model}/{digest}.json"
+
+
+def reply(replies: Replies, to: str, result: Result) -> bool:
+    """Hand `result` to the web process that waits (`to`: its inbox); False if none does any
+    more. A hint that saves a wait, never the record: the result is stored first."""
+    return bool(to) and replies.send(to, result.encoded)

@@ -1,0 +1,77 @@
+"""One contract for every reply channel: a Unix datagram socket per web process (embedded) and
+an SQS queue per web process (AWS, against moto's server). A worker relies on this: a reply
+sent to an open inbox arrives once, a reply to an inbox nobody opened says so (False) instead
+of waiting, and a send never blocks for long."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from iraas.replies import Replies, SocketReplies
+
+# Sockets keep the order replies were sent in; SQS standard queues need not.
+ORDERED = {"socket"}
+
+
+@pytest.fixture(params=["socket", "sqs"])
+def channel(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Replies]:
+    if request.param == "socket":
+        return "socket", SocketReplies(tmp_path)
+    from iraas.awsapi import client
+    from iraas.replies import SqsReplies
+
+    sqs = client("sqs", "us-east-1", request.getfixturevalue("moto"))
+    return "sqs", SqsReplies(sqs, "contract-replies")
+
+
+def test_a_reply_to_an_inbox_nobody_opened_is_refused_not_kept(channel: tuple[str, Replies]) -> None:
+    _, replies = channel
+    assert replies.send("nobody", "{}") is False
+
+
+def test_every_reply_reaches_the_open_inbox_once(channel: tuple[str, Replies]) -> None:
+    kind, replies = channel
+    inbox = replies.inbox("web1")
+    sent = [f'{{"n":{i}}}' for i in range(200)]
+    got: list[str] = []
+
+    def receive() -> None:
+        while len(got) < len(sent) and (batch := inbox.receive(5.0)):
+            got.extend(batch)
+
+    receiver = threading.Thread(target=receive)
+    receiver.start()
+    try:
+        # more than the kernel queues for one socket (net.unix.max_dgram_qlen): senders wait
+        assert all(replies.send("web1", body) for body in sent)
+        receiver.join()
+        assert sorted(got) == sorted(sent)  # none lost, none twice
+        if kind in ORDERED:
+            assert got == sent
+        assert inbox.receive(0.05) == []
+    finally:
+        inbox.close()
+
+
+def test_a_reply_as_large_as_a_result_can_be_arrives_whole(channel: tuple[str, Replies]) -> None:
+    _, replies = channel
+    inbox = replies.inbox("web2")
+    body = '{"top5": "' + "x" * 60_000 + '"}'
+    try:
+        assert replies.send("web2", body)
+        assert inbox.receive(5.0) == [body]
+    finally:
+        inbox.close()
+
+
+def test_after_its_inbox_closed_a_send_does_not_wait_or_fail(channel: tuple[str, Replies]) -> None:
+    kind, replies = channel
+    inbox = replies.inbox("web3")
+    inbox.close()
+    # A socket can tell (False: nobody waits there); an SQS queue is purged, not deleted (its
+    # name could not be made again for 60 s; inbox names are never reused, and `iraas aws
+    # destroy` deletes them), so the send is accepted and never read.
+    assert replies.send("web3", "{}") is (kind != "socket")
