@@ -42,11 +42,16 @@ lint: install-test
 	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq --no-install-recommends prometheus
 
+# The PostgreSQL backends are tested against a real server (tests/pgserver.py starts a private one).
+/usr/lib/postgresql:
+	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq --no-install-recommends postgresql
+
 tests/iam/node_modules: tests/iam/package-lock.json /usr/bin/npm
 	npm ci --prefix tests/iam --silent --no-audit --no-fund
 	touch $@
 
-test: lint /usr/bin/chromium /usr/bin/promtool tests/iam/node_modules
+test: lint /usr/bin/chromium /usr/bin/promtool /usr/lib/postgresql tests/iam/node_modules
 	$(BIN)/python -m pytest
 
 # Every benchmark, figures printed (docs/benchmarks.md has the last run's).

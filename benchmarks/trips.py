@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from iraas.config import Settings  # noqa: E402
 from iraas.lifecycle.results import reply  # noqa: E402
 from iraas.messages import ClusterStatus, Heartbeat, Result  # noqa: E402
-from iraas.parts import Parts, embedded  # noqa: E402
+from iraas.parts import Parts, build  # noqa: E402
 from iraas.queues.sqlite import SqliteQueue  # noqa: E402
 from tests.drafts import make_request  # noqa: E402
 
@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     n = ap.parse_args().n
     with tempfile.TemporaryDirectory() as d:
-        store = embedded(Settings(data_dir=Path(d)))
+        store = build(Settings(data_dir=Path(d)))
         result = Result(id="a" * 32, name="x.jpg", status="done", model="m", label="tench", confidence=0.9)
         body = result.to_json().encode()
         rows: list[tuple[str, float, float]] = []

@@ -13,6 +13,7 @@ from . import logs
 from .config import help_of, log_format_from_env
 from .imaging import ImageError
 from .model.spec import SpecError
+from .pg import DatabaseError
 from .signing import new_secret
 
 if TYPE_CHECKING:
@@ -240,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         logs.configure(getattr(args, "log_format", None) or log_format_from_env(), args.verbose)
         return int(args.func(args))
-    except (SpecError, ValueError) as exc:
+    except (SpecError, ValueError, DatabaseError) as exc:
         print(f"iraas: {exc}", file=sys.stderr)
         return 2
 

@@ -80,6 +80,18 @@ class Settings:
     aws_endpoint_url: str = setting(
         "", "AWS endpoint override, for moto or LocalStack", {WEB, WORKER, CONTROLLER, KEYS}
     )
+    queue: str = setting(
+        "",
+        "the queue's URL: sqlite:///path/queue.db, postgresql://user@host:5432/db or sqs:// "
+        "(default: by --backend; a password in it is never shown, PGPASSFILE or PG* variables keep it out)",
+        {WEB, WORKER, CONTROLLER},
+    )
+    blobs: str = setting(
+        "",
+        "the blob store's URL: file:///dir, postgresql://user@host:5432/db, s3://bucket or "
+        "s3://bucket?endpoint_url=… for any S3-compatible store (default: by --backend)",
+        {WEB, WORKER, CONTROLLER, KEYS},
+    )
     launch_template: str = setting("", "AWS: worker launch template (default <name>-worker)", {CONTROLLER})
     # faces
     gallery: str = setting(

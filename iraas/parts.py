@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .blobs.base import BlobStore
-from .blobs.local import DirectoryBlobStore
 from .config import WORKER, Settings, process_env
 from .faces.gallery import GalleryStore
 from .fleet.base import Fleet
@@ -21,8 +20,8 @@ from .lifecycle.cluster import Cluster
 from .lifecycle.ids import RequestIds
 from .lifecycle.results import Results
 from .queues.base import Queue
-from .queues.sqlite import SqliteQueue
-from .replies import Replies, SocketReplies
+from .replies import Replies
+from .stores import local_disk, open_blobs, open_stores
 
 if TYPE_CHECKING:  # the tiers are imported where they are made: `iraas keys` needs none of them
     from fastapi import FastAPI
@@ -33,9 +32,6 @@ if TYPE_CHECKING:  # the tiers are imported where they are made: `iraas keys` ne
     from .web.service import WebParts
     from .webhooks.deliver import Deliverer
     from .worker import Worker
-
-REQUESTS = "requests"
-WEBHOOKS = "webhooks"  # the deliveries queue: no dead letters (deliveries give up on time)
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +83,7 @@ def with_webhook_secret(settings: Settings) -> Settings:
 
 def blobs(settings: Settings) -> BlobStore:
     """The deployment's blob store alone (for `iraas keys`)."""
-    if settings.backend == "aws":
-        from .blobs.s3 import S3BlobStore
-
-        return S3BlobStore(aws_client("s3", settings), settings.bucket)
-    return DirectoryBlobStore(settings.blob_root)
+    return open_blobs(settings, lambda service: aws_client(service, settings))
 
 
 @dataclass(frozen=True)
@@ -135,40 +127,9 @@ def assemble(
 
 
 def build(settings: Settings) -> Parts:
-    return on_aws(settings) if settings.backend == "aws" else embedded(settings)
-
-
-def on_aws(settings: Settings) -> Parts:
-    """The deployment's SQS queues, found (not created) as its stack made them, its S3
-    bucket, and reply queues `<name>-replies-*` created by the web process that owns one."""
-    from .queues.sqs import SqsQueue
-    from .replies import SqsReplies
-
-    sqs = aws_client("sqs", settings)
-    requests = SqsQueue(sqs, f"{settings.name}-{REQUESTS}", max_receives=settings.max_receives, create=False)
-    return assemble(
-        requests=requests,
-        blobs=blobs(settings),
-        replies=SqsReplies(sqs, f"{settings.name}-replies"),
-        deliveries=SqsQueue(sqs, f"{settings.name}-{WEBHOOKS}", create=False),
-    )
-
-
-def embedded(settings: Settings) -> Parts:
-    """SQLite queue file, a directory store and reply sockets, all under `settings.data_dir`."""
-    return assemble(
-        # A file lock held longer than store_timeout_s (a backup, a stuck process) is an error
-        # the caller reports (503 at intake), not a request hanging for minutes.
-        requests=SqliteQueue(
-            settings.queue_path,
-            REQUESTS,
-            max_receives=settings.max_receives,
-            lock_timeout_s=settings.store_timeout_s,
-        ),
-        blobs=blobs(settings),
-        replies=SocketReplies(settings.data_dir),
-        deliveries=SqliteQueue(settings.queue_path, WEBHOOKS, lock_timeout_s=settings.store_timeout_s),
-    )
+    """The parts over the stores the settings name (`queue`, `blobs`, or `backend`'s)."""
+    stores = open_stores(settings, lambda service: aws_client(service, settings))
+    return assemble(requests=stores.requests, blobs=stores.blobs, replies=stores.replies, deliveries=stores.deliveries)
 
 
 def make_fleet(settings: Settings) -> Fleet:
@@ -276,7 +237,10 @@ def make_deliverer(parts: Parts, settings: Settings, **kw: Any) -> Deliverer:
 
 
 def web_parts(
-    parts: Parts, clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic
+    settings: Settings,
+    parts: Parts,
+    clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> WebParts:
     """What the web tier is given; `clock` and `monotonic`: the keys' cache and the quotas' time."""
     from .access.keys import KeyRing
@@ -292,6 +256,7 @@ def web_parts(
         cluster=parts.cluster,
         keys=KeyRing(parts.blobs, clock=clock, monotonic=monotonic),
         quotas=Quotas(parts.blobs, clock=clock, monotonic=monotonic),
+        disk=local_disk(settings),
     )
 
 
@@ -308,4 +273,4 @@ def make_app(
     from .web.app import create_app
 
     mounts = [gallery_routes(parts.gallery)] if settings.model == FACES else []
-    return create_app(settings, web_parts(parts, clock, monotonic), mounts=mounts, **kw)
+    return create_app(settings, web_parts(settings, parts, clock, monotonic), mounts=mounts, **kw)

@@ -6,7 +6,8 @@ telling "nobody waits there any more" (the web process is gone: drop it) from "t
 (raise: the worker keeps the message, whose redelivery replies again from the stored result).
 
 Embedded: one Unix datagram socket per web process — a send is one system call, no SQLite
-transaction per image. AWS: one SQS queue per web process (`<name>-replies-<id>`).
+transaction per image. AWS: one SQS queue per web process (`<name>-replies-<id>`). Several
+hosts on PostgreSQL: a row per reply, its NOTIFY waking the web process that waits.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
+import uuid
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
+from .pg import NOW, Database, channel
 from .queues.base import QueueMissing
 from .sockets import bound, readable, socket_dir
 
@@ -137,3 +141,77 @@ class SqsInbox:
         # Purged, not deleted: SQS forbids re-creating a deleted name for 60 s, and
         # `iraas aws destroy` deletes every reply queue of the deployment.
         self._queue.purge()
+
+
+# -- several hosts: PostgreSQL, woken by NOTIFY -------------------------------------------------
+
+
+class PostgresReplies:
+    """Inboxes registered in `iraas_inboxes` (each web process refreshes its own while it
+    receives); a reply is a row for its inbox, sent in one statement only if that inbox is
+    alive, and its NOTIFY wakes the waiting web process on whichever host it runs."""
+
+    def __init__(self, db: Database, *, alive_s: float = 30.0, poll_s: float = 1.0) -> None:
+        """`alive_s`: an inbox not seen receiving for this long belongs to a process that is gone."""
+        self.db, self.alive_s, self.poll_s = db, alive_s, poll_s
+
+    def send(self, to: str, body: str) -> bool:
+        with self.db.connection() as conn, conn.transaction():
+            cur = conn.execute(
+                "INSERT INTO iraas_messages (id, queue, body, sent_at, visible_at)"
+                f" SELECT %s, %s, %s, {NOW}, {NOW} WHERE EXISTS"
+                f" (SELECT 1 FROM iraas_inboxes WHERE name = %s AND seen_at > {NOW} - %s)",
+                (uuid.uuid4(), _inbox_queue(to), body, to, self.alive_s),
+            )
+            if cur.rowcount == 0:
+                return False
+            conn.execute("SELECT pg_notify(%s, '')", (channel(_inbox_queue(to)),))
+        return True
+
+    def inbox(self, name: str) -> PostgresInbox:
+        with self.db.connection() as conn, conn.transaction():
+            conn.execute(
+                f"INSERT INTO iraas_inboxes (name, seen_at) VALUES (%s, {NOW})"
+                " ON CONFLICT (name) DO UPDATE SET seen_at = EXCLUDED.seen_at",
+                (name,),
+            )
+            # The inboxes of processes long gone, and what was sent to them, go with the next start.
+            gone = conn.execute(
+                f"DELETE FROM iraas_inboxes WHERE seen_at < {NOW} - %s RETURNING name", (max(self.alive_s, 3600),)
+            ).fetchall()
+            if gone:
+                conn.execute("DELETE FROM iraas_messages WHERE queue = ANY(%s)", ([_inbox_queue(r[0]) for r in gone],))
+        return PostgresInbox(name, self)
+
+
+class PostgresInbox:
+    def __init__(self, name: str, replies: PostgresReplies) -> None:
+        self.name, self._replies = name, replies
+        self._queue = _inbox_queue(name)
+        self._seen = time.monotonic()
+
+    def receive(self, wait_s: float) -> list[str]:
+        replies = self._replies
+        if time.monotonic() - self._seen > replies.alive_s / 6:  # alive: keep receiving replies
+            self._seen = time.monotonic()
+            with replies.db.connection() as conn:
+                conn.execute(f"UPDATE iraas_inboxes SET seen_at = {NOW} WHERE name = %s", (self.name,))
+        got: list[str] = replies.db.wait_for([channel(self._queue)], self._take, wait_s, replies.poll_s)
+        return got
+
+    def _take(self, conn: Any) -> list[str]:
+        rows = conn.execute(
+            "DELETE FROM iraas_messages WHERE id IN (SELECT id FROM iraas_messages WHERE queue = %s"
+            " ORDER BY sent_at LIMIT 1000 FOR UPDATE SKIP LOCKED) RETURNING sent_at, body",
+            (self._queue,),
+        ).fetchall()
+        return [body for _, body in sorted(rows, key=lambda r: r[0])]
+
+    def close(self) -> None:
+        with self._replies.db.connection() as conn, conn.transaction():
+            conn.execute("DELETE FROM iraas_inboxes WHERE name = %s", (self.name,))
+            conn.execute("DELETE FROM iraas_messages WHERE queue = %s", (self._queue,))
+
+
+def _inbox_queue(name: str) -> str:
+    return f"reply:{name}"

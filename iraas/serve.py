@@ -14,6 +14,7 @@ from . import logs
 from .config import Settings
 from .faces.gallery import publish_if_given
 from .parts import Parts, build, make_app, make_controller, make_deliverer, make_fleet, make_worker
+from .stores import blobs_url, queue_url, shown
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +28,11 @@ def check_access(settings: Settings, parts: Parts) -> None:
         return
     if not any(key.active for key in KeyRing(parts.blobs).all()):
         where = (
-            f"--data-dir {settings.data_dir}"
-            if settings.backend == "embedded"
-            else f"--backend aws --name {settings.name}"
+            f"--backend aws --name {settings.name}"
+            if settings.backend == "aws" and not settings.blobs
+            else f"--blobs '{shown(settings.blobs)}'"
+            if settings.blobs
+            else f"--data-dir {settings.data_dir}"
         )
         raise ValueError(
             f"listening on {settings.host} requires API keys, and this deployment has none. Create one with\n"
@@ -61,9 +64,14 @@ def up(settings: Settings, with_controller: bool = True) -> None:
                 hooks.join(timeout=settings.webhook_timeout_s + 2)
 
     app = make_app(settings, parts, background=background)
-    where = settings.data_dir if settings.backend == "embedded" else f"AWS deployment {settings.name}"
-    print(f"iraas serving on http://{settings.host}:{settings.port}  ({where})", flush=True)
+    print(f"iraas serving on http://{settings.host}:{settings.port}  ({_where(settings)})", flush=True)
     listen(app, settings)
+
+
+def _where(settings: Settings) -> str:
+    if settings.queue or settings.blobs:
+        return f"queue {shown(queue_url(settings))}, blobs {shown(blobs_url(settings))}"
+    return str(settings.data_dir) if settings.backend == "embedded" else f"AWS deployment {settings.name}"
 
 
 def controller(settings: Settings) -> None:

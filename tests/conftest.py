@@ -53,3 +53,21 @@ def moto(moto_url: str) -> str:
 
     urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST")).read()
     return moto_url
+
+
+@pytest.fixture(scope="session")
+def pg_server():  # type: ignore[no-untyped-def]
+    """A real PostgreSQL server for the session (tests/pgserver.py): missing, it fails loudly."""
+    from .pgserver import PgServer
+
+    server = PgServer().start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:  # type: ignore[no-untyped-def]
+    """A new empty database on it, per test: its URL (with the service user's password)."""
+    import uuid
+
+    return str(pg_server.database("t_" + uuid.uuid4().hex[:16]))

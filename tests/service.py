@@ -22,8 +22,12 @@ def free_port() -> int:
 
 
 class Service:
-    def __init__(self, data_dir: Path, command: str = "up", **settings: object) -> None:
-        self.data_dir, self.command = data_dir, command
+    def __init__(
+        self, data_dir: Path, command: str = "up", env: dict[str, str] | None = None, **settings: object
+    ) -> None:
+        """`env`: variables added to the service's environment (a URL with a password, say:
+        not on its command line, where `ps` shows it to every user)."""
+        self.data_dir, self.command, self.env = data_dir, command, env
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.settings = settings
@@ -39,7 +43,8 @@ class Service:
             else:
                 args += [flag] if value is True else [flag, str(value)]
         self.log = open(self._log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        env = {**os.environ, **self.env} if self.env else None
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:

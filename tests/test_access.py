@@ -26,7 +26,7 @@ from iraas.access.quota import Bucket, KeyLimits, Quotas
 from iraas.config import Settings
 from iraas.loadgen.run import Plan, run
 from iraas.model.classifier import Classifier
-from iraas.parts import embedded, make_app
+from iraas.parts import build, make_app
 from iraas.web.auth import keys_required
 from iraas.web.gate import allowed_hosts, foreign_origin, host_name
 
@@ -229,7 +229,7 @@ def test_quota_429_with_retry_after_then_recovery(tmp_path: Path) -> None:
     clock = _Clock()
     auth = {"Authorization": f"Bearer {key}"}
     with TestClient(
-        make_app(settings, embedded(settings), clock=clock, monotonic=clock), base_url="http://127.0.0.1"
+        make_app(settings, build(settings), clock=clock, monotonic=clock), base_url="http://127.0.0.1"
     ) as client:
         got = [client.get("/v1/me", headers=auth) for _ in range(4)]
         assert [r.status_code for r in got] == [200, 200, 200, 429]
@@ -262,7 +262,7 @@ def test_a_key_revoked_through_one_web_process_is_refused_by_another(tmp_path: P
     admin = {"Authorization": f"Bearer {create_key(data, 'root', 'admin')}"}
     dave = {"Authorization": f"Bearer {create_key(data, 'dave')}"}
     settings, clock = Settings(data_dir=data), _Clock()
-    apps = [make_app(settings, embedded(settings), clock=clock, monotonic=clock) for _ in range(2)]
+    apps = [make_app(settings, build(settings), clock=clock, monotonic=clock) for _ in range(2)]
     with (
         TestClient(apps[0], base_url="http://127.0.0.1") as one,
         TestClient(apps[1], base_url="http://127.0.0.1") as two,
@@ -311,7 +311,7 @@ def test_beyond_loopback_without_a_key_it_refuses_to_start(tmp_path: Path) -> No
 
 def _app(tmp_path: Path, **changes: object) -> tuple[TestClient, dict[str, str]]:
     settings = Settings(data_dir=tmp_path, **changes)  # type: ignore[arg-type]
-    store = embedded(settings)
+    store = build(settings)
     ring = KeyRing(store.blobs)
     keys = {"admin": ring.create("root", "admin"), "recognize": ring.create("alice", "recognize")}
     return TestClient(make_app(settings, store), base_url="http://127.0.0.1"), keys
@@ -332,7 +332,7 @@ def test_metrics_beyond_loopback_and_the_gallery_need_admin(tmp_path: Path) -> N
 
 def test_no_auth_serves_everyone_as_admin_and_says_so_loudly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     settings = Settings(data_dir=tmp_path, host="0.0.0.0", auth="off")
-    store = embedded(settings)
+    store = build(settings)
     KeyRing(store.blobs).create("root", "admin")
     with TestClient(make_app(settings, store), base_url="http://api.example") as client:
         assert client.get("/v1/me").json() == {"name": "anonymous", "scope": "admin", "auth": "off"}
@@ -352,7 +352,7 @@ def test_anonymous_course_callers_share_one_rate_limit(tmp_path: Path) -> None:
 
 
 def test_keys_are_stored_only_as_hashes(tmp_path: Path) -> None:
-    store = embedded(Settings(data_dir=tmp_path))
+    store = build(Settings(data_dir=tmp_path))
     ring = KeyRing(store.blobs)
     token = ring.create("alice", "recognize", images_per_day=10)
     assert token.startswith("iraas_") and len(token) == 49  # 256 random bits
@@ -383,7 +383,7 @@ def test_token_bucket_arithmetic() -> None:
 
 
 def test_the_daily_quota_holds_across_web_processes(tmp_path: Path) -> None:
-    blobs = embedded(Settings(data_dir=tmp_path)).blobs
+    blobs = build(Settings(data_dir=tmp_path)).blobs
     limits = KeyLimits(requests_per_s=100, images_per_s=100, images_per_day=10, burst_s=10)
     one, two = Quotas(blobs), Quotas(blobs)
     assert one.images("alice", limits, 6).allowed

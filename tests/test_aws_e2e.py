@@ -625,12 +625,12 @@ def _controller(
 ) -> tuple[Parts, Fleet, Controller]:
     """The deployment's store, fleet (as `iraas up` makes them, from the settings) and a controller."""
     from iraas.config import Settings
-    from iraas.parts import make_controller, make_fleet, on_aws
+    from iraas.parts import build, make_controller, make_fleet
 
     s = Settings(
         backend="aws", name=NAME, bucket=out["Bucket"], aws_endpoint_url=moto, aws_region="us-east-1", **settings
     )
-    store, fleet = on_aws(s), make_fleet(s)
+    store, fleet = build(s), make_fleet(s)
     return store, fleet, make_controller(store, fleet, s, clock=clock)
 
 

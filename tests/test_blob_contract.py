@@ -1,4 +1,5 @@
-"""One contract for every blob store: a directory always, S3 against moto's server."""
+"""One contract for every blob store: a directory, PostgreSQL (a real server), S3 against moto's
+server."""
 
 from __future__ import annotations
 
@@ -21,11 +22,21 @@ def _s3_factory(url: str, bucket: str) -> Factory:
     return lambda: S3BlobStore(client("s3", "us-east-1", url), bucket, prefix="deploy")
 
 
-@pytest.fixture(params=["directory", "s3"])
+def _pg_factory(url: str) -> Factory:
+    from iraas.blobs.postgres import PostgresBlobStore
+    from iraas.pg import Database
+
+    Database(url).migrate()
+    return lambda: PostgresBlobStore(Database(url))
+
+
+@pytest.fixture(params=["directory", "postgres", "s3"])
 def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
     if request.param == "directory":
         root = tmp_path / "blobs"
         return lambda: DirectoryBlobStore(root)
+    if request.param == "postgres":
+        return _pg_factory(request.getfixturevalue("pg_url"))
     from iraas.awsapi import client
 
     url = request.getfixturevalue("moto")

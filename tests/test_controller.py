@@ -11,7 +11,7 @@ from iraas.config import Settings
 from iraas.controller import Controller
 from iraas.lifecycle.cluster import Cluster
 from iraas.messages import Heartbeat, Request, Result
-from iraas.parts import Parts, embedded, make_controller
+from iraas.parts import Parts, build, make_controller
 
 from .fakes import FakeFleet
 
@@ -35,7 +35,7 @@ def setup(tmp_path: Path) -> tuple[Parts, FakeFleet, Clock, Controller]:
         start_grace_s=4,
         max_receives=2,
     )
-    b, clock = embedded(settings), Clock()
+    b, clock = build(settings), Clock()
     fleet = FakeFleet(clock)
     return b, fleet, clock, make_controller(b, fleet, settings, clock=clock)
 

@@ -18,7 +18,7 @@ from prometheus_client import generate_latest
 
 from iraas.config import Settings
 from iraas.messages import Result
-from iraas.parts import embedded, make_app
+from iraas.parts import build, make_app
 from iraas.web.metrics import Metrics
 
 from .conftest import ROOT
@@ -112,7 +112,7 @@ def test_each_alert_fires_on_its_trouble_and_not_on_a_healthy_service(tmp_path: 
 
 def test_every_metric_they_name_is_served(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
-    with TestClient(make_app(settings, embedded(settings)), base_url="http://127.0.0.1") as c:
+    with TestClient(make_app(settings, build(settings)), base_url="http://127.0.0.1") as c:
         served = c.get("/metrics").text
     families = dict(re.findall(r"^# TYPE (\w+) (\w+)$", served, re.M))
     names = set()

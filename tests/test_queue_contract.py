@@ -1,4 +1,5 @@
-"""One contract for every queue backend: SQLite always, SQS against moto's server.
+"""One contract for every queue backend: SQLite, PostgreSQL (a real server), SQS against moto's
+server.
 
 Counts are checked only where both SQLite and moto are exact; nothing here relies on SQS's
 approximations or on moto never delivering twice.
@@ -19,15 +20,30 @@ from iraas.queues.sqlite import SqliteQueue
 MakeQueue = Callable[..., Queue]
 
 
-@pytest.fixture(params=["sqlite", "sqs"])
+@pytest.fixture(params=["sqlite", "postgres", "sqs"])
 def make_queue(request: pytest.FixtureRequest, tmp_path: Path) -> MakeQueue:
     if request.param == "sqlite":
         return lambda name="q", **kw: SqliteQueue(tmp_path / "queue.db", name, **kw)
+    if request.param == "postgres":
+        from iraas.pg import Database
+        from iraas.queues.postgres import PostgresQueue
+
+        db = Database(request.getfixturevalue("pg_url"))
+        db.migrate()
+        request.addfinalizer(db.close)
+        return lambda name="q", **kw: PostgresQueue(db, name, **kw)
     from iraas.awsapi import client as aws_client
     from iraas.queues.sqs import SqsQueue
 
     client = aws_client("sqs", "us-east-1", request.getfixturevalue("moto"))
     return lambda name="q", **kw: SqsQueue(client, name, **kw)
+
+
+def _exact(q: Queue) -> bool:
+    """Receipts and receive counts exact (SQLite, PostgreSQL), not SQS's approximations."""
+    from iraas.queues.sqs import SqsQueue
+
+    return not isinstance(q, SqsQueue)
 
 
 def _receive_one(q: Queue, wait_s: float = 5, visibility_s: int = 30) -> object:
@@ -93,8 +109,8 @@ def test_release_gives_messages_back_at_once(make_queue: MakeQueue) -> None:
     q.release([m.receipt for m in first])
     again = {m.body: m for m in q.receive(10, wait_s=2, visibility_s=60)}
     assert set(again) == {"a", "b"}  # not hidden for the 60 s they were received for
-    if isinstance(q, SqliteQueue):
-        # The embedded queue does not count a hand-back: it cannot push a message towards the
+    if _exact(q):
+        # The embedded and PostgreSQL queues do not count a hand-back: it cannot push a message towards the
         # dead-letter queue, and the old receipt is dead.
         assert [m.receive_count for m in again.values()] == [1, 1]
         assert not q.change_visibility(first[0].receipt, 0)
@@ -127,7 +143,7 @@ def test_stale_receipt_cannot_delete_or_extend(make_queue: MakeQueue) -> None:
     old = q.receive(1, wait_s=1, visibility_s=1)[0]
     new = q.receive(1, wait_s=5, visibility_s=2)[0]
     assert new.id == old.id
-    if not isinstance(q, SqliteQueue):
+    if not _exact(q):
         # AWS: with an old receipt "the request succeeds, but the message might not be
         # deleted"; moto honours old receipts for delete and visibility alike. Only "no error"
         # holds there. Harmless for iraas: results are conditional puts, the first one wins.

@@ -1,5 +1,6 @@
-"""One contract for every reply channel: a Unix datagram socket per web process (embedded) and
-an SQS queue per web process (AWS, against moto's server). A worker relies on this: a reply
+"""One contract for every reply channel: a Unix datagram socket per web process (embedded), a
+row woken by NOTIFY (PostgreSQL, a real server, several hosts) and an SQS queue per web process
+(AWS, against moto's server). A worker relies on this: a reply
 sent to an open inbox arrives once, a reply to an inbox nobody opened says so (False) instead
 of waiting, and a send never blocks for long."""
 
@@ -12,14 +13,24 @@ import pytest
 
 from iraas.replies import Replies, SocketReplies
 
-# Sockets keep the order replies were sent in; SQS standard queues need not.
-ORDERED = {"socket"}
+# Sockets and PostgreSQL keep the order replies were sent in; SQS standard queues need not.
+ORDERED = {"socket", "postgres"}
+# Where a closed inbox is known gone (a send says False); an SQS queue is only purged.
+TELLS_CLOSED = {"socket", "postgres"}
 
 
-@pytest.fixture(params=["socket", "sqs"])
+@pytest.fixture(params=["socket", "postgres", "sqs"])
 def channel(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Replies]:
     if request.param == "socket":
         return "socket", SocketReplies(tmp_path)
+    if request.param == "postgres":
+        from iraas.pg import Database
+        from iraas.replies import PostgresReplies
+
+        db = Database(request.getfixturevalue("pg_url"))
+        db.migrate()
+        request.addfinalizer(db.close)
+        return "postgres", PostgresReplies(db)
     from iraas.awsapi import client
     from iraas.replies import SqsReplies
 
@@ -71,7 +82,7 @@ def test_after_its_inbox_closed_a_send_does_not_wait_or_fail(channel: tuple[str,
     kind, replies = channel
     inbox = replies.inbox("web3")
     inbox.close()
-    # A socket can tell (False: nobody waits there); an SQS queue is purged, not deleted (its
-    # name could not be made again for 60 s; inbox names are never reused, and `iraas aws
-    # destroy` deletes them), so the send is accepted and never read.
-    assert replies.send("web3", "{}") is (kind != "socket")
+    # A socket or a database can tell (False: nobody waits there); an SQS queue is purged, not
+    # deleted (its name could not be made again for 60 s; inbox names are never reused, and
+    # `iraas aws destroy` deletes them), so the send is accepted and never read.
+    assert replies.send("web3", "{}") is (kind not in TELLS_CLOSED)

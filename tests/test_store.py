@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 
 from iraas.config import Settings
-from iraas.parts import assemble, embedded
+from iraas.parts import assemble, build
 from iraas.queues.group import GroupSender
 from iraas.queues.sqlite import SqliteQueue
 
 
 def test_ids_are_recognised_by_every_process_of_the_deployment_and_carry_their_time(tmp_path: Path) -> None:
-    one, two = embedded(Settings(data_dir=tmp_path)), embedded(Settings(data_dir=tmp_path))
+    one, two = build(Settings(data_dir=tmp_path)), build(Settings(data_dir=tmp_path))
     ids = one.ids.new_ids(100)
     assert len(set(ids)) == 100 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
     at = two.ids.issued_at(ids[0])  # another process, the same key from the store
     assert at is not None and abs(at - one.ids.clock()) < 2
-    other = embedded(Settings(data_dir=tmp_path / "elsewhere"))
+    other = build(Settings(data_dir=tmp_path / "elsewhere"))
     assert other.ids.issued_at(ids[0]) is None  # another deployment's key
     assert two.ids.issued_at("0" * 32) is None and two.ids.issued_at("xyz") is None
 
@@ -65,7 +65,7 @@ def test_a_failed_group_send_fails_its_senders(tmp_path: Path) -> None:
 
 
 def test_enrolments_are_kept_apart_from_the_base_gallery(tmp_path: Path) -> None:
-    web1, web2 = embedded(Settings(data_dir=tmp_path)), embedded(Settings(data_dir=tmp_path))
+    web1, web2 = build(Settings(data_dir=tmp_path)), build(Settings(data_dir=tmp_path))
     web1.gallery.publish_gallery(b"base")
     v0 = web1.gallery.gallery_version()
     (a,), (b,) = web1.ids.new_ids(1), web2.ids.new_ids(1)
@@ -81,7 +81,7 @@ def test_a_person_removed_leaves_out_earlier_photos_not_later_ones(tmp_path: Pat
     from iraas.model.faces import Gallery
 
     clock = [1000.0]
-    parts = embedded(Settings(data_dir=tmp_path))
+    parts = build(Settings(data_dir=tmp_path))
     store = assemble(requests=parts.requests, blobs=parts.blobs, replies=parts.replies, clock=lambda: clock[0])
     row = np.ones(128, np.float32)
 
@@ -113,7 +113,7 @@ def test_retention_expires_inputs_results_and_dedup_but_keeps_enrolments(tmp_pat
 
     from iraas.messages import Result
 
-    store = embedded(Settings(data_dir=tmp_path))
+    store = build(Settings(data_dir=tmp_path))
     (old, new) = store.ids.new_ids(2)
     store.results.put_input(b"old bytes", "a" * 64)
     store.results.put_input(b"new bytes", "b" * 64)
@@ -137,10 +137,10 @@ def test_retention_expires_inputs_results_and_dedup_but_keeps_enrolments(tmp_pat
 def test_an_id_past_the_results_retention_reads_expired_not_queued(tmp_path: Path) -> None:
     import time
 
-    store = embedded(Settings(data_dir=tmp_path))
+    store = build(Settings(data_dir=tmp_path))
     (rid,) = store.ids.new_ids(1)
     assert store.results.status(rid, result_ttl_s=3600) == {"id": rid, "status": "queued"}
-    later = embedded(Settings(data_dir=tmp_path))
+    later = build(Settings(data_dir=tmp_path))
     later.results.clock = lambda: time.time() + 7200
     got = later.results.status(rid, result_ttl_s=3600)
     assert got is not None and (got["status"], got["error"]) == ("failed", "expired")

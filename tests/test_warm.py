@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from iraas.config import Settings
-from iraas.parts import embedded, make_controller
+from iraas.parts import build, make_controller
 from iraas.queues.sqlite import SqliteQueue
 
 from .conftest import IMAGENET
@@ -103,7 +103,7 @@ def test_a_request_wakes_the_controller_at_once(tmp_path: Path) -> None:
     """The controller ticks on a send, not only on its timer (here an hour): from zero workers
     the first launch follows the request, not the next tick."""
     settings = Settings(data_dir=tmp_path, max_workers=2, tick_s=3600)
-    store, fleet = embedded(settings), FakeFleet()
+    store, fleet = build(settings), FakeFleet()
     controller = make_controller(store, fleet, settings)
     stop = threading.Event()
     thread = threading.Thread(target=controller.run, args=(stop,))

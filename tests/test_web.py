@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from iraas.config import Settings
 from iraas.messages import ClusterStatus, Result
-from iraas.parts import Parts, embedded, make_app
+from iraas.parts import Parts, build, make_app
 
 from .conftest import IMAGENET
 from .drafts import make_request
@@ -28,7 +28,7 @@ MAX_FILE = 1_000_000
 
 @pytest.fixture
 def store(tmp_path: Path) -> Parts:
-    return embedded(_settings(tmp_path))
+    return build(_settings(tmp_path))
 
 
 def _settings(tmp_path: Path) -> Settings:
@@ -184,7 +184,7 @@ def _client_with(tmp_path: Path, **changes: object) -> TestClient:
     import dataclasses
 
     settings = dataclasses.replace(_settings(tmp_path), **changes)  # type: ignore[arg-type]
-    return TestClient(make_app(settings, embedded(settings)), base_url="http://127.0.0.1")
+    return TestClient(make_app(settings, build(settings)), base_url="http://127.0.0.1")
 
 
 def test_past_max_backlog_new_work_is_shed_with_retry_after(tmp_path: Path) -> None:
@@ -195,7 +195,7 @@ def test_past_max_backlog_new_work_is_shed_with_retry_after(tmp_path: Path) -> N
         shed = c.post("/v1/recognitions?wait=false", files=[("files", ("c.jpg", PHOTOS[2].read_bytes()))])
         assert (shed.status_code, shed.json()["error"]) == (503, "overloaded")
         assert int(shed.headers["retry-after"]) > 0
-        assert embedded(_settings(tmp_path)).requests.depth().visible == 2  # the shed request queued nothing
+        assert build(_settings(tmp_path)).requests.depth().visible == 2  # the shed request queued nothing
 
 
 def test_a_locked_queue_file_is_a_quick_503_and_not_ready(tmp_path: Path) -> None:
@@ -215,7 +215,7 @@ def test_a_locked_queue_file_is_a_quick_503_and_not_ready(tmp_path: Path) -> Non
             holder.execute("ROLLBACK")
             holder.close()
         assert c.get("/readyz").status_code == 200
-        assert embedded(_settings(tmp_path)).requests.depth().backlog == 0  # nothing half-queued
+        assert build(_settings(tmp_path)).requests.depth().backlog == 0  # nothing half-queued
 
 
 def test_a_full_disk_refuses_uploads_and_is_not_ready(tmp_path: Path) -> None:
@@ -223,7 +223,7 @@ def test_a_full_disk_refuses_uploads_and_is_not_ready(tmp_path: Path) -> None:
         r = c.post("/v1/recognitions", files=[("files", ("a.jpg", JPEG))])
         assert (r.status_code, r.json()["error"]) == (507, "disk_full") and "retry-after" in r.headers
         assert c.get("/readyz").status_code == 503
-    _nothing_stored_or_queued(embedded(_settings(tmp_path)))
+    _nothing_stored_or_queued(build(_settings(tmp_path)))
 
 
 def test_a_large_upload_waits_on_disk_and_is_stored_whole(tmp_path: Path) -> None:
@@ -231,7 +231,7 @@ def test_a_large_upload_waits_on_disk_and_is_stored_whole(tmp_path: Path) -> Non
     with _client_with(tmp_path, spool_bytes=4096) as c:
         r = c.post("/v1/recognitions?wait=false", files=[("files", ("big.jpg", big))])
         assert r.status_code == 202
-    store = embedded(_settings(tmp_path))
+    store = build(_settings(tmp_path))
     (key,) = store.blobs.list("inputs/")
     assert store.blobs.get(key) == big
 

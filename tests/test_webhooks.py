@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from iraas.config import Settings
 from iraas.messages import Request, Result
 from iraas.model.classifier import Classifier
-from iraas.parts import Parts, embedded, make_app, make_deliverer, make_worker
+from iraas.parts import Parts, build, make_app, make_deliverer, make_worker
 from iraas.signing import new_secret
 from iraas.webhooks.deliver import Deliverer, backoff_s
 
@@ -189,7 +189,7 @@ def test_a_request_queued_past_its_deadline_is_never_inferred_and_its_webhook_sa
     tmp_path: Path, classifier: Classifier
 ) -> None:
     settings = _settings(tmp_path, url_allow=("127.0.0.1",))
-    store = embedded(settings)
+    store = build(settings)
     counting = _Counting(classifier)
     with receiver() as rec:
         late = _queue(store, PHOTOS[0].read_bytes(), deadline=time.time() + 0.2, callback=rec.url)
@@ -212,7 +212,7 @@ def test_an_address_the_policy_refuses_at_delivery_time_gets_nothing(tmp_path: P
     """The callback's host resolved to a public address when the request came, and to loopback
     now (DNS rebinding): refused at the attempt, never retried, nothing sent."""
     settings = _settings(tmp_path)  # no url_allow: loopback is refused
-    store = embedded(settings)
+    store = build(settings)
     with receiver() as rec:
         port = rec.url.split(":")[2].split("/")[0]
         rid = _queue(store, PHOTOS[0].read_bytes(), callback=f"http://hooks.example.com:{port}/in")
@@ -235,7 +235,7 @@ def test_the_retry_delay_doubles_with_jitter_and_is_capped() -> None:
 def test_the_web_tier_refuses_callbacks_it_must_not_deliver_and_bad_deadlines(tmp_path: Path) -> None:
     photo = ("p.jpg", PHOTOS[0].read_bytes())
     settings = _settings(tmp_path)
-    store = embedded(settings)
+    store = build(settings)
     with TestClient(make_app(settings, store), base_url="http://127.0.0.1") as c:
         for callback, status, code in [
             ("http://127.0.0.1:9/hook", 403, "refused_address"),
@@ -255,7 +255,7 @@ def test_the_web_tier_refuses_callbacks_it_must_not_deliver_and_bad_deadlines(tm
         assert 29 < body["deadline"] - body["submitted_at"] <= 30 and body["trace"] == sent.headers["x-request-id"]
     assert store.deliveries is not None and store.deliveries.depth().visible == 0  # nothing to deliver
     unsigned = Settings(data_dir=tmp_path / "other")
-    with TestClient(make_app(unsigned, embedded(unsigned)), base_url="http://127.0.0.1") as c:
+    with TestClient(make_app(unsigned, build(unsigned)), base_url="http://127.0.0.1") as c:
         r = c.post("/v1/recognitions", files={"files": photo}, data={"callback_url": "https://example.com/h"})
         assert (r.status_code, r.json()["error"]) == (400, "webhooks_off")
 

@@ -14,7 +14,7 @@ import pytest
 from iraas.config import Settings
 from iraas.messages import Request, Result
 from iraas.model.classifier import Classifier
-from iraas.parts import Parts, assemble, embedded, make_worker
+from iraas.parts import Parts, assemble, build, make_worker
 from iraas.replies import Inbox
 from iraas.worker import Worker
 
@@ -29,7 +29,7 @@ MODEL = "efficientnet-lite0"
 
 @pytest.fixture
 def store(tmp_path: Path) -> Parts:
-    return embedded(Settings(data_dir=tmp_path, heartbeat_s=0.2))
+    return build(Settings(data_dir=tmp_path, heartbeat_s=0.2))
 
 
 @pytest.fixture

@@ -192,7 +192,7 @@ def _default_subnets(aws: Aws) -> tuple[str, list[str]]:
 def _publish_gallery(aws: Aws, name: str, bucket: str, model: str, gallery: str) -> None:
     from ..config import Settings
     from ..faces.gallery import publish_if_given
-    from ..parts import on_aws
+    from ..parts import build
 
     settings = Settings(
         backend="aws",
@@ -203,7 +203,7 @@ def _publish_gallery(aws: Aws, name: str, bucket: str, model: str, gallery: str)
         aws_region=aws.region or "",
         aws_endpoint_url=aws.endpoint_url or "",
     )
-    publish_if_given(model, gallery, on_aws(settings).gallery)
+    publish_if_given(model, gallery, build(settings).gallery)
 
 
 def _create_or_update(aws: Aws, name: str, params: dict[str, str]) -> None:

@@ -9,6 +9,7 @@ import math
 import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import Request
@@ -73,6 +74,7 @@ class WebParts:
     cluster: Cluster
     keys: KeyRing
     quotas: Quotas
+    disk: Path | None = None  # the local disk the blob store fills (readiness, 507), if it is one
 
 
 @dataclass
@@ -162,11 +164,10 @@ class WebService:
         return url
 
     def _load(self) -> tuple[Depth, int | None]:
-        """Queue depth, and free bytes on the embedded store's disk (None on AWS)."""
+        """Queue depth, and free bytes on a local blob store's disk (None for a server's)."""
         depth = self.requests.depth()
-        if self.settings.backend != "embedded":
-            return depth, None
-        return depth, shutil.disk_usage(self.settings.data_dir).free
+        disk = self.parts.disk
+        return depth, shutil.disk_usage(disk).free if disk is not None and disk.exists() else None
 
     def probe(self) -> Depth:
         """Readiness: the queue and the store answer, a blob can be written, the disk has room."""

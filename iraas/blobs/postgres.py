@@ -1,0 +1,88 @@
+"""Blobs in PostgreSQL, for deployments on several hosts that have no object store: one row per
+key in `iraas_blobs` (pg.py makes the schema). A put is one statement; `if_absent` is an
+INSERT that does nothing on a conflict, so the first writer wins across every host. Every
+commit is synchronous, `durable=False` included: a database restart loses nothing it acknowledged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+from ..pg import NOW, Database, DatabaseError
+from .base import BlobError, BlobNotFound, check_key
+
+
+class PostgresBlobStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @contextmanager
+    def _conn(self) -> Iterator[Any]:
+        try:
+            with self.db.connection() as conn:
+                yield conn
+        except DatabaseError as exc:
+            raise BlobError(str(exc)) from None
+
+    def put(self, key: str, data: bytes | IO[bytes], if_absent: bool = False, durable: bool = True) -> bool:
+        check_key(key)
+        body = bytes(data) if isinstance(data, bytes | bytearray | memoryview) else data.read()
+        with self._conn() as conn:
+            if not if_absent:
+                conn.execute(
+                    f"INSERT INTO iraas_blobs (key, data, modified) VALUES (%s, %s, {NOW})"
+                    " ON CONFLICT (key) DO UPDATE SET data = EXCLUDED.data, modified = EXCLUDED.modified",
+                    (key, body),
+                )
+                return True
+            cur = conn.execute(
+                f"INSERT INTO iraas_blobs (key, data, modified) VALUES (%s, %s, {NOW}) ON CONFLICT (key) DO NOTHING",
+                (key, body),
+            )
+            if cur.rowcount == 1:
+                return True
+            # Someone stored the same bytes: they are wanted again, so their age (what
+            # retention goes by) starts anew, as on the directory store.
+            conn.execute(f"UPDATE iraas_blobs SET modified = {NOW} WHERE key = %s", (key,))
+            return False
+
+    def get(self, key: str) -> bytes:
+        check_key(key)
+        with self._conn() as conn:
+            row = conn.execute("SELECT data FROM iraas_blobs WHERE key = %s", (key,)).fetchone()
+        if row is None:
+            raise BlobNotFound(key)
+        return bytes(row[0])
+
+    def exists(self, key: str) -> bool:
+        check_key(key)
+        with self._conn() as conn:
+            return conn.execute("SELECT 1 FROM iraas_blobs WHERE key = %s", (key,)).fetchone() is not None
+
+    def delete(self, key: str) -> None:
+        check_key(key)
+        with self._conn() as conn:
+            conn.execute("DELETE FROM iraas_blobs WHERE key = %s", (key,))
+
+    def list(self, prefix: str = "") -> list[str]:
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT key FROM iraas_blobs WHERE key >= %s AND key < %s ORDER BY key", (prefix, _after(prefix))
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def expire(self, folder: str, before: float) -> int:
+        with self._conn() as conn:
+            cur = conn.execute(
+                "DELETE FROM iraas_blobs WHERE key >= %s AND key < %s AND modified < %s",
+                (folder, _after(folder), before),
+            )
+            return int(cur.rowcount)
+
+
+def _after(prefix: str) -> str:
+    """The smallest string greater than every string starting with `prefix` (a range scan on
+    the primary key, not a LIKE that the collation may not index)."""
+    return prefix + "\U0010ffff" if prefix else "\U0010ffff"

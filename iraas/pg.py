@@ -1,0 +1,191 @@
+"""One PostgreSQL database as iraas's store: a connection pool per process, the schema created
+on first start and migrated by version, and waits woken by LISTEN/NOTIFY.
+
+Every process of a deployment (on any host) uses the same database; the queue, blob store and
+reply channels on it (`queues/postgres.py`, `blobs/postgres.py`, `replies.py`) share one
+`Database` per process. Time is the database server's (`now()`), never a host's: hosts' clocks
+differ, and visibility timeouts must mean the same everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+log = logging.getLogger(__name__)
+
+# Each migration is run once, in order, in one transaction with the version it brings; a
+# later release appends, never edits. The advisory lock makes concurrent first starts safe.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE iraas_messages (
+        id uuid PRIMARY KEY,
+        queue text NOT NULL,
+        body text NOT NULL,
+        receipt uuid,
+        receive_count integer NOT NULL DEFAULT 0,
+        sent_at double precision NOT NULL,
+        visible_at double precision NOT NULL
+    );
+    CREATE INDEX iraas_messages_ready ON iraas_messages (queue, visible_at);
+    CREATE INDEX iraas_messages_receipt ON iraas_messages (receipt);
+    CREATE TABLE iraas_blobs (
+        key text COLLATE "C" PRIMARY KEY,  -- byte order: prefix ranges, sorted lists
+        data bytea NOT NULL,
+        modified double precision NOT NULL
+    );
+    CREATE TABLE iraas_inboxes (
+        name text PRIMARY KEY,
+        seen_at double precision NOT NULL
+    );
+    """,
+]
+_MIGRATE_LOCK = 0x1AA5_0001  # an advisory lock id of our own
+NOW = "extract(epoch from now())"  # the database server's clock, in epoch seconds
+
+
+class DatabaseError(Exception):
+    """The database could not be reached or refused (the message never holds a password)."""
+
+
+def redacted(url: str) -> str:
+    """`url` as it may be logged or shown: any password replaced by ***."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "postgresql://(unreadable URL)"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = (parts.username or "") + ":***"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[-1]}"))
+
+
+def channel(name: str) -> str:
+    """A NOTIFY channel name for `name` (identifiers are at most 63 bytes; names may be longer)."""
+    import hashlib
+
+    return "iraas_" + hashlib.sha1(name.encode()).hexdigest()[:24]
+
+
+class Database:
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8, timeout_s: float = 5.0) -> None:
+        """`url`: a libpq URL (postgresql://user@host:port/db); a password may also come from
+        PGPASSFILE / ~/.pgpass, PG* variables or a service file, as libpq reads them."""
+        self.url, self.shown = url, redacted(url)
+        self.min_size, self.max_size, self.timeout_s = min_size, max_size, timeout_s
+        self._pool: Any = None
+        self._pid = -1
+        self._lock = threading.Lock()
+
+    def pool(self) -> Any:
+        # A pool (its connections and threads) must not cross fork(): a new one in a child.
+        with self._lock:
+            if self._pool is None or self._pid != os.getpid():
+                self._pool, self._pid = self._open(), os.getpid()
+            return self._pool
+
+    def _open(self) -> Any:
+        from psycopg_pool import ConnectionPool
+
+        pool = ConnectionPool(
+            self.url,
+            kwargs={"autocommit": True},
+            min_size=self.min_size,
+            max_size=self.max_size,
+            timeout=self.timeout_s,
+            open=False,
+        )
+        try:
+            pool.open(wait=True, timeout=self.timeout_s)
+        except Exception as exc:
+            pool.close()
+            raise DatabaseError(f"cannot connect to {self.shown}: {_why(exc)}") from None
+        return pool
+
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        """A connection in autocommit mode; `with conn.transaction():` for several statements."""
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        try:
+            with self.pool().connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise DatabaseError(f"database {self.shown}: {_why(exc)}") from None
+
+    def migrate(self) -> int:
+        """Bring the schema to the newest version; the version it is at. On its own connection,
+        not the pool's: a wrong URL or a server away is said at start in libpq's own words."""
+        psycopg = _psycopg()
+        try:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=max(int(self.timeout_s), 2))
+        except psycopg.OperationalError as exc:
+            raise DatabaseError(f"cannot connect to {self.shown}: {_why(exc)}") from None
+        with conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
+            conn.execute("CREATE TABLE IF NOT EXISTS iraas_schema (version integer NOT NULL)")
+            row = conn.execute("SELECT max(version) FROM iraas_schema").fetchone()
+            at = int(row[0] or 0) if row else 0
+            if at > len(MIGRATIONS):
+                raise DatabaseError(
+                    f"the database {self.shown} holds schema version {at}, newer than this iraas "
+                    f"knows ({len(MIGRATIONS)}): run the release that made it, or a later one"
+                )
+            for version, sql in enumerate(MIGRATIONS[at:], start=at + 1):
+                conn.execute(sql)
+                conn.execute("INSERT INTO iraas_schema (version) VALUES (%s)", (version,))
+                log.info("database %s: schema version %d", self.shown, version)
+        return len(MIGRATIONS)
+
+    def wait_for(self, channels: list[str], until: Callable[[Any], Any], timeout_s: float, poll_s: float) -> Any:
+        """`until(conn)` until it returns something true or `timeout_s` passes; between tries,
+        sleeps until a NOTIFY on one of `channels` (or `poll_s`: a lost notification only costs
+        latency). Listening starts before the first try: a send after it cannot be missed."""
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        with self.connection() as conn:
+            for name in channels:
+                conn.execute(f"LISTEN {name}")
+            try:
+                while True:
+                    got = until(conn)
+                    left = deadline - time.monotonic()
+                    if got or left <= 0:
+                        return got
+                    for _ in conn.notifies(timeout=min(left, poll_s), stop_after=1):
+                        pass
+            finally:
+                conn.execute("UNLISTEN *")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None and self._pid == os.getpid():
+                self._pool.close()
+            self._pool = None
+
+
+def _psycopg() -> Any:
+    try:
+        import psycopg
+        import psycopg_pool  # noqa: F401 (the pool: checked now, used later)
+    except ImportError:
+        raise DatabaseError("PostgreSQL needs the postgres extra: pip install 'iraas[postgres]'") from None
+    return psycopg
+
+
+def _why(exc: BaseException) -> str:
+    """An error's words without the connection string (libpq may quote it): its last line
+    that says something ("connection refused", "password authentication failed for user …")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    core = lines[0].rsplit(" failed: ", 1)[-1]  # "connection to server at …, port … failed: X"
+    return core[:300]

@@ -1,0 +1,208 @@
+"""A queue in PostgreSQL, for a deployment on several hosts (procrastinate and Oban are the model).
+
+Messages are rows of `iraas_messages` (pg.py makes the schema). A receive claims up to ten
+visible rows in one statement with `FOR UPDATE SKIP LOCKED`, so concurrent receivers on any
+host never take the same message and never wait on each other; a long poll sleeps on LISTEN
+until a sender's NOTIFY (sent in the sender's transaction, so delivered on its commit).
+Semantics as the queue contract suite defines them: at-least-once, visibility timeout, receive
+count, dead letters after `max_receives` (moved to `<name>-dlq` in the same table), depth with
+in-flight and delayed messages, the oldest message's age.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from ..pg import NOW, Database, DatabaseError, channel
+from .base import (
+    Depth,
+    Message,
+    QueueError,
+    check_receipts,
+    check_receive,
+    check_send,
+    check_visibility,
+)
+
+log = logging.getLogger(__name__)
+
+_CLAIM = f"""
+WITH picked AS (
+    SELECT id FROM iraas_messages
+    WHERE queue = %(q)s AND visible_at <= {NOW} AND receive_count < %(max)s
+    ORDER BY visible_at LIMIT %(n)s FOR UPDATE SKIP LOCKED
+)
+UPDATE iraas_messages m SET receipt = gen_random_uuid(), receive_count = m.receive_count + 1,
+    visible_at = {NOW} + %(vis)s
+FROM picked WHERE m.id = picked.id
+RETURNING m.id, m.body, m.receipt, m.receive_count, m.sent_at
+"""
+_DEAD = f"""
+WITH dead AS (
+    SELECT id FROM iraas_messages
+    WHERE queue = %(q)s AND visible_at <= {NOW} AND receive_count >= %(max)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE iraas_messages m SET queue = %(dlq)s, receipt = NULL, visible_at = {NOW}
+FROM dead WHERE m.id = dead.id
+"""
+_NO_LIMIT = 2**31 - 1
+
+
+class PostgresQueue:
+    """A named queue in the deployment's database; `max_receives` turns on redrive to
+    `<name>-dlq`. `poll_s` bounds a long poll's sleep when no notification comes."""
+
+    def __init__(self, db: Database, name: str, *, max_receives: int | None = None, poll_s: float = 1.0) -> None:
+        self.db, self.name, self.max_receives, self._poll_s = db, name, max_receives, poll_s
+        self._channel = channel(f"queue:{name}")
+        self._dlq = PostgresQueue(db, f"{name}-dlq", poll_s=poll_s) if max_receives else None
+
+    @property
+    def dead_letter(self) -> PostgresQueue | None:
+        return self._dlq
+
+    @contextmanager
+    def _conn(self) -> Iterator[Any]:
+        try:
+            with self.db.connection() as conn:
+                yield conn
+        except DatabaseError as exc:
+            raise QueueError(str(exc)) from None
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def send(self, body: str, delay_s: int = 0) -> str:
+        check_send([body], delay_s)
+        return self._insert([body], delay_s)[0]
+
+    def send_batch(self, bodies: Sequence[str]) -> list[str]:
+        check_send(bodies)
+        return self._insert(bodies, 0)
+
+    def _insert(self, bodies: Sequence[str], delay_s: int) -> list[str]:
+        ids = [uuid.uuid4() for _ in bodies]
+        rows = [(i, self.name, body, delay_s) for i, body in zip(ids, bodies, strict=True)]
+        with self._conn() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO iraas_messages (id, queue, body, sent_at, visible_at)"
+                f" VALUES (%s, %s, %s, {NOW}, {NOW} + %s)",
+                rows,
+            )
+            cur.execute("SELECT pg_notify(%s, '')", (self._channel,))
+        return [i.hex for i in ids]
+
+    # -- receiving --------------------------------------------------------------------------
+
+    def receive(self, max_messages: int = 1, wait_s: float = 0, visibility_s: int = 30) -> list[Message]:
+        check_receive(max_messages, wait_s, visibility_s)
+
+        def claim(conn: Any) -> list[Message]:
+            return self._claim(conn, max_messages, visibility_s)
+
+        with self._conn() as conn:
+            got = claim(conn)
+        if got or wait_s <= 0:
+            return got
+        try:
+            found: list[Message] = self.db.wait_for([self._channel], claim, wait_s, self._poll_s)
+        except DatabaseError as exc:
+            raise QueueError(str(exc)) from None
+        return found
+
+    def _claim(self, conn: Any, n: int, visibility_s: int) -> list[Message]:
+        limit = self.max_receives if self._dlq is not None and self.max_receives else _NO_LIMIT
+        with conn.transaction():
+            if self._dlq is not None:
+                moved = conn.execute(_DEAD, {"q": self.name, "max": limit, "dlq": self._dlq.name}).rowcount
+                if moved:
+                    conn.execute("SELECT pg_notify(%s, '')", (self._dlq._channel,))
+                    dlq = self._dlq.name
+                    log.info("moved %d message(s) from %s to %s after %s receives", moved, self.name, dlq, limit)
+            rows = conn.execute(_CLAIM, {"q": self.name, "max": limit, "n": n, "vis": visibility_s}).fetchall()
+        return [
+            Message(id=r[0].hex, body=r[1], receipt=r[2].hex, receive_count=r[3], sent_at=r[4])
+            for r in sorted(rows, key=lambda r: r[4])
+        ]
+
+    @contextmanager
+    def wakeups(self) -> Iterator[Callable[[float], bool] | None]:
+        with self._conn() as conn:
+            conn.execute(f"LISTEN {self._channel}")
+            try:
+                yield lambda timeout: any(True for _ in conn.notifies(timeout=max(timeout, 0.0), stop_after=1))
+            finally:
+                conn.execute("UNLISTEN *")
+
+    # -- acknowledging ----------------------------------------------------------------------
+
+    def delete(self, receipt: str) -> None:
+        self.delete_batch([receipt])
+
+    def delete_batch(self, receipts: Sequence[str]) -> None:
+        check_receipts(receipts)
+        with self._conn() as conn:
+            conn.execute(
+                "DELETE FROM iraas_messages WHERE queue = %s AND receipt = ANY(%s)",
+                (self.name, [_uuid(r) for r in receipts if _uuid(r)]),
+            )
+
+    def change_visibility(self, receipt: str, visibility_s: int) -> bool:
+        check_visibility(visibility_s)
+        if not _uuid(receipt):
+            return False
+        with self._conn() as conn, conn.transaction():
+            cur = conn.execute(
+                f"UPDATE iraas_messages SET visible_at = {NOW} + %s WHERE queue = %s AND receipt = %s",
+                (visibility_s, self.name, _uuid(receipt)),
+            )
+            changed = bool(cur.rowcount == 1)
+            if changed and visibility_s == 0:
+                conn.execute("SELECT pg_notify(%s, '')", (self._channel,))
+        return changed
+
+    def release(self, receipts: Sequence[str]) -> None:
+        check_receipts(receipts)
+        with self._conn() as conn, conn.transaction():
+            # A fresh receipt-less state: the old receipts can no longer delete or extend it.
+            conn.execute(
+                f"UPDATE iraas_messages SET visible_at = {NOW}, receipt = NULL,"
+                " receive_count = GREATEST(receive_count - 1, 0) WHERE queue = %s AND receipt = ANY(%s)",
+                (self.name, [_uuid(r) for r in receipts if _uuid(r)]),
+            )
+            conn.execute("SELECT pg_notify(%s, '')", (self._channel,))
+
+    def writable(self) -> None:
+        with self._conn() as conn:
+            conn.execute("SELECT 1 FROM iraas_messages LIMIT 0")
+
+    # -- inspecting -------------------------------------------------------------------------
+
+    def depth(self) -> Depth:
+        with self._conn() as conn:
+            row = conn.execute(
+                f"SELECT count(*) FILTER (WHERE visible_at <= {NOW}),"
+                f" count(*) FILTER (WHERE visible_at > {NOW} AND receive_count > 0),"
+                f" count(*) FILTER (WHERE visible_at > {NOW} AND receive_count = 0),"
+                f" {NOW} - min(sent_at)"
+                " FROM iraas_messages WHERE queue = %s",
+                (self.name,),
+            ).fetchone()
+        oldest = max(float(row[3]), 0.0) if row[3] is not None else 0.0
+        return Depth(int(row[0]), int(row[1]), int(row[2]), round(oldest, 3))
+
+    def purge(self) -> None:
+        with self._conn() as conn:
+            conn.execute("DELETE FROM iraas_messages WHERE queue = %s", (self.name,))
+
+
+def _uuid(receipt: str) -> uuid.UUID | None:
+    """A receipt as the database keeps it; None for one that cannot be ours (never matches)."""
+    try:
+        return uuid.UUID(hex=receipt)
+    except ValueError:
+        return None
