@@ -25,8 +25,15 @@ if TYPE_CHECKING:
 # The processes a setting is for: `iraas up` takes every one of the three; `iraas keys` reads
 # the store. A setting of a process's own parts: the controller also takes the settings of the
 # workers it starts (they are handed on in the workers' environment).
-WEB, WORKER, CONTROLLER, KEYS = "web", "worker", "controller", "keys"
-PROCESSES = {"up": (WEB, WORKER, CONTROLLER), WEB: (WEB,), WORKER: (WORKER,), CONTROLLER: (CONTROLLER,), KEYS: (KEYS,)}
+WEB, WORKER, CONTROLLER, KEYS, UP = "web", "worker", "controller", "keys", "up"
+PROCESSES = {
+    UP: (WEB, WORKER, CONTROLLER, UP),
+    WEB: (WEB,),
+    WORKER: (WORKER,),
+    CONTROLLER: (CONTROLLER,),
+    KEYS: (KEYS,),
+}
+ROLES = ("all", "web", "workers")
 
 
 def setting(
@@ -49,6 +56,13 @@ def setting(
 @dataclass(frozen=True)
 class Settings:
     # where and how
+    role: str = setting(
+        "all",
+        "what this host runs: all (web tier, controller, workers; default), web (the web tier; several "
+        "hosts behind any load balancer) or workers (a worker pool, 0 to --max-workers, on the shared "
+        "backlog); on PostgreSQL one process at a time does the deployment's duties, whichever host",
+        {UP},
+    )
     data_dir: Path = setting(  # noqa: RUF009 (a field(): `setting` returns one)
         Path("iraas-data"),
         "embedded queue file and blob directory (default ./iraas-data)",
@@ -324,7 +338,8 @@ def _check(settings: Settings) -> None:
         raise ValueError("need 0 <= min_workers <= max_workers")
     if not 0 <= settings.warm_pool <= settings.max_workers:
         raise ValueError("need 0 <= warm_pool <= max_workers")
-    for name, allowed in (("auth", AUTH_MODES), ("backend", BACKENDS), ("course_reply", COURSE_REPLIES)):
+    named = (("auth", AUTH_MODES), ("backend", BACKENDS), ("course_reply", COURSE_REPLIES), ("role", ROLES))
+    for name, allowed in named:
         if getattr(settings, name) not in allowed:
             raise ValueError(f"{name} must be {_either(allowed)}, not {getattr(settings, name)!r}")
     if settings.log_format not in FORMATS:

@@ -10,6 +10,8 @@ saw and did through the store, for `/v1/cluster` and status queries.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections import deque
@@ -18,12 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from .autoscale import Decision, Observation, Policy, State, decide
+from .duty import Duty, SoleDuty
 from .fleet.base import Fleet, Instance
 from .lifecycle.cluster import Cluster
 from .lifecycle.results import Results, reply
 from .logs import about
 from .messages import ClusterStatus, Heartbeat, MessageError, Request, Result, WorkerView
-from .queues.base import Queue
+from .queues.base import Queue, QueueError
 from .replies import Replies
 
 log = logging.getLogger(__name__)
@@ -54,14 +57,18 @@ class Controller:
         results: Results,
         cluster: Cluster,
         replies: Replies,
-        fleet: Fleet,
+        fleet: Fleet | None,
         config: ControllerConfig,
         sweep: Callable[[], int] = _no_sweep,
+        duty: Duty | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """`sweep()`: retention (expired blobs removed, how many), run once a minute."""
+        """`fleet`: None on a host without workers (it may still hold the duties); `sweep()`:
+        retention (expired blobs removed, how many), run once a minute; `duty`: whether this
+        process does the once-per-deployment duties (dead letters, retention, the status)."""
         self.requests, self.results, self.cluster, self.replies = requests, results, cluster, replies
         self.fleet, self.config, self.sweep, self.clock = fleet, config, sweep, clock
+        self.duty: Duty = duty or SoleDuty()
         self.policy = config.policy
         self.state = State()
         self.decisions: deque[dict[str, Any]] = deque(maxlen=50)
@@ -76,11 +83,16 @@ class Controller:
         self._peak = (0, 0, 0)  # (waiting, in flight, workers) since the last sample
 
     def run(self, stop: threading.Event) -> None:
-        with self.requests.wakeups() as woken:
-            while not stop.is_set():
-                ticked = time.monotonic()
-                self._safe_tick()
-                self._pause(stop, woken if self._short else None, ticked)
+        while not stop.is_set():
+            try:
+                with self.requests.wakeups() as woken:
+                    while not stop.is_set():
+                        ticked = time.monotonic()
+                        self._safe_tick()
+                        self._pause(stop, woken if self._short else None, ticked)
+            except QueueError as exc:  # its wake-up channel broke (a database restart): open another
+                log.warning("controller: the queue's wake-ups failed (%s); listening again in 1 s", exc)
+                stop.wait(1.0)
 
     def _pause(self, stop: threading.Event, woken: Callable[[float], bool] | None, ticked: float) -> None:
         """Until the next tick: `tick_s` after the last, or sooner when a request is sent (on
@@ -126,21 +138,32 @@ class Controller:
         now = self.clock()
         depth = self.requests.depth()
         beats = self.cluster.heartbeats()
+        decision, active, instances = self._scale(now, depth.backlog, beats)
+        self._sample(now, (depth.visible + depth.delayed, depth.in_flight, len(active)))
+        if self.duty.held():  # once per deployment: this process, while it holds them
+            dead = self.drain_dead_letters()
+            self.dead_total += dead
+            self._sweep(now)
+            self._publish(now, depth.visible, depth.in_flight, dead, beats, instances)
+        return decision
+
+    def _scale(
+        self, now: float, backlog: int, beats: dict[str, Heartbeat]
+    ) -> tuple[Decision, list[Instance], list[Instance]]:
+        """This host's workers sized to the whole backlog (at most its `max_workers`): the
+        decision, the active workers, and every instance as listed after the change."""
+        if self.fleet is None:
+            return Decision(0, "no workers on this host"), [], []
         listed = self.fleet.list()
         live = [i for i in listed if i.state != "stopping"]
-        active = self._replace_stale(live, beats, now)
+        active = self._replace_stale(self.fleet, live, beats, now)
         busy = [i for i in active if i.id in beats and beats[i.id].state == "busy"]
-        obs = Observation(backlog=depth.backlog, workers=len(active), busy=len(busy), recent=self._recent_work(beats))
+        obs = Observation(backlog=backlog, workers=len(active), busy=len(busy), recent=self._recent_work(beats))
         decision, self.state = decide(obs, self.policy, self.state, now)
-        changed = self._apply(decision, active, beats) or len(active) != len(live)
+        changed = self._apply(self.fleet, decision, active, beats) or len(active) != len(live)
         self._record(decision, obs, now)
-        dead = self.drain_dead_letters()
-        self.dead_total += dead
-        self._sample(now, (depth.visible + depth.delayed, depth.in_flight, len(active)))
-        self._sweep(now)
         # List again only when this tick launched, stopped or killed (on EC2 a list is an API call).
-        self._publish(now, depth.visible, depth.in_flight, dead, beats, self.fleet.list() if changed else listed)
-        return decision
+        return decision, active, self.fleet.list() if changed else listed
 
     def _sample(self, now: float, load: tuple[int, int, int]) -> None:
         """The load's peaks over each HISTORY_EVERY_S (a burst shorter than that still shows)."""
@@ -151,7 +174,9 @@ class Controller:
 
     # -- health and scaling -----------------------------------------------------------------
 
-    def _replace_stale(self, active: list[Instance], beats: dict[str, Heartbeat], now: float) -> list[Instance]:
+    def _replace_stale(
+        self, fleet: Fleet, active: list[Instance], beats: dict[str, Heartbeat], now: float
+    ) -> list[Instance]:
         stale = []
         for inst in active:
             beat = beats.get(inst.id)
@@ -162,7 +187,7 @@ class Controller:
                 stale.append(inst.id)
         if stale:
             log.warning("replacing worker(s) with stale heartbeats: %s", ", ".join(stale))
-            self.fleet.kill(stale)
+            fleet.kill(stale)
             for wid in stale:
                 self.cluster.remove_heartbeat(wid)
         known = {i.id for i in active}
@@ -179,11 +204,11 @@ class Controller:
         self._work_total = total
         return recent
 
-    def _apply(self, decision: Decision, active: list[Instance], beats: dict[str, Heartbeat]) -> bool:
+    def _apply(self, fleet: Fleet, decision: Decision, active: list[Instance], beats: dict[str, Heartbeat]) -> bool:
         """Launch or stop the difference; True if the fleet was asked to change."""
         diff = decision.desired - len(active)
         if diff > 0:
-            launched = self.fleet.launch(diff)
+            launched = fleet.launch(diff)
             log.info("launched %d worker(s): %s", len(launched), ", ".join(launched))
             return bool(launched)
         # Idle first, then those that have not reported yet; busy ones never.
@@ -192,7 +217,7 @@ class Controller:
         victims = (idle + quiet)[:-diff] if diff < 0 else []
         if victims:
             log.info("stopping idle worker(s): %s", ", ".join(victims))
-            self.fleet.stop(victims)
+            fleet.stop(victims)
         return bool(victims)
 
     def _record(self, decision: Decision, obs: Observation, now: float) -> None:
@@ -268,14 +293,23 @@ class Controller:
             running=sorted({rid for beat in beats.values() for rid in beat.current}),
             queue={"visible": visible, "in_flight": in_flight, "dead_lettered": dead},
             dead_letters_total=self.dead_total,
-            workers=[_view(inst, beats.get(inst.id)) for inst in instances],
+            workers=_views(instances, beats),
             history=[list(h) for h in self.history],
             decisions=list(self.decisions),
             policy=self.policy.__dict__,
-            fleet_errors=self.fleet.errors[-5:],
-            warm=self.fleet.warm(),
+            fleet_errors=self.fleet.errors[-5:] if self.fleet else [],
+            warm=self.fleet.warm() if self.fleet else None,
+            by=f"{socket.gethostname()}:{os.getpid()}",
         )
         self.cluster.publish_status(status)
+
+
+def _views(instances: list[Instance], beats: dict[str, Heartbeat]) -> list[WorkerView]:
+    """This host's instances, then the workers other hosts run (known by their heartbeats)."""
+    mine = [_view(inst, beats.get(inst.id)) for inst in instances]
+    ours = {inst.id for inst in instances}
+    theirs = [_view(Instance(wid, beat.state, beat.started_at), beat) for wid, beat in beats.items() if wid not in ours]
+    return mine + theirs
 
 
 def _view(inst: Instance, beat: Heartbeat | None) -> WorkerView:

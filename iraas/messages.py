@@ -195,6 +195,7 @@ class ClusterStatus(_Json):
     policy: dict[str, Any] | None = None
     fleet_errors: list[dict[str, Any]] = field(default_factory=list)
     warm: dict[str, Any] | None = None
+    by: str = ""  # "<host>:<pid>" of the controller that holds the duties and published this
     v: int = VERSION
     _UNVERSIONED_OK = True
 

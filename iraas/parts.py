@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .blobs.base import BlobStore
 from .config import WORKER, Settings, process_env
+from .duty import Duty, SoleDuty
 from .faces.gallery import GalleryStore
 from .fleet.base import Fleet
 from .lifecycle.callbacks import Callbacks
@@ -99,6 +100,7 @@ class Parts:
     callbacks: Callbacks
     cluster: Cluster
     gallery: GalleryStore
+    duty: Duty  # whether this process does the once-per-deployment duties now
 
 
 def assemble(
@@ -107,6 +109,7 @@ def assemble(
     blobs: BlobStore,
     replies: Replies,
     deliveries: Queue | None = None,
+    duty: Duty | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Parts:
     """The lifecycle's parts over these backends: the results' final hook queues webhooks, and
@@ -123,7 +126,7 @@ def assemble(
         model_version=gallery.model_version,
     )
     cluster = Cluster(blobs)
-    return Parts(requests, deliveries, blobs, replies, ids, results, callbacks, cluster, gallery)
+    return Parts(requests, deliveries, blobs, replies, ids, results, callbacks, cluster, gallery, duty or SoleDuty())
 
 
 def build(settings: Settings) -> Parts:
@@ -187,8 +190,9 @@ def policy_from(settings: Settings) -> Policy:
 
 
 def make_controller(
-    parts: Parts, fleet: Fleet, settings: Settings, clock: Callable[[], float] = time.time
+    parts: Parts, fleet: Fleet | None, settings: Settings, clock: Callable[[], float] = time.time
 ) -> Controller:
+    """`fleet` None: a host without workers, that may still hold the deployment's duties."""
     from .access.quota import expire_usage
     from .controller import Controller, ControllerConfig
 
@@ -214,6 +218,7 @@ def make_controller(
         fleet=fleet,
         config=config,
         sweep=sweep,
+        duty=parts.duty,
         clock=clock,
     )
 
@@ -233,7 +238,7 @@ def make_deliverer(parts: Parts, settings: Settings, **kw: Any) -> Deliverer:
         concurrency=settings.webhook_concurrency,
         url_allow=settings.url_allow,
     )
-    return Deliverer(deliveries=parts.deliveries, callbacks=parts.callbacks, config=config, **kw)
+    return Deliverer(deliveries=parts.deliveries, callbacks=parts.callbacks, config=config, duty=parts.duty, **kw)
 
 
 def web_parts(

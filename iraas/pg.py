@@ -99,6 +99,9 @@ class Database:
             min_size=self.min_size,
             max_size=self.max_size,
             timeout=self.timeout_s,
+            # A connection is checked (one empty query) before it is handed out: after a database
+            # restart the pool's old ones are replaced, not failed one request each.
+            check=ConnectionPool.check_connection,
             open=False,
         )
         try:

@@ -9,10 +9,12 @@ import socket
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 
 from . import logs
 from .config import Settings
 from .faces.gallery import publish_if_given
+from .fleet.base import Fleet
 from .parts import Parts, build, make_app, make_controller, make_deliverer, make_fleet, make_worker
 from .stores import blobs_url, queue_url, shown
 
@@ -42,7 +44,11 @@ def check_access(settings: Settings, parts: Parts) -> None:
 
 
 def up(settings: Settings, with_controller: bool = True) -> None:
-    """The web tier, and (for `up`) the controller and its fleet, in one process."""
+    """What `role` says this host runs: the web tier and a controller (with its local workers,
+    or, role web, none: it may still hold the deployment's duties); role workers: `controller`."""
+    if settings.role == "workers":
+        controller(settings)
+        return
     from .web.server import listen
 
     parts = build(settings)
@@ -50,22 +56,29 @@ def up(settings: Settings, with_controller: bool = True) -> None:
     publish_if_given(settings.model, settings.gallery, parts.gallery)
     background = None
     if with_controller:
-        fleet = make_fleet(settings)
-        controller = make_controller(parts, fleet, settings)
-        deliverer = make_deliverer(parts, settings)
-
-        def background(stop: threading.Event) -> None:
-            hooks = threading.Thread(target=deliverer.run, args=(stop,), daemon=True, name="webhooks")
-            hooks.start()
-            try:
-                controller.run(stop)
-            finally:
-                fleet.shutdown()
-                hooks.join(timeout=settings.webhook_timeout_s + 2)
-
+        fleet = make_fleet(settings) if settings.role == "all" else None
+        background = _controller_thread(parts, fleet, settings)
     app = make_app(settings, parts, background=background)
     print(f"iraas serving on http://{settings.host}:{settings.port}  ({_where(settings)})", flush=True)
     listen(app, settings)
+
+
+def _controller_thread(parts: Parts, fleet: Fleet | None, settings: Settings) -> Callable[[threading.Event], None]:
+    controller = make_controller(parts, fleet, settings)
+    deliverer = make_deliverer(parts, settings)
+
+    def background(stop: threading.Event) -> None:
+        hooks = threading.Thread(target=deliverer.run, args=(stop,), daemon=True, name="webhooks")
+        hooks.start()
+        try:
+            controller.run(stop)
+        finally:
+            if fleet is not None:
+                fleet.shutdown()
+            parts.duty.release()
+            hooks.join(timeout=settings.webhook_timeout_s + 2)
+
+    return background
 
 
 def _where(settings: Settings) -> str:
@@ -75,18 +88,12 @@ def _where(settings: Settings) -> str:
 
 
 def controller(settings: Settings) -> None:
-    parts = build(settings)
-    fleet = make_fleet(settings)
+    """The controller alone, with its local workers (`iraas controller`, `up --role workers`)."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    hooks = threading.Thread(target=make_deliverer(parts, settings).run, args=(stop,), daemon=True, name="webhooks")
-    hooks.start()
-    try:
-        make_controller(parts, fleet, settings).run(stop)
-    finally:
-        fleet.shutdown()
-        hooks.join(timeout=settings.webhook_timeout_s + 2)
+    print(f"iraas workers on this host, up to {settings.max_workers}  ({_where(settings)})", flush=True)
+    _controller_thread(build(settings), make_fleet(settings), settings)(stop)
 
 
 def worker(settings: Settings, worker_id: str | None = None, parent: int | None = None) -> None:

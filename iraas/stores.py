@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .blobs.base import BlobStore
 from .config import Settings
+from .duty import Duty, PostgresDuty, SoleDuty
 from .pg import Database, redacted
 from .queues.base import Queue
 from .replies import Replies
@@ -36,6 +37,7 @@ class Stores:
     deliveries: Queue | None
     blobs: BlobStore
     replies: Replies
+    duty: Duty  # the once-per-deployment duties: an advisory lock on PostgreSQL
 
 
 def queue_url(settings: Settings) -> str:
@@ -86,7 +88,9 @@ def open_stores(settings: Settings, aws: Any = None) -> Stores:
     """The stores the settings name; `aws(service)`: a boto3 client for SQS and S3."""
     opened = _Opened()
     requests, deliveries, replies = _queues(settings, opened, aws)
-    return Stores(requests, deliveries, _blobs(settings, opened, aws), replies)
+    url = queue_url(settings)
+    duty = PostgresDuty(url) if url.split(":", 1)[0].lower() in ("postgresql", "postgres") else SoleDuty()
+    return Stores(requests, deliveries, _blobs(settings, opened, aws), replies, duty)
 
 
 def open_blobs(settings: Settings, aws: Any = None) -> BlobStore:

@@ -109,6 +109,10 @@ class PgServer:
 
     def restart(self) -> None:
         self.stop()
+        self.resume()
+
+    def resume(self) -> None:
+        """Start the stopped server again, on its data."""
         self._run()
         self._wait_ready()
 

@@ -180,8 +180,11 @@ class WebService:
     def status(self, rid: str, owners: list[str]) -> dict[str, Any] | None:
         """`rid`'s result and its webhook's delivery, or where it is; None if never issued for
         one of `owners` (blocking I/O: call from a thread)."""
-        running = set(self.cluster.status().running)
-        return self.results.status(rid, self.settings.result_ttl_s, owners, running, also=self._callback_shown)
+        try:
+            running = set(self.cluster.status().running)
+            return self.results.status(rid, self.settings.result_ttl_s, owners, running, also=self._callback_shown)
+        except (QueueError, BlobError, OSError) as exc:
+            raise self._refused("cannot read the result now", exc) from None
 
     def _callback_shown(self, rid: str) -> dict[str, Any]:
         state = self.callbacks.state(rid)

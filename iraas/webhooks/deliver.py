@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 import httpx
 
 from .. import signing
+from ..duty import Duty, SoleDuty
 from ..lifecycle.callbacks import Callbacks
 from ..logs import about
 from ..messages import OUTCOMES, CallbackState, Delivery, MessageError
@@ -65,8 +66,11 @@ class Deliverer:
         resolver: Resolver = system_resolver,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = random.random,
+        duty: Duty | None = None,
     ) -> None:
+        """`duty`: delivering is a once-per-deployment duty: only while this process holds it."""
         self.queue, self.callbacks, self.config = deliveries, callbacks, config
+        self.duty: Duty = duty or SoleDuty()
         self.keys = list(config.keys)
         self.policy = UrlPolicy(config.url_allow, config.timeout_s, 64 * 1024)
         self.resolver, self.clock, self.jitter = resolver, clock, jitter
@@ -88,6 +92,9 @@ class Deliverer:
             while not stop.is_set():
                 if len(busy) >= limit:
                     await asyncio.wait(busy, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                if not await asyncio.to_thread(self.duty.held):  # another process delivers
+                    await asyncio.sleep(1.0)
                     continue
                 try:
                     msgs = await asyncio.to_thread(self._receive, min(10, limit - len(busy)), 0.2 if busy else 1.0)
