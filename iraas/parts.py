@@ -132,7 +132,13 @@ def assemble(
 def build(settings: Settings) -> Parts:
     """The parts over the stores the settings name (`queue`, `blobs`, or `backend`'s)."""
     stores = open_stores(settings, lambda service: aws_client(service, settings))
-    return assemble(requests=stores.requests, blobs=stores.blobs, replies=stores.replies, deliveries=stores.deliveries)
+    return assemble(
+        requests=stores.requests,
+        blobs=stores.blobs,
+        replies=stores.replies,
+        deliveries=stores.deliveries,
+        duty=stores.duty,
+    )
 
 
 def make_fleet(settings: Settings) -> Fleet:

@@ -37,8 +37,9 @@ def _as_postgres(cmd: list[str], netns: str = "") -> list[str]:
 
 
 class PgServer:
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, netns: str = "") -> None:
-        self.host, self.netns = host, netns
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, netns: str = "", fsync: bool = False) -> None:
+        """`fsync`: on for benchmarks (the figures a deployment gets); off for the tests."""
+        self.host, self.netns, self.fsync = host, netns, fsync
         self.port = port or _free_port()
         # Not under pytest's tmp_path: the postgres user cannot enter root's private directories.
         self.root = Path(tempfile.mkdtemp(prefix="iraas-pg-"))
@@ -71,9 +72,10 @@ class PgServer:
 
     def _run(self) -> None:
         server = [_bin("postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.sockets)]
-        # fsync off: these tests lose nothing to a power cut they do not make; commits stay
+        # fsync off for the tests: they lose nothing to a power cut they do not make; commits stay
         # synchronous, so a killed server process loses no acknowledged commit.
-        server += ["-c", f"listen_addresses={self.host}", "-c", "fsync=off", "-c", "max_connections=300"]
+        fsync = "on" if self.fsync else "off"
+        server += ["-c", f"listen_addresses={self.host}", "-c", f"fsync={fsync}", "-c", "max_connections=300"]
         log = open(self._log, "ab")  # noqa: SIM115 (the server's output while it runs)
         self.proc = subprocess.Popen(_as_postgres(server, self.netns), stdout=log, stderr=subprocess.STDOUT)
         log.close()

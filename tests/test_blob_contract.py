@@ -1,5 +1,6 @@
 """One contract for every blob store: a directory, PostgreSQL (a real server), S3 against moto's
-server."""
+server, and an S3-compatible store named by its URL alone (s3://bucket?endpoint_url=…, moto's
+server standing in for MinIO, Ceph or R2)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,16 @@ def _s3_factory(url: str, bucket: str) -> Factory:
     return lambda: S3BlobStore(client("s3", "us-east-1", url), bucket, prefix="deploy")
 
 
+def _s3_url_factory(moto: str) -> Factory:
+    from iraas.awsapi import client
+    from iraas.config import Settings
+    from iraas.stores import open_blobs
+
+    client("s3", "us-east-1", moto).create_bucket(Bucket="compatible")
+    url = f"s3://compatible?endpoint_url={moto}&region=us-east-1&prefix=site"
+    return lambda: open_blobs(Settings(blobs=url))
+
+
 def _pg_factory(url: str) -> Factory:
     from iraas.blobs.postgres import PostgresBlobStore
     from iraas.pg import Database
@@ -30,13 +41,15 @@ def _pg_factory(url: str) -> Factory:
     return lambda: PostgresBlobStore(Database(url))
 
 
-@pytest.fixture(params=["directory", "postgres", "s3"])
+@pytest.fixture(params=["directory", "postgres", "s3", "s3-url"])
 def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
     if request.param == "directory":
         root = tmp_path / "blobs"
         return lambda: DirectoryBlobStore(root)
     if request.param == "postgres":
         return _pg_factory(request.getfixturevalue("pg_url"))
+    if request.param == "s3-url":
+        return _s3_url_factory(request.getfixturevalue("moto"))
     from iraas.awsapi import client
 
     url = request.getfixturevalue("moto")

@@ -116,8 +116,6 @@ def test_100_course_requests_over_both_web_hosts_from_zero_workers(dep: Deployme
         answers = list(pool.map(lambda u, f: course_post(u, f), urls, files))
     labels = expected(classifier, files)
     assert answers == [f"{f.stem}:{label}" for f, label in zip(files, labels, strict=True)]
-    for host in ("wk1", "wk2"):  # both worker hosts took their share of the burst
-        assert "launched" in dep.log(host), host
 
 
 def test_a_web_host_cut_off_its_accepted_requests_are_answered_through_the_other(dep: Deployment) -> None:
@@ -146,6 +144,7 @@ def test_a_worker_host_cut_off_mid_batch_its_requests_are_answered_by_the_other(
         sent = httpx.post(dep.web("web1") + "/v1/recognitions?wait=false", files=files, timeout=60)
         assert sent.status_code == 202
         ids += [e["id"] for e in sent.json()]
+
     def wk1_working() -> bool:
         mine = set(re.findall(r"local-[0-9a-f]{8}", dep.log("wk1")))  # the workers wk1 launched
         view = dep.cluster("web1")
@@ -182,14 +181,35 @@ def test_the_duty_holder_cut_off_another_host_takes_the_duties_over(dep: Deploym
     _until(lambda: dep.holder("web1") != "", "a holder of the duties")
     holder = dep.holder("web1")
     via = "web2" if holder == "web1" else "web1"
+    assert _lock_holders(dep) == 1  # one process of the four holds them
+    assert {dep.holder(via) for _ in range(20)} == {holder}  # and only it publishes the status
     dep.lan.cut(holder)
+    cut_at = time.monotonic()
     try:
         _until(lambda: dep.holder(via) not in ("", holder), f"the duties taken over from {holder}", within_s=60)
+        print(f"duties taken over from {holder} by {dep.holder(via)} in {time.monotonic() - cut_at:.1f} s")
         # A dead letter (a request that failed max_receives times) still becomes a failed result.
         rid = _dead_letter(dep)
         assert _final(dep, via, rid)["error"] == "gave_up"
+        assert _lock_holders(dep) == 1
     finally:
         dep.lan.mend(holder)
+
+
+def _lock_holders(dep: Deployment) -> int:
+    """Sessions holding the duties' advisory lock (iraas/duty.py's id, in 32 bits: objid)."""
+    from iraas.duty import _DUTY_LOCK
+
+    db = Database(dep.url)
+    try:
+        with db.connection() as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = %s",
+                (_DUTY_LOCK,),
+            ).fetchone()
+    finally:
+        db.close()
+    return int(row[0]) if row else 0
 
 
 def _dead_letter(dep: Deployment) -> str:
