@@ -105,6 +105,10 @@ def _queues(args: argparse.Namespace, pg: PgServer, tmp: Path) -> None:
     )
 
 
+def _running(svc: Service) -> int:
+    return len([w for w in svc.cluster()["workers"] if w["state"] in ("idle", "busy")])
+
+
 def _services(args: argparse.Namespace, pg: PgServer, tmp: Path) -> None:
     files = image_files([SAMPLE])
     url = pg.database("servicebench")
@@ -115,7 +119,7 @@ def _services(args: argparse.Namespace, pg: PgServer, tmp: Path) -> None:
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in svcs}
     try:
         for svc in svcs.values():
-            svc.start().wait_for(lambda s=svc: len(s.worker_pids()) == 2, timeout=60)
+            svc.start().wait_for(lambda s=svc: _running(s) == 2, timeout=60)
         for r in range(args.rounds):
             for name, svc in svcs.items():
                 assert svc.proc is not None

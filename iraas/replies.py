@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
-from .pg import NOW, Database, channel
+from .pg import NOW, Database, DatabaseError, channel
 from .queues.base import QueueMissing
 from .sockets import bound, readable, socket_dir
 
@@ -156,17 +156,17 @@ class PostgresReplies:
         self.db, self.alive_s, self.poll_s = db, alive_s, poll_s
 
     def send(self, to: str, body: str) -> bool:
-        with self.db.connection() as conn, conn.transaction():
-            cur = conn.execute(
-                "INSERT INTO iraas_messages (id, queue, body, sent_at, visible_at)"
+        # One statement (one round trip): the row, only for a live inbox, and its NOTIFY. Not
+        # durable: a reply is a hint (the result is stored); a lost one costs a redelivery's wait.
+        with self.db.connection(durable=False) as conn:
+            row = conn.execute(
+                "WITH sent AS (INSERT INTO iraas_messages (id, queue, body, sent_at, visible_at)"
                 f" SELECT %s, %s, %s, {NOW}, {NOW} WHERE EXISTS"
-                f" (SELECT 1 FROM iraas_inboxes WHERE name = %s AND seen_at > {NOW} - %s)",
-                (uuid.uuid4(), _inbox_queue(to), body, to, self.alive_s),
-            )
-            if cur.rowcount == 0:
-                return False
-            conn.execute("SELECT pg_notify(%s, '')", (channel(_inbox_queue(to)),))
-        return True
+                f" (SELECT 1 FROM iraas_inboxes WHERE name = %s AND seen_at > {NOW} - %s) RETURNING 1)"
+                " SELECT count(*), pg_notify(%s, '') FROM sent",
+                (uuid.uuid4(), _inbox_queue(to), body, to, self.alive_s, channel(_inbox_queue(to))),
+            ).fetchone()
+        return bool(row and row[0])
 
     def inbox(self, name: str) -> PostgresInbox:
         with self.db.connection() as conn, conn.transaction():
@@ -185,19 +185,49 @@ class PostgresReplies:
 
 
 class PostgresInbox:
+    """Its own connection, listening for the whole life of the web process (not a pooled one
+    and a LISTEN per wait: a reply is one round trip to take, after its NOTIFY)."""
+
     def __init__(self, name: str, replies: PostgresReplies) -> None:
         self.name, self._replies = name, replies
         self._queue = _inbox_queue(name)
         self._seen = time.monotonic()
+        self._conn: Any = None
 
     def receive(self, wait_s: float) -> list[str]:
+        import psycopg
+
         replies = self._replies
-        if time.monotonic() - self._seen > replies.alive_s / 6:  # alive: keep receiving replies
-            self._seen = time.monotonic()
-            with replies.db.connection() as conn:
+        try:
+            conn = self._listening()
+            if time.monotonic() - self._seen > replies.alive_s / 6:  # alive: keep receiving replies
+                self._seen = time.monotonic()
                 conn.execute(f"UPDATE iraas_inboxes SET seen_at = {NOW} WHERE name = %s", (self.name,))
-        got: list[str] = replies.db.wait_for([channel(self._queue)], self._take, wait_s, replies.poll_s)
+            deadline = time.monotonic() + wait_s
+            got = self._take(conn)
+            # A notification may be for a reply taken already (one take empties the inbox):
+            # wait on until one brings something, or the wait is over.
+            while not got and (left := deadline - time.monotonic()) > 0:
+                for _ in conn.notifies(timeout=min(left, replies.poll_s), stop_after=1):
+                    pass
+                got = self._take(conn)
+        except psycopg.Error as exc:
+            self._drop()
+            raise DatabaseError(f"reply inbox {self.name}: {str(exc).strip()[:200]}") from None
         return got
+
+    def _listening(self) -> Any:
+        if self._conn is None or self._conn.closed:
+            self._conn = self._replies.db.dedicated(durable=False)
+            self._conn.execute(f"LISTEN {channel(self._queue)}")
+        return self._conn
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
 
     def _take(self, conn: Any) -> list[str]:
         rows = conn.execute(
@@ -208,6 +238,7 @@ class PostgresInbox:
         return [body for _, body in sorted(rows, key=lambda r: r[0])]
 
     def close(self) -> None:
+        self._drop()
         with self._replies.db.connection() as conn, conn.transaction():
             conn.execute("DELETE FROM iraas_inboxes WHERE name = %s", (self.name,))
             conn.execute("DELETE FROM iraas_messages WHERE queue = %s", (self._queue,))

@@ -169,6 +169,9 @@ def _final(dep: Deployment, via: str, rid: str) -> dict[str, Any]:
 
     def done() -> bool:
         got = httpx.get(f"{dep.web(via)}/v1/recognitions/{rid}", timeout=5)
+        if got.status_code == 503:  # the store away a moment (a restart): ask again, as told
+            assert int(got.headers["retry-after"]) > 0 and got.json()["error"] == "store_unavailable"
+            return False
         assert got.status_code == 200, got.text
         answer.update(got.json())
         return answer["status"] in ("done", "failed")

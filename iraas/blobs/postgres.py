@@ -1,7 +1,9 @@
 """Blobs in PostgreSQL, for deployments on several hosts that have no object store: one row per
 key in `iraas_blobs` (pg.py makes the schema). A put is one statement; `if_absent` is an
-INSERT that does nothing on a conflict, so the first writer wins across every host. Every
-commit is synchronous, `durable=False` included: a database restart loses nothing it acknowledged.
+INSERT that does nothing on a conflict, so the first writer wins across every host. A durable
+put's commit is flushed before it returns; `durable=False` (heartbeats, the status, an input)
+may be undone by a crash of the database server within ~0.6 s of it, as the directory store's
+may by a power cut.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ class PostgresBlobStore:
         self.db = db
 
     @contextmanager
-    def _conn(self) -> Iterator[Any]:
+    def _conn(self, durable: bool = True) -> Iterator[Any]:
         try:
-            with self.db.connection() as conn:
+            with self.db.connection(durable) as conn:
                 yield conn
         except DatabaseError as exc:
             raise BlobError(str(exc)) from None
@@ -29,7 +31,7 @@ class PostgresBlobStore:
     def put(self, key: str, data: bytes | IO[bytes], if_absent: bool = False, durable: bool = True) -> bool:
         check_key(key)
         body = bytes(data) if isinstance(data, bytes | bytearray | memoryview) else data.read()
-        with self._conn() as conn:
+        with self._conn(durable) as conn:
             if not if_absent:
                 conn.execute(
                     f"INSERT INTO iraas_blobs (key, data, modified) VALUES (%s, %s, {NOW})"
@@ -50,7 +52,7 @@ class PostgresBlobStore:
 
     def get(self, key: str) -> bytes:
         check_key(key)
-        with self._conn() as conn:
+        with self._conn(durable=False) as conn:
             row = conn.execute("SELECT data FROM iraas_blobs WHERE key = %s", (key,)).fetchone()
         if row is None:
             raise BlobNotFound(key)
@@ -58,7 +60,7 @@ class PostgresBlobStore:
 
     def exists(self, key: str) -> bool:
         check_key(key)
-        with self._conn() as conn:
+        with self._conn(durable=False) as conn:
             return conn.execute("SELECT 1 FROM iraas_blobs WHERE key = %s", (key,)).fetchone() is not None
 
     def delete(self, key: str) -> None:
@@ -67,7 +69,7 @@ class PostgresBlobStore:
             conn.execute("DELETE FROM iraas_blobs WHERE key = %s", (key,))
 
     def list(self, prefix: str = "") -> list[str]:
-        with self._conn() as conn:
+        with self._conn(durable=False) as conn:
             rows = conn.execute(
                 "SELECT key FROM iraas_blobs WHERE key >= %s AND key < %s ORDER BY key", (prefix, _after(prefix))
             ).fetchall()

@@ -30,25 +30,42 @@ from .base import (
 
 log = logging.getLogger(__name__)
 
-_CLAIM = f"""
-WITH picked AS (
-    SELECT id FROM iraas_messages
-    WHERE queue = %(q)s AND visible_at <= {NOW} AND receive_count < %(max)s
-    ORDER BY visible_at LIMIT %(n)s FOR UPDATE SKIP LOCKED
-)
-UPDATE iraas_messages m SET receipt = gen_random_uuid(), receive_count = m.receive_count + 1,
-    visible_at = {NOW} + %(vis)s
-FROM picked WHERE m.id = picked.id
-RETURNING m.id, m.body, m.receipt, m.receive_count, m.sent_at
-"""
-_DEAD = f"""
+# One statement, one round trip, its own transaction: visible messages past `max_receives` go to
+# the dead-letter queue (notified), up to `n` others are claimed. The last row always comes: the
+# count moved, with the claimed message's columns or NULLs.
+_RECEIVE = f"""
 WITH dead AS (
-    SELECT id FROM iraas_messages
-    WHERE queue = %(q)s AND visible_at <= {NOW} AND receive_count >= %(max)s
-    FOR UPDATE SKIP LOCKED
+    UPDATE iraas_messages SET queue = %(dlq)s, receipt = NULL, visible_at = {NOW}
+    WHERE id IN (
+        SELECT id FROM iraas_messages
+        WHERE queue = %(q)s AND visible_at <= {NOW} AND receive_count >= %(max)s
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING 1
+), woken AS (
+    SELECT pg_notify(%(dlq_channel)s, '') FROM (SELECT 1) one WHERE EXISTS (SELECT 1 FROM dead)
+), claimed AS (
+    UPDATE iraas_messages m SET receipt = gen_random_uuid(), receive_count = m.receive_count + 1,
+        visible_at = {NOW} + %(vis)s
+    WHERE m.id IN (
+        SELECT id FROM iraas_messages
+        WHERE queue = %(q)s AND visible_at <= {NOW} AND receive_count < %(max)s
+        ORDER BY visible_at LIMIT %(n)s FOR UPDATE SKIP LOCKED
+    )
+    RETURNING m.id, m.body, m.receipt, m.receive_count, m.sent_at
 )
-UPDATE iraas_messages m SET queue = %(dlq)s, receipt = NULL, visible_at = {NOW}
-FROM dead WHERE m.id = dead.id
+SELECT c.id, c.body, c.receipt, c.receive_count, c.sent_at,
+    (SELECT count(*) FROM dead), (SELECT count(*) FROM woken)
+FROM (SELECT 1) one LEFT JOIN claimed c ON true
+"""
+# Sending is one statement too: the rows and their NOTIFY commit together.
+_SEND = f"""
+WITH sent AS (
+    INSERT INTO iraas_messages (id, queue, body, sent_at, visible_at)
+    SELECT id, %(q)s, body, {NOW}, {NOW} + %(delay)s FROM unnest(%(ids)s::uuid[], %(bodies)s::text[]) AS t(id, body)
+    RETURNING 1
+)
+SELECT count(*), pg_notify(%(channel)s, '') FROM sent
 """
 _NO_LIMIT = 2**31 - 1
 
@@ -67,9 +84,11 @@ class PostgresQueue:
         return self._dlq
 
     @contextmanager
-    def _conn(self) -> Iterator[Any]:
+    def _conn(self, durable: bool = True) -> Iterator[Any]:
+        """Only a send must outlive a database crash: a claim, a delete or a visibility change
+        lost with one is redone (the message comes back; the first result stored wins)."""
         try:
-            with self.db.connection() as conn:
+            with self.db.connection(durable) as conn:
                 yield conn
         except DatabaseError as exc:
             raise QueueError(str(exc)) from None
@@ -86,14 +105,9 @@ class PostgresQueue:
 
     def _insert(self, bodies: Sequence[str], delay_s: int) -> list[str]:
         ids = [uuid.uuid4() for _ in bodies]
-        rows = [(i, self.name, body, delay_s) for i, body in zip(ids, bodies, strict=True)]
-        with self._conn() as conn, conn.transaction(), conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO iraas_messages (id, queue, body, sent_at, visible_at)"
-                f" VALUES (%s, %s, %s, {NOW}, {NOW} + %s)",
-                rows,
-            )
-            cur.execute("SELECT pg_notify(%s, '')", (self._channel,))
+        params = {"q": self.name, "delay": delay_s, "ids": ids, "bodies": list(bodies), "channel": self._channel}
+        with self._conn() as conn:
+            conn.execute(_SEND, params)
         return [i.hex for i in ids]
 
     # -- receiving --------------------------------------------------------------------------
@@ -104,7 +118,7 @@ class PostgresQueue:
         def claim(conn: Any) -> list[Message]:
             return self._claim(conn, max_messages, visibility_s)
 
-        with self._conn() as conn:
+        with self._conn(durable=False) as conn:
             got = claim(conn)
         if got or wait_s <= 0:
             return got
@@ -116,22 +130,22 @@ class PostgresQueue:
 
     def _claim(self, conn: Any, n: int, visibility_s: int) -> list[Message]:
         limit = self.max_receives if self._dlq is not None and self.max_receives else _NO_LIMIT
-        with conn.transaction():
-            if self._dlq is not None:
-                moved = conn.execute(_DEAD, {"q": self.name, "max": limit, "dlq": self._dlq.name}).rowcount
-                if moved:
-                    conn.execute("SELECT pg_notify(%s, '')", (self._dlq._channel,))
-                    dlq = self._dlq.name
-                    log.info("moved %d message(s) from %s to %s after %s receives", moved, self.name, dlq, limit)
-            rows = conn.execute(_CLAIM, {"q": self.name, "max": limit, "n": n, "vis": visibility_s}).fetchall()
+        dlq = self._dlq.name if self._dlq is not None else ""
+        dlq_channel = self._dlq._channel if self._dlq is not None else ""
+        params = {"q": self.name, "max": limit, "n": n, "vis": visibility_s, "dlq": dlq, "dlq_channel": dlq_channel}
+        rows = conn.execute(_RECEIVE, params).fetchall()
+        moved = int(rows[0][5]) if rows else 0
+        if moved:
+            log.info("moved %d message(s) from %s to %s after %s receives", moved, self.name, dlq, limit)
+        got = [r for r in rows if r[0] is not None]
         return [
             Message(id=r[0].hex, body=r[1], receipt=r[2].hex, receive_count=r[3], sent_at=r[4])
-            for r in sorted(rows, key=lambda r: r[4])
+            for r in sorted(got, key=lambda r: r[4])
         ]
 
     @contextmanager
     def wakeups(self) -> Iterator[Callable[[float], bool] | None]:
-        with self._conn() as conn:
+        with self._conn(durable=False) as conn:
             conn.execute(f"LISTEN {self._channel}")
             try:
                 yield lambda timeout: any(True for _ in conn.notifies(timeout=max(timeout, 0.0), stop_after=1))
@@ -145,7 +159,7 @@ class PostgresQueue:
 
     def delete_batch(self, receipts: Sequence[str]) -> None:
         check_receipts(receipts)
-        with self._conn() as conn:
+        with self._conn(durable=False) as conn:
             conn.execute(
                 "DELETE FROM iraas_messages WHERE queue = %s AND receipt = ANY(%s)",
                 (self.name, [_uuid(r) for r in receipts if _uuid(r)]),
@@ -155,7 +169,7 @@ class PostgresQueue:
         check_visibility(visibility_s)
         if not _uuid(receipt):
             return False
-        with self._conn() as conn, conn.transaction():
+        with self._conn(durable=False) as conn, conn.transaction():
             cur = conn.execute(
                 f"UPDATE iraas_messages SET visible_at = {NOW} + %s WHERE queue = %s AND receipt = %s",
                 (visibility_s, self.name, _uuid(receipt)),
@@ -167,7 +181,7 @@ class PostgresQueue:
 
     def release(self, receipts: Sequence[str]) -> None:
         check_receipts(receipts)
-        with self._conn() as conn, conn.transaction():
+        with self._conn(durable=False) as conn, conn.transaction():
             # A fresh receipt-less state: the old receipts can no longer delete or extend it.
             conn.execute(
                 f"UPDATE iraas_messages SET visible_at = {NOW}, receipt = NULL,"
@@ -183,7 +197,7 @@ class PostgresQueue:
     # -- inspecting -------------------------------------------------------------------------
 
     def depth(self) -> Depth:
-        with self._conn() as conn:
+        with self._conn(durable=False) as conn:
             row = conn.execute(
                 f"SELECT count(*) FILTER (WHERE visible_at <= {NOW}),"
                 f" count(*) FILTER (WHERE visible_at > {NOW} AND receive_count > 0),"
@@ -196,7 +210,7 @@ class PostgresQueue:
         return Depth(int(row[0]), int(row[1]), int(row[2]), round(oldest, 3))
 
     def purge(self) -> None:
-        with self._conn() as conn:
+        with self._conn(durable=False) as conn:
             conn.execute("DELETE FROM iraas_messages WHERE queue = %s", (self.name,))
 
 
