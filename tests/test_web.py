@@ -258,3 +258,39 @@ def test_person_names_are_normalised_and_look_alikes_refused() -> None:
         with pytest.raises(InputError) as info:
             person_name(new, [taken])
         assert (info.value.status, info.value.code) == (409, "name_conflict")
+
+
+class _AwayBlobs:
+    """A blob store whose server is away a moment (a database restart), after `ok` calls."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner, self.away = inner, False
+
+    def __getattr__(self, name: str) -> object:
+        from iraas.blobs.base import BlobError
+
+        def call(*args: object, **kw: object) -> object:
+            if self.away:
+                raise BlobError("database postgresql://iraas:***@db/iraas: terminating connection")
+            return getattr(self.inner, name)(*args, **kw)
+
+        return call
+
+
+def test_a_store_away_a_moment_is_503_with_retry_after_on_any_route(tmp_path: Path) -> None:
+    from iraas.parts import assemble
+
+    settings = _settings(tmp_path)
+    real = build(settings)
+    away = _AwayBlobs(real.blobs)
+    parts = assemble(requests=real.requests, blobs=away, replies=real.replies)  # type: ignore[arg-type]
+    with TestClient(make_app(settings, parts), base_url="http://127.0.0.1") as client:
+        (rid,) = parts.ids.new_ids(1)
+        away.away = True
+        for path in (f"/v1/recognitions/{rid}", "/v1/cluster", "/v1/keys"):
+            r = client.get(path)
+            assert r.status_code == 503, (path, r.text)
+            assert r.json()["error"] == "store_unavailable" and r.json()["request_id"], path
+            assert int(r.headers["retry-after"]) > 0, path
+        away.away = False
+        assert client.get(f"/v1/recognitions/{rid}").json()["status"] == "queued"  # back by itself

@@ -22,7 +22,9 @@ from starlette.exceptions import HTTPException
 
 from .. import logs
 from ..access.keys import KeyRingError
+from ..blobs.base import BlobError
 from ..config import Settings
+from ..queues.base import QueueError
 from ..refusals import InputError
 from ..urls import Resolver, system_resolver
 from .asgi import HttpMiddleware, Send, on_start
@@ -111,6 +113,19 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InputError)
     async def _input_error(request: Request, exc: InputError) -> JSONResponse:
         return JSONResponse(body(request, exc.body()), status_code=exc.status, headers=exc.headers)
+
+    async def _store_error(request: Request, exc: Exception) -> JSONResponse:
+        # The store away a moment (a database restart) wherever a route met it: try again
+        # shortly. A refused permission is the operator's to fix: said in the log, not here.
+        if isinstance(exc, PermissionError):
+            log.error("%s", exc)
+            refusal = InputError(503, "misconfigured", "the service cannot reach its store", retry_after=60)
+        else:
+            refusal = InputError(503, "store_unavailable", f"the store did not answer: {exc}"[:300], retry_after=5)
+        return JSONResponse(body(request, refusal.body()), status_code=503, headers=refusal.headers)
+
+    app.add_exception_handler(QueueError, _store_error)
+    app.add_exception_handler(BlobError, _store_error)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
