@@ -1,26 +1,15 @@
-"""Every setting, declared once: its type, default, help, environment name (IRAAS_<NAME>) and
-the processes that take it. The command-line flags, `--help`, the TOML file, the environment a
-worker is started with and the settings each command accepts all come from this declaration.
-
-One frozen Settings object, read once at start-up: defaults < config file < IRAAS_* env < flags.
-Components never see it whole: the composition root (`iraas/parts.py`) derives each one's own
-small config from it.
-"""
+"""Every setting, declared once: its type, default, help and the processes that take it
+(`setting(...)` below); `iraas.config` derives the rest (flags, the environment, loading)."""
 
 from __future__ import annotations
 
 import os
-import tomllib
-from collections.abc import Iterator, Mapping
-from dataclasses import MISSING, Field, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .logs import FORMATS
-from .signing import secret_keys
-
 if TYPE_CHECKING:
-    from .imaging import ImageLimits
+    from ..imaging import ImageLimits
 
 # The processes a setting is for: `iraas up` takes every one of the three; `iraas keys` reads
 # the store. A setting of a process's own parts: the controller also takes the settings of the
@@ -269,7 +258,7 @@ class Settings:
 
     @property
     def image_limits(self) -> ImageLimits:
-        from .imaging import ImageLimits  # numpy and Pillow: not for every CLI start
+        from ..imaging import ImageLimits  # numpy and Pillow: not for every CLI start
 
         return ImageLimits(max_pixels=self.max_pixels, max_side=self.max_side, max_aspect=self.max_aspect)
 
@@ -280,130 +269,3 @@ class Settings:
     @property
     def blob_root(self) -> Path:
         return self.data_dir / "blobs"
-
-
-def _coerce(name: str, kind: Any, raw: Any) -> Any:
-    kind = str(kind)
-    try:
-        if "tuple" in kind:
-            return tuple(x.strip() for x in raw.split(",") if x.strip()) if isinstance(raw, str) else tuple(raw)
-        if "Path" in kind:
-            return Path(raw)
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        if kind == "bool":
-            return _boolean(raw)
-        return str(raw)
-    except (TypeError, ValueError):
-        raise ValueError(f"setting {name}: cannot use {raw!r}") from None
-
-
-def _boolean(raw: Any) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    text = str(raw).strip().lower()
-    if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        raise ValueError(raw)
-    return text in ("1", "true", "yes", "on")
-
-
-def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
-    """Defaults, then the TOML file (IRAAS_CONFIG if not given), then IRAAS_<NAME> variables,
-    then `overrides` (flags; None means "not given")."""
-    values: dict[str, Any] = {}
-    kinds = {f.name: f.type for f in fields(Settings)}
-    path = config_file or os.environ.get("IRAAS_CONFIG")
-    if path:
-        with open(path, "rb") as f:
-            for key, raw in tomllib.load(f).items():
-                if key not in kinds:
-                    raise ValueError(f"{path}: unknown setting {key!r}")
-                values[key] = _coerce(key, kinds[key], raw)
-    for key, kind in kinds.items():
-        env = os.environ.get(env_name(key))
-        if env is not None:
-            values[key] = _coerce(key, kind, env)
-    for key, raw in overrides.items():
-        if raw is not None:
-            values[key] = _coerce(key, kinds[key], raw)
-    settings = Settings(**values)
-    _check(settings)
-    return settings
-
-
-def _check(settings: Settings) -> None:
-    if not 0 <= settings.min_workers <= settings.max_workers:
-        raise ValueError("need 0 <= min_workers <= max_workers")
-    if not 0 <= settings.warm_pool <= settings.max_workers:
-        raise ValueError("need 0 <= warm_pool <= max_workers")
-    named = (("auth", AUTH_MODES), ("backend", BACKENDS), ("course_reply", COURSE_REPLIES), ("role", ROLES))
-    for name, allowed in named:
-        if getattr(settings, name) not in allowed:
-            raise ValueError(f"{name} must be {_either(allowed)}, not {getattr(settings, name)!r}")
-    if settings.log_format not in FORMATS:
-        raise ValueError(f"log_format must be {' or '.join(FORMATS)}, not {settings.log_format!r}")
-    for path in settings.course_paths:
-        _check_course_path(path)
-    secret_keys(settings.webhook_secret)
-    if settings.webhook_concurrency < 1 or settings.webhook_backoff_s <= 0:
-        raise ValueError("need webhook_concurrency >= 1 and webhook_backoff_s > 0")
-
-
-def _either(options: tuple[str, ...]) -> str:
-    return " or ".join([", ".join(options[:-1]), options[-1]] if len(options) > 2 else options)
-
-
-AUTH_MODES = ("auto", "required", "off")
-BACKENDS = ("embedded", "aws")
-COURSE_REPLIES = ("name:label", "label")
-# The service's own routes: a course path may not shadow them.
-_RESERVED = ("/v1/", "/static/", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/redoc")
-
-
-def _check_course_path(path: str) -> None:
-    ok = path.startswith("/") and all(c.isalnum() or c in "/-_." for c in path) and "//" not in path
-    if not ok or ".." in path:
-        raise ValueError(f"course_paths: {path!r} is not a plain URL path such as /upload")
-    if any(path == r.rstrip("/") or path.startswith(r) for r in _RESERVED):
-        raise ValueError(f"course_paths: {path!r} is one of the service's own routes")
-
-
-def help_of(name: str) -> str:
-    """A setting's help, for a command that takes it otherwise than as a setting."""
-    return str(next(f.metadata["help"] for f in fields(Settings) if f.name == name))
-
-
-def env_name(name: str) -> str:
-    return f"IRAAS_{name.upper()}"
-
-
-def declared(command: str) -> Iterator[Field[Any]]:
-    """The settings `command` (up, web, worker, controller, keys) takes, in declaration order."""
-    wanted = set(PROCESSES[command])
-    return (f for f in fields(Settings) if f.metadata["takes"] & wanted)
-
-
-def process_env(settings: Settings, process: str, inherited: Mapping[str, str]) -> dict[str, str]:
-    """The whole environment of a `process` started with these settings: `inherited` without
-    any IRAAS_<setting>, then the settings that process takes. So a worker never gets the
-    webhook secret, nor where to read it, whichever way it came (a flag, a variable, a file)."""
-    ours = {env_name(f.name) for f in fields(Settings)}
-    out = {k: v for k, v in inherited.items() if k not in ours}
-    for f in declared(process):
-        value = getattr(settings, f.name)
-        out[env_name(f.name)] = ",".join(value) if isinstance(value, tuple) else str(value)
-    return out
-
-
-def log_format_from_env() -> str:
-    """The log format before the settings are read (a process logs from its first line)."""
-    return os.environ.get(env_name("log_format")) or "text"
-
-
-def cache_dir() -> Path | None:
-    """Where downloaded or converted weights are kept (IRAAS_CACHE_DIR), if set: not a
-    service setting, so that `iraas classify` and the tests can point it elsewhere."""
-    raw = os.environ.get("IRAAS_CACHE_DIR")
-    return Path(raw) if raw else None
