@@ -11,7 +11,6 @@ the ratio after/before are printed.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.versus import SAMPLE, _measure  # noqa: E402
+from benchmarks.versus import SAMPLE, interleaved  # noqa: E402
 from iraas.files import image_files  # noqa: E402
 from tests.service import Service  # noqa: E402
 
@@ -38,21 +37,7 @@ def main() -> None:
             "before": Service(tmp / "before", env=env, min_workers=2, max_workers=2),
             "after": Service(tmp / "after", min_workers=2, max_workers=2),
         }
-        rows: dict[str, list[dict[str, float]]] = {name: [] for name in svcs}
-        try:
-            for svc in svcs.values():
-                svc.start().wait_for(lambda s=svc: len(s.worker_pids()) == 2, timeout=60)
-            for r in range(args.rounds):
-                for name, svc in svcs.items():
-                    assert svc.proc is not None
-                    m = _measure(svc.url, svc.proc.pid, files, args.requests, tmp)
-                    rows[name].append(m)
-                    print(f"round {r + 1} {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in m.items()), flush=True)
-        finally:
-            for svc in svcs.values():
-                if svc.proc is not None:
-                    svc.stop()
-    med = {name: {k: statistics.median(m[k] for m in ms) for k in ms[0]} for name, ms in rows.items()}
+        med = interleaved(svcs, args.rounds, files, args.requests, tmp)
     b, a = med["before"], med["after"]
     print(f"\nmedians over {args.rounds} interleaved rounds    before      after   after/before")
     for key in ("c32", "c100", "p50_ms", "cpu_ms", "rss_mb"):

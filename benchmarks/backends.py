@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.versus import SAMPLE, _measure  # noqa: E402
+from benchmarks.versus import SAMPLE, interleaved  # noqa: E402
 from iraas.files import image_files  # noqa: E402
 from tests.pgserver import PgServer  # noqa: E402
 from tests.service import Service  # noqa: E402
@@ -105,10 +105,6 @@ def _queues(args: argparse.Namespace, pg: PgServer, tmp: Path) -> None:
     )
 
 
-def _running(svc: Service) -> int:
-    return len([w for w in svc.cluster()["workers"] if w["state"] in ("idle", "busy")])
-
-
 def _services(args: argparse.Namespace, pg: PgServer, tmp: Path) -> None:
     files = image_files([SAMPLE])
     url = pg.database("servicebench")
@@ -116,21 +112,7 @@ def _services(args: argparse.Namespace, pg: PgServer, tmp: Path) -> None:
         "embedded": Service(tmp / "embedded", min_workers=2, max_workers=2),
         "postgres": Service(tmp / "pg", env={"IRAAS_QUEUE": url, "IRAAS_BLOBS": url}, min_workers=2, max_workers=2),
     }
-    rows: dict[str, list[dict[str, float]]] = {name: [] for name in svcs}
-    try:
-        for svc in svcs.values():
-            svc.start().wait_for(lambda s=svc: _running(s) == 2, timeout=60)
-        for r in range(args.rounds):
-            for name, svc in svcs.items():
-                assert svc.proc is not None
-                m = _measure(svc.url, svc.proc.pid, files, args.requests, tmp)
-                rows[name].append(m)
-                print(f"round {r + 1} {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in m.items()), flush=True)
-    finally:
-        for svc in svcs.values():
-            if svc.proc is not None:
-                svc.stop()
-    med = {name: {k: statistics.median(m[k] for m in ms) for k in ms[0]} for name, ms in rows.items()}
+    med = interleaved(svcs, args.rounds, files, args.requests, tmp)
     e, p = med["embedded"], med["postgres"]
     print(f"\nmedians over {args.rounds} interleaved rounds   embedded   PostgreSQL   PostgreSQL/embedded")
     for key, label in (

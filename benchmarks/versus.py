@@ -134,6 +134,32 @@ def _measure(url: str, root: int, files: list[Path], n: int, tmp: Path, key: str
     return out
 
 
+def interleaved(
+    svcs: dict[str, Service], rounds: int, files: list[Path], requests: int, tmp: Path
+) -> dict[str, dict[str, float]]:
+    """Start each service (2 workers running), measure them in interleaved rounds, stop them;
+    the medians of each figure, by service."""
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name in svcs}
+    try:
+        for svc in svcs.values():
+            svc.start().wait_for(lambda s=svc: _running(s) == 2, timeout=60)
+        for r in range(rounds):
+            for name, svc in svcs.items():
+                assert svc.proc is not None
+                m = _measure(svc.url, svc.proc.pid, files, requests, tmp)
+                rows[name].append(m)
+                print(f"round {r + 1} {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in m.items()), flush=True)
+    finally:
+        for svc in svcs.values():
+            if svc.proc is not None:
+                svc.stop()
+    return {name: {k: statistics.median(m[k] for m in ms) for k in ms[0]} for name, ms in rows.items()}
+
+
+def _running(svc: Service) -> int:
+    return len([w for w in svc.cluster()["workers"] if w["state"] in ("idle", "busy")])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)

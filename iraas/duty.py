@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .pg import redacted
+from .pg import close_quietly, redacted
 
 log = logging.getLogger(__name__)
 _DUTY_LOCK = 0x1AA5_0002  # an advisory lock id of our own (pg.py's migration lock is another)
@@ -94,11 +94,8 @@ class PostgresDuty:
             self._drop()
 
     def _drop(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
+        close_quietly(self._conn)
+        self._conn = None
 
     def release(self) -> None:
         with self._lock:

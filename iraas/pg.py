@@ -9,6 +9,7 @@ differ, and visibility timeouts must mean the same everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -196,6 +197,13 @@ class Database:
                 for pool in self._pools.values():
                     pool.close()
             self._pools = {}
+
+
+def close_quietly(conn: Any) -> None:
+    """Close a dedicated connection that may be broken already (its errors say nothing new)."""
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            conn.close()
 
 
 def _psycopg() -> Any:

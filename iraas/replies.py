@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
-from .pg import NOW, Database, DatabaseError, channel
+from .pg import NOW, Database, DatabaseError, channel, close_quietly
 from .queues.base import QueueMissing
 from .sockets import bound, readable, socket_dir
 
@@ -223,11 +223,8 @@ class PostgresInbox:
         return self._conn
 
     def _drop(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
+        close_quietly(self._conn)
+        self._conn = None
 
     def _take(self, conn: Any) -> list[str]:
         rows = conn.execute(
