@@ -14,16 +14,26 @@ import uuid
 from pathlib import Path
 
 
+def _free_subnet() -> str:
+    """A private /24 no interface of this machine is on (a run killed before its clean-up may
+    have left its bridge behind)."""
+    used = subprocess.run(["ip", "-4", "addr"], capture_output=True, text=True, check=True).stdout
+    for second in range(77, 250):
+        if f" 10.{second}.0." not in used:
+            return f"10.{second}.0"
+    raise RuntimeError("no free 10.x.0.0/24 for the test network")
+
+
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
 class Lan:
-    def __init__(self, subnet: str = "10.77.0") -> None:
+    def __init__(self) -> None:
         if os.geteuid() != 0:
             raise RuntimeError("the several-host tests make network namespaces: run them as root")
         self.tag = "ir" + uuid.uuid4().hex[:4]
-        self.subnet = subnet
+        self.subnet = subnet = _free_subnet()
         self.bridge = f"{self.tag}br"
         self.hosts: dict[str, str] = {}  # name → address
         _ip("link", "add", self.bridge, "type", "bridge")
