@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -174,8 +175,6 @@ class Database:
         """`until(conn)` until it returns something true or `timeout_s` passes; between tries,
         sleeps until a NOTIFY on one of `channels` (or `poll_s`: a lost notification only costs
         latency). Listening starts before the first try: a send after it cannot be missed."""
-        import time
-
         deadline = time.monotonic() + timeout_s
         with self.connection(durable=False) as conn:
             for name in channels:

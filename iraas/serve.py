@@ -16,7 +16,8 @@ from .config import Settings
 from .faces.gallery import publish_if_given
 from .fleet.base import Fleet
 from .parts import Parts, build, make_app, make_controller, make_deliverer, make_fleet, make_worker
-from .stores import blobs_url, queue_url, shown
+from .pg import redacted
+from .stores import blobs_url, queue_url
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +30,11 @@ def check_access(settings: Settings, parts: Parts) -> None:
     if settings.auth == "off" or (is_loopback(settings.host) and settings.auth == "auto"):
         return
     if not any(key.active for key in KeyRing(parts.blobs).all()):
-        where = (
-            f"--backend aws --name {settings.name}"
-            if settings.backend == "aws" and not settings.blobs
-            else f"--blobs '{shown(settings.blobs)}'"
-            if settings.blobs
-            else f"--data-dir {settings.data_dir}"
-        )
+        where = f"--data-dir {settings.data_dir}"
+        if settings.blobs:
+            where = f"--blobs '{redacted(settings.blobs)}'"
+        elif settings.backend == "aws":
+            where = f"--backend aws --name {settings.name}"
         raise ValueError(
             f"listening on {settings.host} requires API keys, and this deployment has none. Create one with\n"
             f"  iraas keys create admin --scope admin {where}\n"
@@ -83,7 +82,7 @@ def _controller_thread(parts: Parts, fleet: Fleet | None, settings: Settings) ->
 
 def _where(settings: Settings) -> str:
     if settings.queue or settings.blobs:
-        return f"queue {shown(queue_url(settings))}, blobs {shown(blobs_url(settings))}"
+        return f"queue {redacted(queue_url(settings))}, blobs {redacted(blobs_url(settings))}"
     return str(settings.data_dir) if settings.backend == "embedded" else f"AWS deployment {settings.name}"
 
 

@@ -5,7 +5,7 @@
     blobs   file:///dir               postgresql://user@host:5432/db   s3://bucket[?endpoint_url=…]
 
 Left empty, `--backend` says: embedded (SQLite and a directory under `--data-dir`) or aws (the
-deployment's SQS queues and S3 bucket). A URL's password is never shown: `shown()` is what logs,
+deployment's SQS queues and S3 bucket). A URL's password is never shown: `pg.redacted()` is what logs,
 `/v1/cluster` and messages print; libpq's own ways (PGPASSFILE, PG* variables, a service file)
 keep it out of the URL altogether.
 """
@@ -52,16 +52,13 @@ def blobs_url(settings: Settings) -> str:
     return f"s3://{settings.bucket}" if settings.backend == "aws" else f"file://{_abs(settings.blob_root)}"
 
 
-def shown(url: str) -> str:
-    """`url` as it may be printed: no password."""
-    return redacted(url)
-
-
-def check(url: str, schemes: tuple[str, ...], what: str) -> None:
-    """A clear refusal of a URL this release cannot use (never repeating its password)."""
-    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
-    if scheme not in schemes:
-        raise ValueError(f"{what} {shown(url)!r}: use one of {', '.join(s + '://' for s in schemes)}")
+def scheme(url: str, schemes: tuple[str, ...], what: str) -> str:
+    """`url`'s scheme, or a clear refusal of a URL this release cannot use (never repeating its
+    password); "postgres" is read as "postgresql"."""
+    got = url.split(":", 1)[0].lower() if ":" in url else ""
+    if got not in schemes:
+        raise ValueError(f"{what} {redacted(url)!r}: use one of {', '.join(s + '://' for s in schemes)}")
+    return "postgresql" if got == "postgres" else got
 
 
 def local_disk(settings: Settings) -> Path | None:
@@ -89,7 +86,7 @@ def open_stores(settings: Settings, aws: Any = None) -> Stores:
     opened = _Opened()
     requests, deliveries, replies = _queues(settings, opened, aws)
     url = queue_url(settings)
-    duty = PostgresDuty(url) if url.split(":", 1)[0].lower() in ("postgresql", "postgres") else SoleDuty()
+    duty = PostgresDuty(url) if scheme(url, QUEUE_SCHEMES, "queue") == "postgresql" else SoleDuty()
     return Stores(requests, deliveries, _blobs(settings, opened, aws), replies, duty)
 
 
@@ -100,9 +97,8 @@ def open_blobs(settings: Settings, aws: Any = None) -> BlobStore:
 
 def _queues(settings: Settings, opened: _Opened, aws: Any) -> tuple[Queue, Queue | None, Replies]:
     url = queue_url(settings)
-    check(url, QUEUE_SCHEMES, "queue")
-    scheme = url.split(":", 1)[0].lower()
-    if scheme == "sqlite":
+    kind = scheme(url, QUEUE_SCHEMES, "queue")
+    if kind == "sqlite":
         from .queues.sqlite import SqliteQueue
         from .replies import SocketReplies
 
@@ -112,7 +108,7 @@ def _queues(settings: Settings, opened: _Opened, aws: Any) -> tuple[Queue, Queue
         lock = settings.store_timeout_s
         requests = SqliteQueue(path, REQUESTS, max_receives=settings.max_receives, lock_timeout_s=lock)
         return requests, SqliteQueue(path, WEBHOOKS, lock_timeout_s=lock), SocketReplies(path.parent)
-    if scheme == "sqs":
+    if kind == "sqs":
         from .queues.sqs import SqsQueue
         from .replies import SqsReplies
 
@@ -132,14 +128,13 @@ def _queues(settings: Settings, opened: _Opened, aws: Any) -> tuple[Queue, Queue
 
 def _blobs(settings: Settings, opened: _Opened, aws: Any) -> BlobStore:
     url = blobs_url(settings)
-    check(url, BLOB_SCHEMES, "blob store")
+    kind = scheme(url, BLOB_SCHEMES, "blob store")
     parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme == "file":
+    if kind == "file":
         from .blobs.local import DirectoryBlobStore
 
         return DirectoryBlobStore(parts.path)
-    if scheme == "s3":
+    if kind == "s3":
         from .awsapi import client
         from .blobs.s3 import S3BlobStore
 

@@ -100,7 +100,7 @@ def test_a_killed_worker_leaves_the_fleet(fleet: Fleet) -> None:
     _until(lambda: wid not in _capacity(fleet), f"{wid} gone after its kill")
 
 
-def test_a_launch_that_cannot_start_returns_fewer_ids_never_raises(fleet: Fleet) -> None:
+def test_a_launch_of_none_starts_nothing_and_errors_and_warm_are_reported(fleet: Fleet) -> None:
     assert fleet.launch(0) == []
     assert isinstance(fleet.errors, list)
     warm = fleet.warm()

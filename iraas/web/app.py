@@ -29,7 +29,6 @@ from ..refusals import InputError
 from ..urls import Resolver, system_resolver
 from .asgi import HttpMiddleware, Send, on_start
 from .auth import Access, Caller
-from .cluster import read_view
 from .gate import Gate, allowed_hosts
 from .metrics import Metrics
 from .service import WebParts, WebService, location
@@ -66,7 +65,7 @@ def create_app(
         description="Image Recognition as a Service: classify images on an elastic worker pool.",
     )
 
-    _error_handlers(app)
+    _error_handlers(app, svc)
     app.add_middleware(
         Gate, hosts=allowed_hosts(settings.host, settings.allowed_hosts), origins=frozenset(settings.allowed_origins)
     )
@@ -104,7 +103,7 @@ def request_id(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id", ""))
 
 
-def _error_handlers(app: FastAPI) -> None:
+def _error_handlers(app: FastAPI, svc: WebService) -> None:
     """Every error is JSON with a stable code and the request id, whatever raised it."""
 
     def body(request: Request, error: dict[str, Any]) -> dict[str, Any]:
@@ -115,13 +114,8 @@ def _error_handlers(app: FastAPI) -> None:
         return JSONResponse(body(request, exc.body()), status_code=exc.status, headers=exc.headers)
 
     async def _store_error(request: Request, exc: Exception) -> JSONResponse:
-        # The store away a moment (a database restart) wherever a route met it: try again
-        # shortly. A refused permission is the operator's to fix: said in the log, not here.
-        if isinstance(exc, PermissionError):
-            log.error("%s", exc)
-            refusal = InputError(503, "misconfigured", "the service cannot reach its store", retry_after=60)
-        else:
-            refusal = InputError(503, "store_unavailable", f"the store did not answer: {exc}"[:300], retry_after=5)
+        # The store away a moment (a database restart) wherever a route met it: 503, try again.
+        refusal = svc.refused("the store did not answer", exc)
         return JSONResponse(body(request, refusal.body()), status_code=503, headers=refusal.headers)
 
     app.add_exception_handler(QueueError, _store_error)
@@ -234,12 +228,12 @@ def _operations_routes(app: FastAPI, svc: WebService, access: Access) -> None:
     @app.get("/v1/cluster", summary="Queue depth and workers; for admin keys, also decisions and errors")
     async def cluster(caller: Caller = Depends(access.recognize)) -> JSONResponse:
         admin = caller.scope == "admin"
-        view = await run_in_threadpool(read_view, svc.requests, svc.cluster, svc.callbacks, webhooks=admin)
+        view = await run_in_threadpool(svc.view, admin)
         return JSONResponse(view.answer(admin))
 
     @app.get("/metrics", include_in_schema=False, dependencies=[Depends(access.metrics)])
     async def prometheus() -> Response:
-        view = await run_in_threadpool(read_view, svc.requests, svc.cluster, svc.callbacks, webhooks=True)
+        view = await run_in_threadpool(svc.view, True)
         svc.metrics.scraped(view)
         return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -6,12 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..blobs.base import BlobError
 from ..lifecycle.callbacks import Callbacks
 from ..lifecycle.cluster import Cluster
 from ..messages import ClusterStatus
-from ..queues.base import Depth, Queue, QueueError
-from ..refusals import InputError
+from ..queues.base import Depth, Queue
 
 
 @dataclass(frozen=True)
@@ -57,6 +55,4 @@ def read_view(requests: Queue, cluster: Cluster, callbacks: Callbacks, *, webhoo
         hooks = callbacks.stats() if webhooks else None
     except PermissionError as exc:  # a configuration error: shown, not a 500
         return ClusterView(ClusterStatus(), config_errors=[str(exc)[:400]])
-    except (QueueError, BlobError) as exc:  # the store away for a while (a database restart)
-        raise InputError(503, "store_unavailable", f"cannot read the cluster now: {exc}"[:300], retry_after=5) from None
     return ClusterView(status, depth, hooks)

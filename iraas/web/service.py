@@ -29,6 +29,7 @@ from ..refusals import InputError
 from ..replies import Replies
 from ..signing import secret_keys
 from ..urls import Resolver, UrlPolicy, checked_address, display_name, fetch_url, target
+from .cluster import ClusterView, read_view
 from .intake import Extras, Intake, Item, Submitted, check
 from .metrics import Metrics
 from .upload import TEXT_FIELDS, Spool, UploadLimits, capped, read_multipart
@@ -108,7 +109,7 @@ class WebService:
         # what _shed_load last read: (monotonic time, images waiting, free bytes on the data disk)
         self._seen: tuple[float, int, int | None] = (-math.inf, 0, None)
 
-    def _refused(self, what: str, exc: Exception) -> InputError:
+    def refused(self, what: str, exc: Exception) -> InputError:
         """Storage failed (`what` could not be done). A refused permission is the operator's to
         fix, not the client's: the log names it (once per distinct error); the client learns
         only "misconfigured"."""
@@ -180,11 +181,12 @@ class WebService:
     def status(self, rid: str, owners: list[str]) -> dict[str, Any] | None:
         """`rid`'s result and its webhook's delivery, or where it is; None if never issued for
         one of `owners` (blocking I/O: call from a thread)."""
-        try:
-            running = set(self.cluster.status().running)
-            return self.results.status(rid, self.settings.result_ttl_s, owners, running, also=self._callback_shown)
-        except (QueueError, BlobError, OSError) as exc:
-            raise self._refused("cannot read the result now", exc) from None
+        running = set(self.cluster.status().running)
+        return self.results.status(rid, self.settings.result_ttl_s, owners, running, also=self._callback_shown)
+
+    def view(self, webhooks: bool) -> ClusterView:
+        """The cluster as /v1/cluster and /metrics show it (blocking I/O: call from a thread)."""
+        return read_view(self.requests, self.cluster, self.callbacks, webhooks=webhooks)
 
     def _callback_shown(self, rid: str) -> dict[str, Any]:
         state = self.callbacks.state(rid)
@@ -204,7 +206,7 @@ class WebService:
             try:
                 depth, free = await run_in_threadpool(self._load)
             except (QueueError, BlobError, OSError) as exc:
-                raise self._refused("cannot read the queue", exc) from None
+                raise self.refused("cannot read the queue", exc) from None
             backlog = depth.visible + depth.delayed
             self._seen = (time.monotonic(), backlog, free)
         if free is not None and free < self.settings.min_free_bytes:
@@ -263,7 +265,7 @@ class WebService:
         except (QueueError, BlobError, OSError) as exc:
             # Locked, full or unreachable storage: nothing was answered to the client yet, so the
             # ids issued here are never seen (a GET of an id it never received cannot happen).
-            raise self._refused("cannot store the request now", exc) from None
+            raise self.refused("cannot store the request now", exc) from None
 
     async def submit_and_wait(
         self,
