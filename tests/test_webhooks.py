@@ -70,6 +70,9 @@ def test_a_signed_webhook_is_retried_with_the_same_id_across_a_kill_until_the_re
         assert sent.status_code == 202 and sent.headers["x-request-id"] == "trace-webhook-1"
         rid = sent.json()[0]["id"]
         rec.wait(2)  # refused twice; then the service dies between two attempts
+        # once the second refusal is recorded (a kill before that write would lose it: the next
+        # attempt would rightly show the first refusal as the last error)
+        svc.wait_for(lambda: (_status(svc.url, rid).get("callback") or {}).get("last_error") == "HTTP 503")
         for pid in svc.worker_pids().values():  # workers never had the secret
             assert b"WEBHOOK_SECRET" not in Path(f"/proc/{pid}/environ").read_bytes()
         assert svc.stop(signal.SIGKILL) == -signal.SIGKILL
