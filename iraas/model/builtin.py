@@ -73,6 +73,9 @@ def _build_cached(name: str, weights: Path, size: int, digest: str) -> Path:
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
     with os.fdopen(fd, "wb") as f:
         f.write(model.SerializeToString())
+        # mkstemp makes it 0600; a model is no secret, and its reader may be another user (an
+        # image builds it as root for a non-root user; a cache may be shared)
+        os.fchmod(f.fileno(), 0o644)
     os.replace(tmp, target)
     return target
 
