@@ -1,4 +1,4 @@
-"""`iraas keys create | list | revoke`: run where the deployment's store is reachable (the
+"""`iraas keys create | list | revoke | new`: run where the deployment's store is reachable (the
 embedded data dir, or the AWS bucket with the operator's credentials)."""
 
 from __future__ import annotations
@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import secrets
 import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .access.keys import SCOPES, KeyRing
+from .access.keys import PREFIX, SCOPES, KeyRing
 from .config import KEYS
 
 if TYPE_CHECKING:
@@ -39,6 +41,14 @@ def add_parser(
     create.add_argument("--requests-per-s", type=float, help="this key's request rate (default: the setting)")
     create.add_argument("--images-per-s", type=float, help="this key's image rate (default: the setting)")
     create.add_argument("--images-per-day", type=int, help="this key's daily images (default: the setting)")
+    create.add_argument(
+        "--token-env",
+        metavar="VAR",
+        help="store the key in this environment variable (made by `iraas keys new`, kept in a Kubernetes "
+        "Secret) instead of a new one; nothing changes if it is stored already, so it may run at every start",
+    )
+    new = verbs.add_parser("new", help="print a new key without storing it (for a Secret; see create --token-env)")
+    new.set_defaults(func=lambda _: print(PREFIX + secrets.token_urlsafe(32)) or 0)
     listing = verbs.add_parser("list", help="every key: name, scope, created, revoked")
     listing.add_argument("--json", action="store_true", help="one JSON object per key")
     revoke = verbs.add_parser("revoke", help="revoke a key: refused everywhere within about a second")
@@ -52,7 +62,13 @@ def main(args: argparse.Namespace) -> int:
     from .parts import blobs, located
 
     ring = KeyRing(blobs(located(args.settings_from(args, KEYS))))
-    if args.verb == "create":
+    if args.verb == "create" and args.token_env:
+        token = os.environ.get(args.token_env, "").strip()
+        if not token:
+            raise ValueError(f"--token-env {args.token_env}: that variable is empty or not set")
+        created = ring.ensure(args.key_name, args.scope, token)
+        print(f"{args.scope} key {args.key_name!r} {'stored' if created else 'was stored already'}", file=sys.stderr)
+    elif args.verb == "create":
         limits = {k: getattr(args, k) for k in ("requests_per_s", "images_per_s", "images_per_day")}
         token = ring.create(args.key_name, args.scope, **limits)
         print(f"created {args.scope} key {args.key_name!r}; it is shown this once, store it now:", file=sys.stderr)

@@ -45,8 +45,8 @@ def check_access(settings: Settings, parts: Parts) -> None:
 def up(settings: Settings, with_controller: bool = True) -> None:
     """What `role` says this host runs: the web tier and a controller (with its local workers,
     or, role web, none: it may still hold the deployment's duties); role workers: `controller`."""
-    if settings.role == "workers":
-        controller(settings)
+    if settings.role in ("workers", "duties"):
+        controller(settings, with_fleet=settings.role == "workers")
         return
     from .web.server import listen
 
@@ -86,13 +86,17 @@ def _where(settings: Settings) -> str:
     return str(settings.data_dir) if settings.backend == "embedded" else f"AWS deployment {settings.name}"
 
 
-def controller(settings: Settings) -> None:
-    """The controller alone, with its local workers (`iraas controller`, `up --role workers`)."""
+def controller(settings: Settings, with_fleet: bool = True) -> None:
+    """The controller alone, with its local workers (`iraas controller`, `up --role workers`),
+    or, `with_fleet` False, with none: the deployment's duties only (`up --role duties`)."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(f"iraas workers on this host, up to {settings.max_workers}  ({_where(settings)})", flush=True)
-    _controller_thread(build(settings), make_fleet(settings), settings)(stop)
+    if with_fleet:
+        print(f"iraas workers on this host, up to {settings.max_workers}  ({_where(settings)})", flush=True)
+    else:
+        print(f"iraas duties, held by one process at a time  ({_where(settings)})", flush=True)
+    _controller_thread(build(settings), make_fleet(settings) if with_fleet else None, settings)(stop)
 
 
 def worker(settings: Settings, worker_id: str | None = None, parent: int | None = None) -> None:
@@ -100,6 +104,12 @@ def worker(settings: Settings, worker_id: str | None = None, parent: int | None 
     end ends this one too (`iraas up`'s fleet, or its template)."""
     from .model.recognizer import BlobGallery, load_recognizer
 
+    # A stop while the model loads (a pod scaled in as it starts) ends the worker cleanly, exit
+    # 0: it holds nothing yet. Kubernetes counts any other exit as the job's failure.
+    early = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: early.set())
+    signal.signal(signal.SIGINT, lambda *_: early.set())
+    log.info("worker starting (model %s)", settings.model)
     parts = build(settings)
     recognizer = load_recognizer(
         settings.model,
@@ -113,6 +123,9 @@ def worker(settings: Settings, worker_id: str | None = None, parent: int | None 
     logs.name_worker(w.id)
     signal.signal(signal.SIGTERM, lambda *_: w.stop())
     signal.signal(signal.SIGINT, lambda *_: w.stop())
+    if early.is_set():
+        log.info("worker %s: stopped before it took any work", w.id)
+        return
     if parent:
         threading.Thread(target=_orphan_watch, args=(parent, w.stop), daemon=True).start()
     log.info("worker %s ready (model %s)", w.id, recognizer.spec.name)

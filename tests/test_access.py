@@ -9,6 +9,7 @@ import csv
 import functools
 import hashlib
 import math
+import os
 import subprocess
 import sys
 import time
@@ -371,6 +372,41 @@ def test_keys_are_stored_only_as_hashes(tmp_path: Path) -> None:
     fresh = KeyRing(store.blobs)  # another process: no cache
     assert fresh.find(token).revoked_at is not None and fresh.find(again).scope == "admin"  # type: ignore[union-attr]
     assert fresh.find("iraas_" + "A" * 43) is None and fresh.find("not-a-key") is None
+
+
+def _keys(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "iraas.cli", "keys", *args]
+    if args[0] != "new":
+        cmd += ["--data-dir", str(data_dir)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_a_key_from_a_secret_is_stored_once_however_often_a_pod_starts(tmp_path: Path) -> None:
+    """Kubernetes: `iraas keys new` makes the key for a Secret; every web pod's start runs
+    `keys create --token-env`, at once or one after another; the key works, stored once."""
+    made = _keys(tmp_path, "new")
+    token = made.stdout.strip()
+    assert made.returncode == 0 and token.startswith("iraas_") and len(token) == 49
+    assert KeyRing(build(Settings(data_dir=tmp_path)).blobs).all() == []  # `new` stores nothing
+    env = {**os.environ, "ADMIN_KEY": token}
+    args = ("create", "admin", "--scope", "admin", "--token-env", "ADMIN_KEY")
+    with ThreadPoolExecutor(3) as pool:
+        starts = list(pool.map(lambda _: _keys(tmp_path, *args, env=env), range(3)))
+    assert [r.returncode for r in starts] == [0, 0, 0], [r.stderr for r in starts]
+    assert token not in "".join(r.stdout + r.stderr for r in starts)  # never echoed
+    ring = KeyRing(build(Settings(data_dir=tmp_path)).blobs)
+    assert [(k.name, k.scope, k.active) for k in ring.all()] == [("admin", "admin", True)]
+    assert ring.find(token) is not None and ring.find(token).name == "admin"  # type: ignore[union-attr]
+
+    other = {**os.environ, "ADMIN_KEY": _keys(tmp_path, "new").stdout.strip()}
+    refused = _keys(tmp_path, *args, env=other)  # the Secret changed, the old key still active
+    assert refused.returncode == 2 and "exists" in refused.stderr
+    assert _keys(tmp_path, "revoke", "admin").returncode == 0
+    revoked = _keys(tmp_path, *args, env=env)  # a revoked key is not brought back
+    assert revoked.returncode == 2 and "revoked" in revoked.stderr
+    assert _keys(tmp_path, *args, env=other).returncode == 0  # the new one, once the old is revoked
+    empty = _keys(tmp_path, *args, env={**os.environ, "ADMIN_KEY": ""})
+    assert empty.returncode == 2 and "ADMIN_KEY" in empty.stderr
 
 
 def test_token_bucket_arithmetic() -> None:

@@ -117,6 +117,26 @@ class KeyRing:
             self.blobs.put(_NAMES + name + ".json", entry)
         return token
 
+    def ensure(self, name: str, scope: str, token: str) -> bool:
+        """`token` (a key made elsewhere: a Kubernetes Secret) stored as `name`, unless that very
+        key is in place already; True if stored now. Safe to run at every start, by several
+        processes at once; a revoked key, or one under another name, is refused."""
+        for attempt in (1, 2):
+            self._found.pop(digest(token), None)  # never a cached answer: another may just have made it
+            key = self.find(token)
+            if key is not None:
+                if key.name != name or key.scope != scope or not key.active:
+                    state = "revoked" if not key.active else f"named {key.name!r}, scope {key.scope}"
+                    raise KeyRingError(f"this key exists already ({state}): give a new one", 409, "key_exists")
+                return False
+            try:
+                self.create(name, scope, token=token)
+                return True
+            except KeyRingError as exc:
+                if exc.code != "key_exists" or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
     def _by_name(self, name: str) -> tuple[str, Key] | None:
         try:
             h = json.loads(self.blobs.get(_NAMES + name + ".json"))["hash"]

@@ -22,7 +22,7 @@ PROCESSES = {
     CONTROLLER: (CONTROLLER,),
     KEYS: (KEYS,),
 }
-ROLES = ("all", "web", "workers")
+ROLES = ("all", "web", "workers", "duties")
 
 
 def setting(
@@ -48,8 +48,9 @@ class Settings:
     role: str = setting(
         "all",
         "what this host runs: all (web tier, controller, workers; default), web (the web tier; several "
-        "hosts behind any load balancer) or workers (a worker pool, 0 to --max-workers, on the shared "
-        "backlog); on PostgreSQL one process at a time does the deployment's duties, whichever host",
+        "hosts behind any load balancer), workers (a worker pool, 0 to --max-workers, on the shared "
+        "backlog) or duties (only the deployment's once-only duties: where workers are started by another "
+        "scaler, KEDA on Kubernetes); on PostgreSQL one process at a time does the duties, whichever host",
         {UP},
     )
     data_dir: Path = setting(  # noqa: RUF009 (a field(): `setting` returns one)
