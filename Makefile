@@ -47,11 +47,16 @@ lint: install-test
 	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq --no-install-recommends postgresql
 
+# The container image is built without a daemon or a registry: buildah on a debootstrap base.
+/usr/bin/buildah /usr/sbin/debootstrap:
+	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq --no-install-recommends buildah debootstrap
+
 tests/iam/node_modules: tests/iam/package-lock.json /usr/bin/npm
 	npm ci --prefix tests/iam --silent --no-audit --no-fund
 	touch $@
 
-test: lint /usr/bin/chromium /usr/bin/promtool /usr/lib/postgresql tests/iam/node_modules
+test: lint /usr/bin/chromium /usr/bin/promtool /usr/lib/postgresql /usr/bin/buildah /usr/sbin/debootstrap tests/iam/node_modules
 	$(BIN)/python -m pytest
 
 # Every benchmark, figures printed (docs/benchmarks.md has the last run's).

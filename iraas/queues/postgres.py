@@ -70,6 +70,15 @@ SELECT count(*), pg_notify(%(channel)s, '') FROM sent
 _NO_LIMIT = 2**31 - 1
 
 
+def backlog_sql(name: str) -> str:
+    """The backlog of queue `name` that a scaler outside iraas sizes a fleet on (KEDA's
+    PostgreSQL trigger, deploy/helm/iraas): the messages visible or in a worker's hands, as
+    `depth()` counts them; delayed ones are not work yet. The chart carries this text."""
+    if not name.replace("-", "").isalnum():
+        raise ValueError(f"a queue name is letters, digits and dashes, not {name!r}")
+    return f"SELECT count(*) FROM iraas_messages WHERE queue = '{name}' AND (visible_at <= {NOW} OR receive_count > 0)"
+
+
 class PostgresQueue:
     """A named queue in the deployment's database; `max_receives` turns on redrive to
     `<name>-dlq`. `poll_s` bounds a long poll's sleep when no notification comes."""
