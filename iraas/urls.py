@@ -106,6 +106,15 @@ def refused_reason(ip: IPAddress) -> str | None:
     return None
 
 
+# What `target` accepts, as a pattern for the OpenAPI document (a subset: ASCII host names and
+# IPv4 addresses; an IDN host is sent as punycode): http(s), a host of 1-63 character labels, a
+# port up to 65535, no spaces or control characters. (A name over 253 characters is well formed
+# but no name server has it: 422 unreachable_url, as for any name that does not resolve.)
+_LABEL = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PORT = "(?::(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+URL_PATTERN = rf"^https?://(?:{_LABEL}\.)*{_LABEL}{_PORT}(?:[/?#][^\u0000-\u0020\u007f]*)?$"
+
+
 def target(url: str) -> tuple[str, str, int, str]:
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
         raise InputError(400, "bad_url", "a URL has no spaces or control characters")
@@ -125,8 +134,10 @@ def target(url: str) -> tuple[str, str, int, str]:
         host.encode("idna") if not host.isascii() else None
     except UnicodeError:
         raise InputError(400, "bad_url", f"bad host name in URL: {url[:200]}") from None
-    if len(host) > 253 or any(len(label) > 63 for label in host.split(".")):
+    if any(len(label) > 63 for label in host.split(".")):
         raise InputError(400, "bad_url", f"bad host name in URL: {url[:200]}")
+    if len(host) > 253:
+        raise InputError(422, "unreachable_url", f"a host name is at most 253 characters: {host[:60]}… cannot resolve")
     path = parts.path or "/"
     return parts.scheme, host, port, path + (f"?{parts.query}" if parts.query else "")
 

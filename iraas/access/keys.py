@@ -24,7 +24,8 @@ from ..blobs.base import BlobNotFound, BlobStore
 
 SCOPES = ("recognize", "admin")
 PREFIX = "iraas_"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # a key's name (the OpenAPI document says it too)
+_NAME = re.compile(NAME_PATTERN)
 _BY_HASH = "keys/by-hash/"
 _NAMES = "keys/names/"
 

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from ..refusals import InputError
 from ..web.app import Mount
 from ..web.auth import Access, Caller
+from ..web.openapi import extra, ok, responses, upload_body, wait_parameters
 from ..web.service import WebService
 from .gallery import GalleryStore
 from .names import person_name
@@ -27,6 +28,15 @@ def gallery_routes(gallery: GalleryStore) -> Mount:
     return mount
 
 
+_NAME = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "description": "a person: 1-64 letters, digits, spaces, . ' - or _, in one script",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 64},
+}
+
+
 def _current(store: GalleryStore) -> Any:
     from ..model.recognizer import faces_module  # the gallery format only (numpy)
 
@@ -36,13 +46,28 @@ def _current(store: GalleryStore) -> Any:
 def _reading(app: FastAPI, access: Access, store: GalleryStore) -> None:
     admin = [Depends(access.admin)]
 
-    @app.get("/v1/gallery", summary="People enrolled, with their number of photos", dependencies=admin)
+    @app.get(
+        "/v1/gallery",
+        summary="People enrolled, with their number of photos",
+        dependencies=admin,
+        operation_id="gallery",
+        responses=ok("who is enrolled") | responses(503),
+        openapi_extra=extra(access.settings, "admin"),
+    )
     async def people() -> JSONResponse:
         gallery = await run_in_threadpool(_current, store)
         return JSONResponse({"people": gallery.people(), "images": len(gallery.names)})
 
-    @app.delete("/v1/gallery/{name}", summary="Remove a person: every photo enrolled until now", dependencies=admin)
-    async def remove(name: str) -> JSONResponse:
+    @app.delete(
+        "/v1/gallery/{name}",
+        summary="Remove a person: every photo enrolled until now",
+        dependencies=admin,
+        operation_id="remove_person",
+        responses=ok("removed") | responses(404, 409, 503),
+        openapi_extra=extra(access.settings, "admin", {"parameters": [_NAME]}),
+    )
+    async def remove(request: Request) -> JSONResponse:
+        name = str(request.path_params["name"])
         people = (await run_in_threadpool(_current, store)).people()
         name = person_name(name, people)
         if name not in people:
@@ -54,8 +79,24 @@ def _reading(app: FastAPI, access: Access, store: GalleryStore) -> None:
 
 
 def _enrolling(app: FastAPI, svc: WebService, access: Access, store: GalleryStore) -> None:
-    @app.post("/v1/gallery/{name}", summary="Add photos (multipart `files`) of a person")
-    async def add(name: str, request: Request, caller: Caller = Depends(access.admin)) -> JSONResponse:
+    s = svc.settings
+
+    @app.post(
+        "/v1/gallery/{name}",
+        summary="Add photos (multipart `files`) of a person",
+        operation_id="enrol",
+        responses=ok("added")
+        | ok("some photos still queued: GET /v1/gallery later", status=202)
+        | responses(409, upload=True),
+        openapi_extra=extra(
+            s,
+            "admin",
+            upload_body(s, ("files",), urls=False, callbacks=False),
+            {"parameters": [_NAME, *wait_parameters(s, wait=False)]},
+        ),
+    )
+    async def add(request: Request, caller: Caller = Depends(access.admin)) -> JSONResponse:
+        name = str(request.path_params["name"])
         timeout = svc.timeout(request)
         known = (await run_in_threadpool(_current, store)).people()
         name = person_name(name, known)

@@ -26,6 +26,13 @@ _CALLBACKS = "callbacks/"
 _STATS = "cluster/webhooks.json"
 
 
+def webhook_payload(result: Result, at: float) -> str:
+    """The body POSTed to a callback URL (the OpenAPI document's `webhooks`: `Webhook`)."""
+    kind = "recognition.done" if result.status == "done" else "recognition.failed"
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+    return json.dumps({"type": kind, "timestamp": stamp, "data": result.as_dict()}, separators=(",", ":"))
+
+
 class Callbacks:
     def __init__(self, *, deliveries: Queue | None, blobs: BlobStore, clock: Callable[[], float] = time.time) -> None:
         """`deliveries`: the webhooks' own queue (None: this deployment delivers none)."""
@@ -48,9 +55,7 @@ class Callbacks:
             log.error("request %s named a callback, but this deployment delivers no webhooks", req.id)
             return
         now = self.clock()
-        kind = "recognition.done" if result.status == "done" else "recognition.failed"
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-        payload = json.dumps({"type": kind, "timestamp": stamp, "data": result.as_dict()}, separators=(",", ":"))
+        payload = webhook_payload(result, now)
         job = Delivery(
             id=req.id, url=req.callback, payload=payload, first_at=now, trace=req.trace, traceparent=req.traceparent
         )

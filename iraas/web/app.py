@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import json
 import logging
 import re
 import threading
@@ -19,9 +17,9 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTex
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from .. import logs
-from ..access.keys import KeyRingError
 from ..blobs.base import BlobError
 from ..config import Settings
 from ..queues.base import QueueError
@@ -30,7 +28,23 @@ from ..urls import Resolver, system_resolver
 from .asgi import HttpMiddleware, Send, on_start
 from .auth import Access, Caller
 from .gate import Gate, allowed_hosts
+from .keys import key_routes
 from .metrics import Metrics
+from .openapi import (
+    FIRST_RESULT,
+    ID_PATTERN,
+    Me,
+    Ready,
+    Recognition,
+    Webhook,
+    extra,
+    ok,
+    responses,
+    upload_body,
+    wait_parameters,
+)
+from .openapi import Cluster as ClusterAnswer
+from .openapi import finish as finish_document
 from .service import WebParts, WebService, location
 
 log = logging.getLogger(__name__)
@@ -74,10 +88,33 @@ def create_app(
     _course_routes(app, svc, access)
     _page_routes(app)
     _operations_routes(app, svc, access)
-    _key_routes(app, access)
+    key_routes(app, access, settings)
     for mount in mounts:
         mount(app, svc, access)
+    _webhook(app)
+    _document(app)
     return app
+
+
+def _document(app: FastAPI) -> None:
+    """/openapi.json: FastAPI's, with what it does not write (security schemes)."""
+    make = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = finish_document(make())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _webhook(app: FastAPI) -> None:
+    @app.webhooks.post("recognition", summary="POSTed to a request's callback_url when its result is final")
+    def recognition_webhook(body: Webhook) -> None:
+        """Signed with the service's webhook secret (Standard Webhooks: `webhook-id`, the request
+        id, the same on every attempt; `webhook-timestamp`; `webhook-signature`), with the
+        request's `X-Request-ID` and `traceparent`. Answer 2xx within the time-out, or it is
+        tried again, for hours: docs/integrating.md."""
 
 
 def _lifespan(
@@ -124,8 +161,11 @@ def _error_handlers(app: FastAPI, svc: WebService) -> None:
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
         code = _CODES.get(exc.status_code, f"http_{exc.status_code}")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette's names the first route's methods, not the path's
+            headers["Allow"] = ", ".join(allowed_methods(request))
         return JSONResponse(
-            body(request, {"error": code, "detail": str(exc.detail)}), status_code=exc.status_code, headers=exc.headers
+            body(request, {"error": code, "detail": str(exc.detail)}), status_code=exc.status_code, headers=headers
         )
 
     @app.exception_handler(Exception)
@@ -135,8 +175,39 @@ def _error_handlers(app: FastAPI, svc: WebService) -> None:
         return JSONResponse(body(request, {"error": "internal", "detail": detail}), status_code=500)
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of this path answers."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def _recognition_routes(app: FastAPI, svc: WebService, access: Access) -> None:
-    @app.post("/v1/recognitions", summary="Classify one or more images (multipart `files`, or JSON url/urls)")
+    s = svc.settings
+
+    @app.post(
+        "/v1/recognitions",
+        operation_id="recognize",
+        summary="Classify one or more images (multipart `files`, or JSON url/urls)",
+        response_model=list[Recognition],  # type: ignore[valid-type]
+        responses=ok("the answers, one per image in order (queued: not final within the wait)", links=FIRST_RESULT)
+        | ok(
+            "wait=false: queued, one per image; Location names the one if one",
+            status=202,
+            model=list[Recognition],  # type: ignore[valid-type]
+            links=FIRST_RESULT,
+        )
+        | responses(409, upload=True),
+        openapi_extra=extra(
+            s,
+            "recognize",
+            upload_body(s, ("files",), urls=True, callbacks=svc.takes_callbacks),
+            {"parameters": wait_parameters(s, wait=True)},
+        ),
+    )
     async def recognitions(request: Request, caller: Caller = Depends(access.recognize)) -> Response:
         wait = svc.wait(request)
         timeout = svc.timeout(request)
@@ -148,8 +219,18 @@ def _recognition_routes(app: FastAPI, svc: WebService, access: Access) -> None:
             return JSONResponse(entries, status_code=202, headers=headers)
         return JSONResponse(entries)
 
-    @app.get("/v1/recognitions/{rid}", summary="Status and result of one image (the key that sent it, or admin)")
-    async def recognition(rid: str, caller: Caller = Depends(access.recognize)) -> JSONResponse:
+    rid_parameter = {"name": "rid", "in": "path", "required": True, "schema": {"type": "string", "pattern": ID_PATTERN}}
+
+    @app.get(
+        "/v1/recognitions/{rid}",
+        operation_id="get_recognition",
+        summary="Status and result of one image (the key that sent it, or admin)",
+        response_model=Recognition,
+        responses=ok("its result, or where it is") | responses(404, 503),
+        openapi_extra=extra(s, "recognize", {"parameters": [rid_parameter]}),
+    )
+    async def recognition(request: Request, caller: Caller = Depends(access.recognize)) -> JSONResponse:
+        rid = str(request.path_params["rid"])
         if not _ID.fullmatch(rid):
             raise InputError(400, "bad_id", "an id is 32 lowercase hex digits")
         owners = await run_in_threadpool(access.owners, caller)
@@ -178,20 +259,36 @@ def _course_routes(app: FastAPI, svc: WebService, access: Access) -> None:
         return JSONResponse({"error": "timeout", "detail": "no answer in time", "id": got["id"]}, status_code=504)
 
     answer = "the label" if plain else "name:label"
-    for path in svc.settings.course_paths:  # wherever the deployment's course clients POST
+    s = svc.settings
+    for path in s.course_paths:  # wherever the deployment's course clients POST
         app.add_api_route(
             path,
             course,
             methods=["POST"],
+            operation_id="course" if path == "/" else f"course_{path.strip('/').replace('/', '_')}",
             summary=f"Course-compatible: multipart `inputFile` or `myfile`; answers {answer} in plain text",
             response_class=PlainTextResponse,
+            responses=ok(f"{answer}, in plain text") | responses(504, upload=True),
+            openapi_extra=extra(
+                s,
+                "recognize",
+                upload_body(s, COURSE_FIELDS, urls=False, callbacks=svc.takes_callbacks),
+                {"parameters": wait_parameters(s, wait=False)},
+                anonymous=s.anonymous_course,
+            ),
         )
 
 
 def _page_routes(app: FastAPI) -> None:
     """The browser page and its two files."""
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @app.get(
+        "/",
+        operation_id="page",
+        response_class=HTMLResponse,
+        summary="The browser page: upload images, watch the workers",
+        responses=ok("the page (HTML)") | responses(keyed=False),
+    )
     async def ui() -> FileResponse:
         return FileResponse(_STATIC / "index.html", media_type="text/html")
 
@@ -203,15 +300,37 @@ def _page_routes(app: FastAPI) -> None:
 
 
 def _operations_routes(app: FastAPI, svc: WebService, access: Access) -> None:
-    @app.get("/v1/me", summary="The key this request was made with: its name and scope")
+    s = svc.settings
+
+    @app.get(
+        "/v1/me",
+        operation_id="me",
+        summary="The key this request was made with: its name and scope",
+        response_model=Me,
+        responses=ok("the key's name and scope") | responses(),
+        openapi_extra=extra(s, "recognize"),
+    )
     async def me(caller: Caller = Depends(access.recognize)) -> JSONResponse:
         return JSONResponse(access.whoami(caller))
 
-    @app.get("/healthz")
+    @app.get(
+        "/healthz",
+        operation_id="health",
+        summary="Liveness: the process answers",
+        responses=ok("alive") | responses(keyed=False),
+        openapi_extra=extra(s, None),
+    )
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get(
+        "/readyz",
+        operation_id="ready",
+        summary="Readiness: the queue and the store can be written and the disk has room",
+        response_model=Ready,
+        responses=ok("ready") | responses(keyed=False) | ok("not ready, and why", status=503, model=Ready),
+        openapi_extra=extra(s, None),
+    )
     async def readyz() -> JSONResponse:
         """Ready when the queue and the store can be written and the disk has room; answers
         within a second either way (a stuck store is "not ready", not a hung probe)."""
@@ -225,7 +344,14 @@ def _operations_routes(app: FastAPI, svc: WebService, access: Access) -> None:
             return JSONResponse({"status": "unavailable", "detail": str(exc)[:300]}, status_code=503)
         return JSONResponse({"status": "ready", "queue": depth.__dict__})
 
-    @app.get("/v1/cluster", summary="Queue depth and workers; for admin keys, also decisions and errors")
+    @app.get(
+        "/v1/cluster",
+        operation_id="cluster",
+        summary="Queue depth and workers; for admin keys, also decisions and errors",
+        response_model=ClusterAnswer,
+        responses=ok("the cluster") | responses(503),
+        openapi_extra=extra(s, "recognize"),
+    )
     async def cluster(caller: Caller = Depends(access.recognize)) -> JSONResponse:
         admin = caller.scope == "admin"
         view = await run_in_threadpool(svc.view, admin)
@@ -236,46 +362,6 @@ def _operations_routes(app: FastAPI, svc: WebService, access: Access) -> None:
         view = await run_in_threadpool(svc.view, True)
         svc.metrics.scraped(view)
         return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-def _key_routes(app: FastAPI, access: Access) -> None:
-    """Key management for admin keys, the same verbs as `iraas keys`: a key is shown once."""
-    ring, admin = access.ring, [Depends(access.admin)]
-
-    def refused(exc: KeyRingError) -> InputError:
-        return InputError(exc.status, exc.code, str(exc))
-
-    @app.get("/v1/keys", summary="Every key: name, scope, limits, created, revoked (never the key)", dependencies=admin)
-    async def keys() -> JSONResponse:
-        return JSONResponse([dataclasses.asdict(k) for k in await run_in_threadpool(ring.all)])
-
-    @app.post(
-        "/v1/keys", summary='Create a key: JSON {"name", "scope", limits}; the answer shows it once', dependencies=admin
-    )
-    async def create(request: Request) -> JSONResponse:
-        try:
-            body = json.loads(await request.body())
-            name, scope = str(body["name"]), str(body.get("scope", "recognize"))
-            fields = {k: body[k] for k in ("requests_per_s", "images_per_s", "images_per_day") if k in body}
-        except (ValueError, KeyError, TypeError):
-            raise InputError(400, "bad_json", 'send {"name": ..., "scope": "recognize" | "admin"}') from None
-        try:
-            token = await run_in_threadpool(ring.create, name, scope, **fields)
-        except KeyRingError as exc:
-            raise refused(exc) from None
-        return JSONResponse({"name": body["name"], "scope": body.get("scope", "recognize"), "key": token}, 201)
-
-    @app.delete(
-        "/v1/keys/{name}",
-        summary="Revoke a key: refused by every web process within about a second",
-        dependencies=admin,
-    )
-    async def revoke(name: str) -> JSONResponse:
-        try:
-            key = await run_in_threadpool(ring.revoke, name)
-        except KeyRingError as exc:
-            raise refused(exc) from None
-        return JSONResponse(dataclasses.asdict(key))
 
 
 class _Observe(HttpMiddleware):

@@ -91,9 +91,9 @@ class Access:
     async def identify(self, request: Request, *, course: bool = False) -> Caller | None:
         """The caller; None when keys are required and none was sent. A key sent but wrong or
         revoked is refused (401) wherever it is sent."""
-        if not await self._required():
-            return ANONYMOUS_ADMIN
         token = presented(request)
+        if not await self._required() and (token is None or self.settings.auth == "off"):
+            return ANONYMOUS_ADMIN  # key-free; still, a key sent is checked (unless auth is off)
         if token is None:
             if course and self.settings.anonymous_course:
                 return Caller(name="anonymous", scope="course", owner=COURSE_OWNER, limits=self.limits(None))

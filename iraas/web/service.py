@@ -109,6 +109,11 @@ class WebService:
         # what _shed_load last read: (monotonic time, images waiting, free bytes on the data disk)
         self._seen: tuple[float, int, int | None] = (-math.inf, 0, None)
 
+    @property
+    def takes_callbacks(self) -> bool:
+        """Whether a request may name a callback URL: webhooks are signed and delivered here."""
+        return self.signing and self.callbacks.enabled
+
     def refused(self, what: str, exc: Exception) -> InputError:
         """Storage failed (`what` could not be done). A refused permission is the operator's to
         fix, not the client's: the log names it (once per distinct error); the client learns
@@ -155,7 +160,7 @@ class WebService:
         return Extras(state.get("request_id", ""), state.get("traceparent", ""), deadline, callback)
 
     async def _callback(self, url: str) -> str:
-        if not self.signing or not self.callbacks.enabled:
+        if not self.takes_callbacks:
             detail = "this service delivers no webhooks: its operator has set no --webhook-secret"
             raise InputError(400, "webhooks_off", detail)
         if len(url) > 2048:
