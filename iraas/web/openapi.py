@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ..access.keys import NAME_PATTERN, PREFIX, SCOPES, Key
 from ..config import Settings
-from ..messages import Result
+from ..messages import ClusterStatus, Result, WorkerView
 from ..urls import URL_PATTERN
 from .gate import is_loopback
 from .upload import MAX_TEXT_BYTES, TEXT_FIELDS
@@ -43,11 +43,16 @@ class Error(BaseModel):
     id: str | None = Field(None, description="POST /: the recognition still running when the wait ended")
 
 
-def _model_of(cls: type, title: str, doc: str, overrides: dict[str, Any]) -> type[BaseModel]:
-    """A response model with `cls`'s fields (its format version left out), each optional
-    unless `overrides` says otherwise: one source for what the service writes and shows."""
+def _model_of(
+    cls: type, title: str, doc: str, overrides: dict[str, Any], hidden: tuple[str, ...] = ()
+) -> type[BaseModel]:
+    """A response model with `cls`'s fields (its format version and `hidden` left out), each
+    optional unless `overrides` says otherwise: one source for what the service writes and shows."""
     hints = get_type_hints(cls)
-    fields: dict[str, Any] = {f.name: (hints[f.name] | None, None) for f in dataclasses.fields(cls) if f.name != "v"}
+    left_out = {"v", *hidden}
+    fields: dict[str, Any] = {
+        f.name: (hints[f.name] | None, None) for f in dataclasses.fields(cls) if f.name not in left_out
+    }
     fields.update(overrides)
     model: type[BaseModel] = create_model(title, __doc__=doc, **fields)
     return model
@@ -94,12 +99,22 @@ class Ready(BaseModel):
     queue: dict[str, float] | None = None
 
 
-class Cluster(BaseModel):
-    """Queue depth and workers; for admin keys, the decisions, errors and webhook counts too."""
-
-    model_config = ConfigDict(extra="allow")
-    queue: dict[str, Any]
-    workers: list[dict[str, Any]]
+WorkerState = _model_of(
+    WorkerView, "WorkerState", "A worker: its state; for admin keys, all of it.", {"state": (str, ...)}
+)
+Cluster = _model_of(
+    ClusterStatus,
+    "Cluster",
+    "Queue depth, workers and their history; for admin keys also the decisions, the policy, the "
+    "fleet's errors, the webhooks' counts (what the controller published at its last tick).",
+    {
+        "queue": (dict[str, Any], ...),
+        "workers": (list[WorkerState], ...),  # type: ignore[valid-type]
+        "webhooks": (dict[str, Any] | None, None),
+        "config_errors": (list[str] | None, Field(None, description="what the operator must fix")),
+    },
+    hidden=("running",),
+)
 
 
 class Webhook(BaseModel):
