@@ -28,7 +28,7 @@ from ..urls import Resolver, system_resolver
 from .asgi import HttpMiddleware, Send, on_start
 from .auth import Access, Caller
 from .gate import Gate, allowed_hosts
-from .keys import key_routes
+from .key_routes import key_routes
 from .metrics import Metrics
 from .openapi import (
     FIRST_RESULT,
@@ -48,7 +48,7 @@ from .openapi import finish as finish_document
 from .service import WebParts, WebService, location
 
 log = logging.getLogger(__name__)
-_ID = re.compile(r"[0-9a-f]{32}")
+_ID = re.compile(ID_PATTERN)
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 # W3C trace context, version 00: trace id and parent id not all zeros (checked loosely: logged only)
 _TRACEPARENT = re.compile(rb"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
