@@ -9,7 +9,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .blobs.base import BlobStore
 from .config import WORKER, Settings, process_env
@@ -159,18 +159,22 @@ def make_fleet(settings: Settings) -> Fleet:
 # -- each component with the parts it uses and its own few settings ---------------------------
 
 
+C = TypeVar("C")
+
+
+def picked(cls: type[C], settings: Settings, **given: Any) -> C:
+    """A component's config: each of its fields from the setting of the same name, but `given`."""
+    names = {f.name for f in dataclasses.fields(cls)} - set(given)  # type: ignore[arg-type]
+    return cls(**{name: getattr(settings, name) for name in names}, **given)
+
+
 def make_worker(
     parts: Parts, recognizer: Recognizer, settings: Settings, worker_id: str | None = None, **kw: Any
 ) -> Worker:
     from .messages import FACES
     from .worker import Worker, WorkerConfig
 
-    config = WorkerConfig(
-        batch_size=settings.batch_size,
-        batch_wait_s=settings.batch_wait_s,
-        visibility_s=settings.visibility_s,
-        heartbeat_s=settings.heartbeat_s,
-    )
+    config = picked(WorkerConfig, settings)
     return Worker(
         requests=parts.requests,
         results=parts.results,
@@ -187,12 +191,7 @@ def make_worker(
 def policy_from(settings: Settings) -> Policy:
     from .autoscale import Policy
 
-    return Policy(
-        min_workers=settings.min_workers,
-        max_workers=settings.max_workers,
-        target_per_worker=settings.target_per_worker,
-        scale_in_after_s=settings.scale_in_after_s,
-    )
+    return picked(Policy, settings)
 
 
 def make_controller(
@@ -202,13 +201,7 @@ def make_controller(
     from .access.quota import expire_usage
     from .controller import Controller, ControllerConfig
 
-    config = ControllerConfig(
-        policy=policy_from(settings),
-        tick_s=settings.tick_s,
-        heartbeat_stale_s=settings.heartbeat_stale_s,
-        start_grace_s=settings.start_grace_s,
-        max_receives=settings.max_receives,
-    )
+    config = picked(ControllerConfig, settings, policy=policy_from(settings))
 
     def sweep() -> int:
         now = clock()

@@ -122,21 +122,24 @@ class KeyRing:
         """`token` (a key made elsewhere: a Kubernetes Secret) stored as `name`, unless that very
         key is in place already; True if stored now. Safe to run at every start, by several
         processes at once; a revoked key, or one under another name, is refused."""
-        for attempt in (1, 2):
-            self._found.pop(digest(token), None)  # never a cached answer: another may just have made it
-            key = self.find(token)
-            if key is not None:
-                if key.name != name or key.scope != scope or not key.active:
-                    state = "revoked" if not key.active else f"named {key.name!r}, scope {key.scope}"
-                    raise KeyRingError(f"this key exists already ({state}): give a new one", 409, "key_exists")
-                return False
+        key = self._read(token)
+        if key is None:
             try:
                 self.create(name, scope, token=token)
                 return True
             except KeyRingError as exc:
-                if exc.code != "key_exists" or attempt == 2:
+                key = self._read(token)  # another process may have stored this very key meanwhile
+                if exc.code != "key_exists" or key is None:
                     raise
-        raise AssertionError("unreachable")
+        if key.name != name or key.scope != scope or not key.active:
+            state = "revoked" if not key.active else f"named {key.name!r}, scope {key.scope}"
+            raise KeyRingError(f"this key exists already ({state}): give a new one", 409, "key_exists")
+        return False
+
+    def _read(self, token: str) -> Key | None:
+        """`find` without its cache: what the store holds now."""
+        self._found.pop(digest(token), None)
+        return self.find(token)
 
     def _by_name(self, name: str) -> tuple[str, Key] | None:
         try:

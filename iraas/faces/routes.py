@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from ..refusals import InputError
 from ..web.app import Mount
 from ..web.auth import Access, Caller
-from ..web.openapi import extra, ok, responses, upload_body, wait_parameters
+from ..web.openapi import extra, ok, path_parameter, responses, upload_body, wait_parameters
 from ..web.service import WebService
 from .gallery import GalleryStore
 from .names import person_name
@@ -28,13 +28,11 @@ def gallery_routes(gallery: GalleryStore) -> Mount:
     return mount
 
 
-_NAME = {
-    "name": "name",
-    "in": "path",
-    "required": True,
-    "description": "a person: 1-64 letters, digits, spaces, . ' - or _, in one script",
-    "schema": {"type": "string", "minLength": 1, "maxLength": 64},
-}
+_NAME = path_parameter(
+    "name",
+    {"type": "string", "minLength": 1, "maxLength": 64},
+    "a person: 1-64 letters, digits, spaces, . ' - or _, in one script",
+)
 
 
 def _current(store: GalleryStore) -> Any:

@@ -36,15 +36,15 @@ from .openapi import (
     Me,
     Ready,
     Recognition,
-    Webhook,
     extra,
     ok,
+    path_parameter,
+    publish,
     responses,
     upload_body,
     wait_parameters,
 )
 from .openapi import Cluster as ClusterAnswer
-from .openapi import finish as finish_document
 from .service import WebParts, WebService, location
 
 log = logging.getLogger(__name__)
@@ -85,36 +85,17 @@ def create_app(
     )
     app.add_middleware(_Observe, metrics=svc.metrics)
     _recognition_routes(app, svc, access)
+    _status_route(app, svc, access)
     _course_routes(app, svc, access)
     _page_routes(app)
-    _operations_routes(app, svc, access)
+    _me_route(app, svc, access)
+    _probe_routes(app, svc)
+    _cluster_routes(app, svc, access)
     key_routes(app, access, settings)
     for mount in mounts:
         mount(app, svc, access)
-    _webhook(app)
-    _document(app)
+    publish(app)
     return app
-
-
-def _document(app: FastAPI) -> None:
-    """/openapi.json: FastAPI's, with what it does not write (security schemes)."""
-    make = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            app.openapi_schema = finish_document(make())
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
-def _webhook(app: FastAPI) -> None:
-    @app.webhooks.post("recognition", summary="POSTed to a request's callback_url when its result is final")
-    def recognition_webhook(body: Webhook) -> None:
-        """Signed with the service's webhook secret (Standard Webhooks: `webhook-id`, the request
-        id, the same on every attempt; `webhook-timestamp`; `webhook-signature`), with the
-        request's `X-Request-ID` and `traceparent`. Answer 2xx within the time-out, or it is
-        tried again, for hours: docs/integrating.md."""
 
 
 def _lifespan(
@@ -219,7 +200,9 @@ def _recognition_routes(app: FastAPI, svc: WebService, access: Access) -> None:
             return JSONResponse(entries, status_code=202, headers=headers)
         return JSONResponse(entries)
 
-    rid_parameter = {"name": "rid", "in": "path", "required": True, "schema": {"type": "string", "pattern": ID_PATTERN}}
+
+def _status_route(app: FastAPI, svc: WebService, access: Access) -> None:
+    rid_parameter = path_parameter("rid", {"type": "string", "pattern": ID_PATTERN})
 
     @app.get(
         "/v1/recognitions/{rid}",
@@ -227,7 +210,7 @@ def _recognition_routes(app: FastAPI, svc: WebService, access: Access) -> None:
         summary="Status and result of one image (the key that sent it, or admin)",
         response_model=Recognition,
         responses=ok("its result, or where it is") | responses(404, 503),
-        openapi_extra=extra(s, "recognize", {"parameters": [rid_parameter]}),
+        openapi_extra=extra(svc.settings, "recognize", {"parameters": [rid_parameter]}),
     )
     async def recognition(request: Request, caller: Caller = Depends(access.recognize)) -> JSONResponse:
         rid = str(request.path_params["rid"])
@@ -299,7 +282,7 @@ def _page_routes(app: FastAPI) -> None:
         return FileResponse(_STATIC / name, media_type=_ASSETS[name])
 
 
-def _operations_routes(app: FastAPI, svc: WebService, access: Access) -> None:
+def _me_route(app: FastAPI, svc: WebService, access: Access) -> None:
     s = svc.settings
 
     @app.get(
@@ -312,6 +295,11 @@ def _operations_routes(app: FastAPI, svc: WebService, access: Access) -> None:
     )
     async def me(caller: Caller = Depends(access.recognize)) -> JSONResponse:
         return JSONResponse(access.whoami(caller))
+
+
+def _probe_routes(app: FastAPI, svc: WebService) -> None:
+    """Liveness and readiness, for a load balancer or Kubernetes: no key."""
+    s = svc.settings
 
     @app.get(
         "/healthz",
@@ -343,6 +331,10 @@ def _operations_routes(app: FastAPI, svc: WebService, access: Access) -> None:
         except Exception as exc:
             return JSONResponse({"status": "unavailable", "detail": str(exc)[:300]}, status_code=503)
         return JSONResponse({"status": "ready", "queue": depth.__dict__})
+
+
+def _cluster_routes(app: FastAPI, svc: WebService, access: Access) -> None:
+    s = svc.settings
 
     @app.get(
         "/v1/cluster",

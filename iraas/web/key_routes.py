@@ -13,10 +13,10 @@ from ..access.keys import KeyRingError
 from ..config import Settings
 from ..refusals import InputError
 from .auth import Access
-from .openapi import CreatedKey, KeyInfo, NewKey, extra, ok, responses
+from .openapi import CreatedKey, KeyInfo, NewKey, extra, ok, path_parameter, responses
 
 _NEW_KEY = NewKey.model_json_schema()
-_NAME = {"name": "name", "in": "path", "required": True, "schema": _NEW_KEY["properties"]["name"]}
+_NAME = path_parameter("name", _NEW_KEY["properties"]["name"])
 _BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": _NEW_KEY}}}}
 
 
@@ -38,6 +38,12 @@ def key_routes(app: FastAPI, access: Access, settings: Settings) -> None:
     )
     async def keys() -> JSONResponse:
         return JSONResponse([dataclasses.asdict(k) for k in await run_in_threadpool(ring.all)])
+
+    _changes(app, access, settings)
+
+
+def _changes(app: FastAPI, access: Access, settings: Settings) -> None:
+    ring, admin = access.ring, [Depends(access.admin)]
 
     @app.post(
         "/v1/keys",

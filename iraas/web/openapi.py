@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal, get_type_hints
 
+from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ..access.keys import NAME_PATTERN, PREFIX, SCOPES, Key
@@ -20,6 +21,7 @@ from ..config import Settings
 from ..messages import ClusterStatus, Result, WorkerView
 from ..urls import URL_PATTERN
 from .gate import is_loopback
+from .service import MAX_CALLBACK_CHARS, MAX_WAIT_S
 from .upload import MAX_TEXT_BYTES, TEXT_FIELDS
 
 ID_PATTERN = "^[0-9a-f]{32}$"
@@ -216,7 +218,7 @@ def _text_fields(settings: Settings, callbacks: bool = True) -> dict[str, Any]:
         "callback_url": {
             "type": "string",
             "pattern": URL_PATTERN,
-            "maxLength": min(2048, MAX_TEXT_BYTES),
+            "maxLength": min(MAX_CALLBACK_CHARS, MAX_TEXT_BYTES),
             "description": "a public http(s) URL to POST the result to when final (a signed webhook)",
         },
         "deadline_s": {
@@ -252,7 +254,7 @@ def upload_body(settings: Settings, fields: tuple[str, ...], *, urls: bool, call
         multipart["anyOf"] = [{"required": [name]} for name in fields]
     content: dict[str, Any] = {"multipart/form-data": {"schema": multipart}}
     if urls:
-        url = {"type": "string", "pattern": URL_PATTERN, "maxLength": 2048, "description": "a public http(s) URL"}
+        url = {"type": "string", "pattern": URL_PATTERN, "description": "a public http(s) URL"}
         one = {"type": "object", "required": ["url"], "properties": {"url": url} | text}
         many = {
             "type": "object",
@@ -265,13 +267,21 @@ def upload_body(settings: Settings, fields: tuple[str, ...], *, urls: bool, call
     return {"requestBody": {"required": True, "content": content}}
 
 
+def path_parameter(name: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    """A path parameter the route reads itself (`request.path_params`): the document gives its
+    rule, and the route answers its own refusal (400, 404), not FastAPI's 422."""
+    out: dict[str, Any] = {"name": name, "in": "path", "required": True, "schema": schema}
+    return out | ({"description": description} if description else {})
+
+
 def wait_parameters(settings: Settings, *, wait: bool) -> list[dict[str, Any]]:
     out = [
         {
             "name": "timeout",
             "in": "query",
             "required": False,
-            "description": f"seconds to wait for the answers (default {settings.timeout_s:g}; above 600 counts as 600)",
+            "description": f"seconds to wait for the answers (default {settings.timeout_s:g}; "
+            f"above {MAX_WAIT_S:g} counts as {MAX_WAIT_S:g})",
             "schema": {"type": "number", "minimum": 0, "default": settings.timeout_s},
         }
     ]
@@ -343,3 +353,30 @@ def finish(document: dict[str, Any]) -> dict[str, Any]:
         _HEADER: {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "the key, another way"},
     }
     return document
+
+
+def publish(app: FastAPI) -> None:
+    """The app's /openapi.json: FastAPI's, with the webhook and what FastAPI does not write."""
+    _webhook(app)
+    _document(app)
+
+
+def _document(app: FastAPI) -> None:
+    """/openapi.json: FastAPI's, with what it does not write (security schemes)."""
+    make = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = finish(make())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _webhook(app: FastAPI) -> None:
+    @app.webhooks.post("recognition", summary="POSTed to a request's callback_url when its result is final")
+    def recognition_webhook(body: Webhook) -> None:
+        """Signed with the service's webhook secret (Standard Webhooks: `webhook-id`, the request
+        id, the same on every attempt; `webhook-timestamp`; `webhook-signature`), with the
+        request's `X-Request-ID` and `traceparent`. Answer 2xx within the time-out, or it is
+        tried again, for hours: docs/integrating.md."""

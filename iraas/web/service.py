@@ -48,6 +48,8 @@ class Refused(InputError):
 
 
 log = logging.getLogger(__name__)
+MAX_WAIT_S = 600.0  # a longer `timeout` is read as this
+MAX_CALLBACK_CHARS = 2048
 
 
 def location(rid: str) -> str:
@@ -163,8 +165,8 @@ class WebService:
         if not self.takes_callbacks:
             detail = "this service delivers no webhooks: its operator has set no --webhook-secret"
             raise InputError(400, "webhooks_off", detail)
-        if len(url) > 2048:
-            raise InputError(400, "bad_url", "a callback URL is at most 2048 characters")
+        if len(url) > MAX_CALLBACK_CHARS:
+            raise InputError(400, "bad_url", f"a callback URL is at most {MAX_CALLBACK_CHARS} characters")
         _, host, port, _ = target(url)
         await checked_address(host, port, self.url_policy, self.resolver)
         return url
@@ -322,7 +324,7 @@ class WebService:
             value = math.nan
         if not math.isfinite(value) or value < 0:
             raise InputError(400, "bad_parameter", f"timeout must be a number of seconds, got {raw[:40]!r}")
-        return min(value, 600.0)
+        return min(value, MAX_WAIT_S)
 
     @staticmethod
     def wait(request: Request) -> bool:
