@@ -19,14 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .autoscale import Decision, Observation, Policy, State, decide
+from .autoscale import Decision, Load, Observation, Policy, State, decide, mean_cpu, mean_rate
 from .duty import Duty, SoleDuty
 from .fleet.base import Fleet, Instance
 from .lifecycle.cluster import Cluster
 from .lifecycle.results import Results, reply
 from .logs import about
 from .messages import ClusterStatus, Heartbeat, MessageError, Request, Result, WorkerView
-from .queues.base import Queue, QueueError
+from .queues.base import Depth, Queue, QueueError
 from .replies import Replies
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ class Controller:
         # (at, waiting, in flight, workers) every HISTORY_EVERY_S, for the page's chart
         self.history: deque[tuple[float, int, int, int]] = deque(maxlen=HISTORY_LEN)
         self._peak = (0, 0, 0)  # (waiting, in flight, workers) since the last sample
+        self.load = Load()
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -138,17 +139,17 @@ class Controller:
         now = self.clock()
         depth = self.requests.depth()
         beats = self.cluster.heartbeats()
-        decision, active, instances = self._scale(now, depth.backlog, beats)
+        decision, active, instances = self._scale(now, depth, beats)
         self._sample(now, (depth.visible + depth.delayed, depth.in_flight, len(active)))
         if self.duty.held():  # once per deployment: this process, while it holds them
             dead = self.drain_dead_letters()
             self.dead_total += dead
             self._sweep(now)
-            self._publish(now, depth.visible, depth.in_flight, dead, beats, instances)
+            self._publish(now, depth, dead, beats, instances)
         return decision
 
     def _scale(
-        self, now: float, backlog: int, beats: dict[str, Heartbeat]
+        self, now: float, depth: Depth, beats: dict[str, Heartbeat]
     ) -> tuple[Decision, list[Instance], list[Instance]]:
         """This host's workers sized to the whole backlog (at most its `max_workers`): the
         decision, the active workers, and every instance as listed after the change."""
@@ -157,8 +158,18 @@ class Controller:
         listed = self.fleet.list()
         live = [i for i in listed if i.state != "stopping"]
         active = self._replace_stale(self.fleet, live, beats, now)
-        busy = [i for i in active if i.id in beats and beats[i.id].state == "busy"]
-        obs = Observation(backlog=backlog, workers=len(active), busy=len(busy), recent=self._recent_work(beats))
+        mine = [beats[i.id] for i in active if i.id in beats]
+        self.load.started(active, beats)
+        obs = Observation(
+            backlog=depth.backlog,
+            workers=len(active),
+            busy=sum(b.state == "busy" for b in mine),
+            recent=self._recent_work(beats),
+            waiting=depth.visible + depth.delayed,
+            cpu=mean_cpu(mine),
+            rate=mean_rate(beats.values()),
+            start_s=self.load.start_s,
+        )
         decision, self.state = decide(obs, self.policy, self.state, now)
         changed = self._apply(self.fleet, decision, active, beats) or len(active) != len(live)
         self._record(decision, obs, now)
@@ -231,6 +242,7 @@ class Controller:
             "workers": obs.workers,
             "busy": obs.busy,
             "desired": decision.desired,
+            "rule": decision.rule,
             "reason": decision.reason,
         }
         self.decisions.append(entry)
@@ -279,19 +291,14 @@ class Controller:
     # -- status -----------------------------------------------------------------------------
 
     def _publish(
-        self,
-        now: float,
-        visible: int,
-        in_flight: int,
-        dead: int,
-        beats: dict[str, Heartbeat],
-        instances: list[Instance],
+        self, now: float, depth: Depth, dead: int, beats: dict[str, Heartbeat], instances: list[Instance]
     ) -> None:
         status = ClusterStatus(
             at=now,
             # Ids in workers' hands: what a status query calls "running" (one read, not one per worker).
             running=sorted({rid for beat in beats.values() for rid in beat.current}),
-            queue={"visible": visible, "in_flight": in_flight, "dead_lettered": dead},
+            queue={"visible": depth.visible, "in_flight": depth.in_flight, "dead_lettered": dead},
+            load=self.load.figures(depth, beats, self.state.rate, self.policy.max_workers),
             dead_letters_total=self.dead_total,
             workers=_views(instances, beats),
             history=[list(h) for h in self.history],

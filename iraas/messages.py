@@ -164,6 +164,8 @@ class Heartbeat(_Json):
     failed: int = 0
     current: list[str] = field(default_factory=list)  # request ids in hand
     error: str = ""  # a configuration error stopping its work (a permission its role lacks)
+    cpu: float | None = None  # CPU use over the last period, a fraction of its cores (None: not known)
+    rate: float = 0.0  # images/s while busy (0: none handled yet)
     v: int = VERSION
     _UNVERSIONED_OK = True
 
@@ -188,6 +190,7 @@ class ClusterStatus(_Json):
     at: float | None = None
     running: list[str] = field(default_factory=list)  # request ids in workers' hands
     queue: dict[str, int] = field(default_factory=dict)  # visible, in_flight, dead_lettered
+    load: dict[str, float | None] = field(default_factory=dict)  # controller.load.Load.figures
     dead_letters_total: int = 0
     workers: list[WorkerView] = field(default_factory=list)
     history: list[list[float]] = field(default_factory=list)  # [at, waiting, in flight, workers]

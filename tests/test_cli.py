@@ -53,3 +53,13 @@ def test_course_settings_that_cannot_work_refuse_to_start(tmp_path: Path) -> Non
     assert odd.returncode == 2 and "not a plain URL path" in odd.stderr
     reply = _iraas("up", *data, "--course-reply", "json")
     assert reply.returncode == 2 and "course_reply must be name:label or label" in reply.stderr
+
+
+def test_scaling_settings_that_cannot_work_refuse_to_start(tmp_path: Path) -> None:
+    data = ["--data-dir", str(tmp_path)]
+    inverted = _iraas("up", *data, "--cpu-high", "0.2", "--cpu-low", "0.5")
+    assert inverted.returncode == 2 and "0 <= cpu_low <= cpu_high <= 1" in inverted.stderr
+    negative = _iraas("up", *data, "--target-wait-s", "-1")
+    assert negative.returncode == 2 and "target_wait_s >= 0" in negative.stderr
+    shown = _iraas("up", "--help")
+    assert "--target-wait-s" in shown.stdout and "--cpu-high" in shown.stdout

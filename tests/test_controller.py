@@ -192,3 +192,26 @@ def test_a_failure_that_repeats_every_tick_is_logged_once_not_four_times_a_secon
         stop.set()
         runner.join()
     assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
+
+
+def test_the_workers_signals_reach_the_decision_and_the_status(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, max_workers=10, target_wait_s=2.0, scale_in_after_s=5, start_grace_s=60)
+    b, clock = build(settings), Clock()
+    fleet = FakeFleet(clock)
+    ctl = make_controller(b, fleet, settings, clock=clock)
+    b.requests.send(_request("a" * 32))
+    assert ctl.tick().rule == "wait" and len(fleet.instances) == 1  # no rate yet: one for one request
+    (wid,) = fleet.instances
+    clock.now += 3  # it took 3 s to start; it measured 5 images/s while busy, at 90 % CPU
+    b.cluster.write_heartbeat(
+        Heartbeat(worker=wid, pid=1, state="busy", at=clock.now, started_at=clock.now, cpu=0.9, rate=5.0)
+    )
+    for first in range(1, 40, 10):  # 40 in all: 8 s at 5/s for one worker
+        b.requests.send_batch([_request(f"{i:032x}") for i in range(first, min(first + 10, 40))])
+    decision = ctl.tick()
+    assert decision.desired == 4 and "5.0/s" in decision.reason  # 40 / (5/s * 2 s)
+    status = b.cluster.status()
+    assert status.decisions[-1]["rule"] == "wait"
+    load = status.load
+    assert (load["cpu"], load["rate"], load["start_s"], load["backlog"]) == (0.9, 5.0, 3.0, 40)
+    assert load["full_drain_s"] == 0.8  # 40 at 5/s on all 10

@@ -294,3 +294,40 @@ def test_a_store_away_a_moment_is_503_with_retry_after_on_any_route(tmp_path: Pa
             assert int(r.headers["retry-after"]) > 0, path
         away.away = False
         assert client.get(f"/v1/recognitions/{rid}").json()["status"] == "queued"  # back by itself
+
+
+def test_a_deadline_no_fleet_could_meet_is_answered_expired_at_once(client: TestClient, store: Parts) -> None:
+    # The controller measured 5 images/s a worker, 2 workers at most, 40 requests in the queue:
+    # the next waits 41 / 10 = 4.1 s at least.
+    load = {"rate": 5.0, "max_workers": 2, "backlog": 40}
+    store.cluster.publish_status(ClusterStatus(at=time.time(), load=load))
+    files = [("files", ("a.jpg", PHOTOS[0].read_bytes())), ("files", ("b.jpg", PHOTOS[1].read_bytes()))]
+    resp = client.post("/v1/recognitions?wait=false", files=files, data={"deadline_s": "4"})
+    assert resp.status_code == 202
+    for got in resp.json():
+        assert (got["status"], got["error"]) == ("failed", "expired")
+        assert "deadline of 4 s" in got["reason"] and "2 workers" in got["reason"]
+        assert client.get(got["location"]).json()["error"] == "expired"  # the stored answer, final
+    _nothing_stored_or_queued_but_results(store)
+    # with 4.15 s, the first can make it (41st in line: 4.1 s), the second cannot (42nd: 4.2 s)
+    resp = client.post("/v1/recognitions?wait=false", files=files, data={"deadline_s": "4.15"})
+    assert [e["status"] for e in resp.json()] == ["queued", "failed"]
+    assert store.requests.depth().visible == 1
+
+
+def test_a_deadline_is_never_answered_early_on_a_stale_or_rateless_status(tmp_path: Path) -> None:
+    statuses = (
+        ClusterStatus(at=time.time() - 600, load={"rate": 5.0, "max_workers": 2, "backlog": 400}),  # controller gone
+        ClusterStatus(at=time.time(), load={"rate": None, "max_workers": 2, "backlog": 400}),  # nothing measured
+    )
+    for n, status in enumerate(statuses):
+        settings = _settings(tmp_path / str(n))
+        parts = build(settings)
+        parts.cluster.publish_status(status)
+        with TestClient(make_app(settings, parts), base_url="http://127.0.0.1") as c:
+            resp = c.post("/v1/recognitions?wait=false", files=[("files", ("a.jpg", JPEG))], data={"deadline_s": "1"})
+        assert resp.json()[0]["status"] == "queued"
+
+
+def _nothing_stored_or_queued_but_results(store: Parts) -> None:
+    assert store.requests.depth().backlog == 0 and store.blobs.list("inputs/") == []

@@ -326,3 +326,34 @@ def _again(store: Parts, rid: str, digest: str) -> Request:
     """A request for bytes sent before, as the web makes it (the dedup key is its business)."""
     when = time.time()
     return make_request(store, rid=rid, digest=digest, name="again.jpg", model=MODEL, reply_to="", submitted_at=when)
+
+
+def test_the_meter_reports_cpu_as_a_share_of_the_cores_and_the_rate_while_busy() -> None:
+    from iraas.worker.meter import Meter
+
+    wall, cpu = [0.0], [0.0]
+    meter = Meter(2, cpu_clock=lambda: cpu[0], clock=lambda: wall[0])
+    assert meter.read() == (0.0, 0.0)  # nothing measured yet
+    wall[0], cpu[0] = 10.0, 15.0  # 1.5 cores of 2 for 10 s
+    meter.worked(8, 0.4)
+    meter.worked(12, 0.6)  # 20 images in 1 s busy: 20/s, however long it idled besides
+    assert meter.read() == (0.75, 20.0)
+    wall[0] = 20.0  # idle: no CPU, and the rate stays what it was
+    assert meter.read() == (0.0, 20.0)
+    wall[0], cpu[0] = 21.0, 16.0
+    meter.worked(10, 1.0)  # 10/s now: smoothed with the last
+    assert meter.read() == (0.5, 15.0)
+
+
+def test_heartbeats_carry_the_workers_cpu_and_rate(store: Parts, classifier: Classifier, tmp_path: Path) -> None:
+    w = _worker(store, classifier, tmp_path)
+    w.meter.read()  # the period starts now
+    for data in (TENCH, SHARK):
+        _submit(store, data, reply_to="")
+    handled = 0
+    while handled < 2:
+        handled += w.run_once(wait_s=1)
+    w._write_beat()
+    beat = store.cluster.heartbeats()["w-test"]
+    assert beat.rate > 0 and beat.cpu is not None and 0 < beat.cpu <= 1
+    assert beat.rate == round(w.meter.rate, 2)  # what the controller reads is what the worker measured

@@ -253,6 +253,21 @@ class Settings:
         8, "backlog one worker should hold before another is started (default 8)", {CONTROLLER}
     )
     scale_in_after_s: float = setting(10.0, "idle period before workers are stopped (default 10)", {CONTROLLER})
+    target_wait_s: float = setting(
+        0.0,
+        "size the fleet so the backlog drains within this many seconds at the workers' measured rate, "
+        "in place of --target-per-worker; 0 = off (default 0)",
+        {CONTROLLER},
+    )
+    cpu_high: float = setting(
+        0.0,
+        "also scale out while the workers' average CPU (0..1) is at least this and requests wait, and "
+        "scale in only below --cpu-low with nothing waiting; 0 = off (default 0)",
+        {CONTROLLER},
+    )
+    cpu_low: float = setting(
+        0.3, "with --cpu-high: CPU (0..1) below which workers may be stopped (default 0.3)", {CONTROLLER}
+    )
     tick_s: float = setting(0.25, "seconds between controller decisions (default 0.25)", {CONTROLLER})
     heartbeat_stale_s: float = setting(15.0, "a worker silent this long is replaced (default 15)", {CONTROLLER})
     start_grace_s: float = setting(30.0, "time a new worker has to send its first heartbeat (default 30)", {CONTROLLER})

@@ -71,6 +71,8 @@ def _check(settings: Settings) -> None:
         raise ValueError("need 0 <= min_workers <= max_workers")
     if not 0 <= settings.warm_pool <= settings.max_workers:
         raise ValueError("need 0 <= warm_pool <= max_workers")
+    if settings.target_wait_s < 0 or (settings.cpu_high and not 0 <= settings.cpu_low <= settings.cpu_high <= 1):
+        raise ValueError("need target_wait_s >= 0 and, with cpu_high, 0 <= cpu_low <= cpu_high <= 1")
     named = (("auth", AUTH_MODES), ("backend", BACKENDS), ("course_reply", COURSE_REPLIES), ("role", ROLES))
     for name, allowed in named:
         if getattr(settings, name) not in allowed:

@@ -8,11 +8,14 @@ from the stored result without inference (dedup by SHA-256).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..autoscale import wait_at_full_size
 from ..config import Settings
 from ..imaging import ImageError, inspect, looks_complete
+from ..lifecycle.cluster import Cluster
 from ..lifecycle.results import Results
 from ..messages import Request, Result
 from ..refusals import InputError
@@ -59,9 +62,14 @@ class Extras:
     callback: str = ""
 
 
+STATUS_FRESH_S = 10.0  # an older status (its controller gone?) tells nothing of the wait now
+
+
 class Intake:
-    def __init__(self, settings: Settings, results: Results, reply_to: str) -> None:
-        self.s, self.results, self.reply_to = settings, results, reply_to
+    def __init__(self, settings: Settings, results: Results, reply_to: str, cluster: Cluster | None = None) -> None:
+        """`cluster`: whose status tells how long the queue takes to drain (deadlines that cannot
+        be met are answered at once); None: never answered early."""
+        self.s, self.results, self.reply_to, self.cluster = settings, results, reply_to, cluster
         self.model = model_key(settings.model)
 
     def submit(
@@ -78,7 +86,8 @@ class Intake:
         now = time.time()
         out: list[Submitted] = []
         queued = []
-        for item, rid in zip(items, ids, strict=True):
+        hopeless = self._hopeless(extras.deadline_s, now)
+        for i, (item, rid) in enumerate(zip(items, ids, strict=True)):
             digest = item.body.digest
             draft = Request(
                 id=rid,
@@ -96,9 +105,40 @@ class Intake:
             )
             req = self.results.request(draft, digest)
             cached = self.results.answer_from_cache(req) if task == "recognize" else None
+            if cached is None and (why := hopeless(i)):
+                cached = self.results.finish(req, _expired_early(req, why))
             out.append(Submitted(rid, item.name, cached))
             if cached is None:
                 self.results.put_input(item.body.reader(), digest)
                 queued.append(req)
         self.results.enqueue(queued)
         return out
+
+    def _hopeless(self, deadline_s: float, now: float) -> Callable[[int], str]:
+        """For the i-th item: why its deadline cannot be met even with every worker there may
+        be ("" if it can, or if nothing is known: no status, an old one, no rate measured)."""
+        if not deadline_s or self.cluster is None:
+            return _never
+        status = self.cluster.status()
+        if status.at is None or now - status.at > STATUS_FRESH_S:
+            return _never
+        backlog, most = int(status.load.get("backlog") or 0), status.load.get("max_workers")
+
+        def why(i: int) -> str:
+            least = wait_at_full_size(status.load, backlog + i)
+            if least is None or least <= deadline_s:
+                return ""
+            return (
+                f"cannot be recognised within its deadline of {deadline_s:g} s: with {backlog + i} request(s) "
+                f"ahead it would wait {least:.1f} s or more, with all {most} workers at their measured rate"
+            )
+
+        return why
+
+
+def _never(i: int) -> str:
+    return ""
+
+
+def _expired_early(req: Request, reason: str) -> Result:
+    return Result.failure(req, "expired", reason, timings={"queued": 0.0, "total": 0.0})

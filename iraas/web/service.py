@@ -92,7 +92,7 @@ class WebService:
         self.callbacks, self.cluster = parts.callbacks, parts.cluster
         self.metrics = Metrics()
         self.waiter = ReplyWaiter(parts.replies, self.metrics.observe)  # every answer is replied here
-        self.intake = Intake(s, self.results, self.waiter.name)
+        self.intake = Intake(s, self.results, self.waiter.name, self.cluster)
         self.signing = bool(secret_keys(s.webhook_secret))
         self._misconfigured = ""  # the configuration error last logged (once, not per request)
         try:
@@ -300,11 +300,12 @@ class WebService:
             self.release(items)
         for sub in subs:
             if sub.cached is not None:
-                self.metrics.dedup.inc()
+                if sub.cached.cached:  # (not an early `expired`)
+                    self.metrics.dedup.inc()
                 self.metrics.observe(sub.cached)
                 self.waiter.forget(sub.id)
         if not wait:
-            return [entry(s, None) for s in subs]
+            return [entry(s, s.cached) for s in subs]  # answered at once: the answer
         pending = [futures[s.id] for s in subs if s.cached is None]
         if pending:
             await asyncio.wait(pending, timeout=timeout)

@@ -31,6 +31,7 @@ from ..model.spec import SpecError
 from ..queues.base import Message, Queue, QueueError
 from ..replies import Replies
 from . import answers
+from .meter import Meter
 
 log = logging.getLogger("iraas.worker")  # the name log queries know (before the package split)
 T = TypeVar("T")
@@ -44,6 +45,7 @@ class WorkerConfig:
     batch_wait_s: float = 0.0  # extra wait for a fuller batch once one request arrived
     visibility_s: int = 10
     heartbeat_s: float = 1.0
+    threads: int = 1  # the model's threads: the cores its CPU use is a fraction of
 
 
 class Enrolments(Protocol):
@@ -92,6 +94,7 @@ class Worker:
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="fetch")
         self._received_at = 0.0  # of the batch in hand
         self._backoff_s = 1.0  # after a refused permission: doubled each time, up to a minute
+        self.meter = Meter(config.threads)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -202,6 +205,7 @@ class Worker:
         # two writes an image under light load, for a "running" that lasts ~15 ms.
         self.state, self.current = "busy", [j.req.id for j in jobs]
         self._held = [m.receipt for m in msgs + still]
+        t0 = time.monotonic()
         try:
             self._process(jobs)
         finally:
@@ -210,6 +214,7 @@ class Worker:
         done = [m.receipt for m in msgs if m.receipt not in kept]
         if done:
             queue.delete_batch(done)
+        self.meter.worked(len(jobs), time.monotonic() - t0)
         for job in jobs:  # in the background: the next batch need not wait for these
             self._pool.submit(self._remember, job)
 
@@ -360,6 +365,7 @@ class Worker:
     # -- heartbeats -------------------------------------------------------------------------
 
     def _write_beat(self) -> None:
+        cpu, rate = self.meter.read()
         beat = Heartbeat(
             worker=self.id,
             pid=os.getpid(),
@@ -370,6 +376,8 @@ class Worker:
             failed=self.failed,
             current=list(self.current),
             error=self.error,
+            cpu=cpu,
+            rate=rate,
         )
         try:
             self.cluster.write_heartbeat(beat)

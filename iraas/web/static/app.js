@@ -123,7 +123,7 @@ function decisions(list) {
   for (const d of list.slice(-10).reverse()) {
     const li = document.createElement("li");
     const at = new Date(d.at * 1000).toLocaleTimeString();
-    li.textContent = `${at} ${d.workers} → ${d.desired}: ${d.reason}`;
+    li.textContent = `${at} ${d.workers} → ${d.desired}` + (d.rule ? ` [${d.rule}]` : "") + `: ${d.reason}`;
     ol.append(li);
   }
 }
