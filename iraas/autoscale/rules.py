@@ -87,16 +87,20 @@ def _waiting(obs: Observation) -> int:
 
 def _wait_rule(obs: Observation, policy: Policy, state: State) -> tuple[int, str]:
     """`state`: this observation's, its backlog the last of the trend's."""
-    if state.rate <= 0:
+    rate, target = state.rate, policy.target_wait_s
+    if rate <= 0:
         n = recommend(obs.backlog, policy)
         return n, f"backlog {obs.backlog} / target {policy.target_per_worker} → {n} (no rate measured yet)"
     # Where the backlog will be when a worker started now is ready, if it keeps rising.
     ahead = obs.backlog + max(_trend(state.backlogs), 0.0) * obs.start_s
-    n = _bounded(math.ceil(ahead / (state.rate * policy.target_wait_s) - 1e-9), policy)
+    n = math.ceil(ahead / (rate * target) - 1e-9)
+    if n > obs.workers and target > obs.start_s:
+        # A worker started now drains for only what is left of the target once it is ready.
+        rest = ahead - obs.workers * rate * target
+        n = obs.workers + math.ceil(rest / (rate * (target - obs.start_s)) - 1e-9)
+    n = _bounded(n, policy)
     rising = f", rising to {ahead:.0f} in {obs.start_s:.1f} s" if ahead > obs.backlog + 0.5 else ""
-    return n, (
-        f"backlog {obs.backlog}{rising}, {state.rate:.1f}/s a worker: {n} drain it within {policy.target_wait_s:g} s"
-    )
+    return n, f"backlog {obs.backlog}{rising}, {rate:.1f}/s a worker: {n} drain it within {target:g} s"
 
 
 def _cpu_rule(obs: Observation, policy: Policy) -> tuple[int, str]:
