@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .autoscale import Decision, Load, Observation, Policy, State, decide, mean_cpu, mean_rate
+from .cloudwatch import MetricsSink
 from .duty import Duty, SoleDuty
 from .fleet.base import Fleet, Instance
 from .lifecycle.cluster import Cluster
@@ -49,6 +50,10 @@ def _no_sweep() -> int:
     return 0
 
 
+def _no_counters() -> dict[str, int]:
+    return {}
+
+
 class Controller:
     def __init__(
         self,
@@ -61,14 +66,19 @@ class Controller:
         config: ControllerConfig,
         sweep: Callable[[], int] = _no_sweep,
         duty: Duty | None = None,
+        metrics: MetricsSink | None = None,
+        counters: Callable[[], dict[str, int]] = _no_counters,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """`fleet`: None on a host without workers (it may still hold the duties); `sweep()`:
         retention (expired blobs removed, how many), run once a minute; `duty`: whether this
-        process does the once-per-deployment duties (dead letters, retention, the status)."""
+        process does the once-per-deployment duties (dead letters, retention, the status, the
+        metrics); `metrics`: where the figures go (CloudWatch), with the `counters()` of the
+        other duties (webhooks given up)."""
         self.requests, self.results, self.cluster, self.replies = requests, results, cluster, replies
         self.fleet, self.config, self.sweep, self.clock = fleet, config, sweep, clock
         self.duty: Duty = duty or SoleDuty()
+        self.metrics, self.counters = metrics, counters
         self.policy = config.policy
         self.state = State()
         self.decisions: deque[dict[str, Any]] = deque(maxlen=50)
@@ -145,7 +155,9 @@ class Controller:
             dead = self.drain_dead_letters()
             self.dead_total += dead
             self._sweep(now)
-            self._publish(now, depth, dead, beats, instances)
+            status = self._publish(now, depth, dead, beats, instances)
+            if self.metrics is not None:
+                self.metrics.observe(_gauges(status, depth), {"DeadLetters": self.dead_total, **self.counters()})
         return decision
 
     def _scale(
@@ -292,7 +304,7 @@ class Controller:
 
     def _publish(
         self, now: float, depth: Depth, dead: int, beats: dict[str, Heartbeat], instances: list[Instance]
-    ) -> None:
+    ) -> ClusterStatus:
         status = ClusterStatus(
             at=now,
             # Ids in workers' hands: what a status query calls "running" (one read, not one per worker).
@@ -309,6 +321,25 @@ class Controller:
             by=f"{socket.gethostname()}:{os.getpid()}",
         )
         self.cluster.publish_status(status)
+        return status
+
+
+def _gauges(status: ClusterStatus, depth: Depth) -> dict[str, float | None]:
+    """The figures CloudWatch gets (iraas/cloudwatch.py names them)."""
+    working = [w for w in status.workers if w.state not in ("stopping", "stopped", "terminated")]
+    cpu = status.load.get("cpu")
+    return {
+        "Backlog": depth.backlog,
+        "Waiting": depth.visible + depth.delayed,
+        "InFlight": depth.in_flight,
+        "OldestAgeSeconds": depth.oldest_age_s,
+        "Workers": len(working),
+        "BusyWorkers": sum(w.state == "busy" for w in working),
+        "WorkerCPU": None if cpu is None else round(cpu * 100, 1),
+        "WorkerRate": status.load.get("rate"),
+        "DrainSeconds": status.load.get("drain_s"),
+        "BacklogPerWorker": depth.backlog / max(len(working), 1),
+    }
 
 
 def _views(instances: list[Instance], beats: dict[str, Heartbeat]) -> list[WorkerView]:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # the tiers are imported where they are made: `iraas keys` ne
     from fastapi import FastAPI
 
     from .autoscale import Policy
+    from .cloudwatch import MetricsSink
     from .controller import Controller
     from .model.recognizer import Recognizer
     from .web.service import WebParts
@@ -195,9 +196,14 @@ def policy_from(settings: Settings) -> Policy:
 
 
 def make_controller(
-    parts: Parts, fleet: Fleet | None, settings: Settings, clock: Callable[[], float] = time.time
+    parts: Parts,
+    fleet: Fleet | None,
+    settings: Settings,
+    clock: Callable[[], float] = time.time,
+    counters: Callable[[], dict[str, int]] | None = None,
 ) -> Controller:
-    """`fleet` None: a host without workers, that may still hold the deployment's duties."""
+    """`fleet` None: a host without workers, that may still hold the deployment's duties;
+    `counters`: the other duties' counters, for the metrics (the webhooks given up)."""
     from .access.quota import expire_usage
     from .controller import Controller, ControllerConfig
 
@@ -218,8 +224,19 @@ def make_controller(
         config=config,
         sweep=sweep,
         duty=parts.duty,
+        metrics=make_metrics(settings),
+        counters=counters or dict,
         clock=clock,
     )
+
+
+def make_metrics(settings: Settings) -> MetricsSink | None:
+    """On AWS, CloudWatch (unless `metrics_every_s` is 0); elsewhere /metrics is scraped instead."""
+    if settings.backend != "aws" or settings.metrics_every_s <= 0:
+        return None
+    from .cloudwatch import CloudWatchMetrics
+
+    return CloudWatchMetrics(aws_client("cloudwatch", settings), settings.name, settings.metrics_every_s)
 
 
 def make_deliverer(parts: Parts, settings: Settings, **kw: Any) -> Deliverer:

@@ -63,8 +63,10 @@ def up(settings: Settings, with_controller: bool = True) -> None:
 
 
 def _controller_thread(parts: Parts, fleet: Fleet | None, settings: Settings) -> Callable[[threading.Event], None]:
-    controller = make_controller(parts, fleet, settings)
     deliverer = make_deliverer(parts, settings)
+    controller = make_controller(
+        parts, fleet, settings, counters=lambda: {"WebhooksFailed": deliverer.counts["failed"]}
+    )
 
     def background(stop: threading.Event) -> None:
         hooks = threading.Thread(target=deliverer.run, args=(stop,), daemon=True, name="webhooks")

@@ -29,6 +29,7 @@ _KEEP = (
     "IamInstanceProfile",
     "ImageId",
     "DryRun",
+    "Namespace",
 )
 
 

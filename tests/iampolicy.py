@@ -23,7 +23,8 @@ from typing import Any
 EVALUATOR = Path(__file__).with_name("iam") / "evaluate.mjs"
 _MOTO_EXACT = {"s3", "sqs"}  # services whose resource ARNs moto passes to its policy check
 _MOTO_BLIND = {"sqs:GetQueueUrl", "sqs:CreateQueue", "sqs:ListQueues"}  # ...but not for these (no QueueUrl)
-# moto names the batch calls as actions of their own; IAM (and the template) authorizes them as these
+# moto names CloudWatch's actions monitoring:* (its endpoint's prefix), IAM cloudwatch:*; and it
+# names the batch calls as actions of their own; IAM (and the template) authorizes them as these
 _MOTO_BATCH = {a: a + "Batch" for a in ("sqs:SendMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility")}
 
 
@@ -65,13 +66,15 @@ def authorizations(call: dict[str, Any], dep: Deployment) -> list[Auth]:
         return _sqs(op, p, dep, why)
     if service == "ec2":
         return _ec2(op, p, dep, why)
+    if service in ("cloudwatch", "monitoring") and op == "PutMetricData":  # (boto names it by its endpoint)
+        return [Auth("cloudwatch:PutMetricData", "*", (("cloudwatch:namespace", str(p["Namespace"])),), why=why)]
     if service == "secretsmanager" and op == "GetSecretValue":  # SecretId: the ARN deploy passes
         return [Auth("secretsmanager:GetSecretValue", str(p["SecretId"]), why=why)]
     raise AssertionError(f"no IAM model for {service}:{op} ({why}): add one to tests/iampolicy.py")
 
 
 def _what(p: dict[str, Any]) -> str:
-    for key in ("Key", "Prefix", "QueueUrl", "QueueName", "InstanceIds", "LaunchTemplate"):
+    for key in ("Key", "Prefix", "QueueUrl", "QueueName", "InstanceIds", "LaunchTemplate", "Namespace"):
         if key in p:
             return f"{key}={p[key]}"
     return ""
@@ -245,6 +248,7 @@ def moto_projection(policy: dict[str, Any]) -> dict[str, Any]:
     for stmt in copy.deepcopy(policy)["Statement"]:
         actions = stmt["Action"] if isinstance(stmt["Action"], list) else [stmt["Action"]]
         actions += [_MOTO_BATCH[a] for a in actions if a in _MOTO_BATCH]
+        actions += ["monitoring:" + a.split(":", 1)[1] for a in actions if a.startswith("cloudwatch:")]
         blind = [a for a in actions if a in _MOTO_BLIND or a.split(":")[0] not in _MOTO_EXACT or "Condition" in stmt]
         wide += blind
         if len(blind) < len(actions):

@@ -417,10 +417,54 @@ def test_under_each_roles_own_policy_a_burst_scales_out_answers_right_scales_in_
         hooked_labels = {e["data"]["id"]: e["data"]["label"] for e in events}
         assert [hooked_labels[i] for i in ids] + [r["label"] for r in results] == expected
         assert sorted(_callback(url, i, auth)["attempts"] for i in ids) == [1, 1, 2]
+        _published_what_the_alarms_and_dashboard_watch(deployer)
         return {r["worker"] for r in results}
 
-    web_flags = ["--url-allow", "127.0.0.1", "--webhook-backoff-s", "1"]
+    web_flags = ["--url-allow", "127.0.0.1", "--webhook-backoff-s", "1", "--metrics-every-s", "1"]
     _run_under_roles(moto, deployer, tmp_path, burst, web_flags=web_flags)
+
+
+def _published_what_the_alarms_and_dashboard_watch(aws: Aws) -> None:
+    """The controller (under its role: judged with the rest) put its figures into CloudWatch;
+    `iraas aws status` shows them; every iraas metric the stack's alarms and dashboard watch is
+    one it puts, with the deployment's dimension. (moto makes no alarms from a template: their
+    definitions are read from it, as CloudFormation would resolve them.)"""
+    from iraas.aws.deploy import TEMPLATE, status
+    from iraas.cloudwatch import COUNTERS, GAUGES
+
+    def shown() -> dict[str, Any]:
+        return dict(status(aws, NAME)["metrics"])
+
+    _wait(lambda: (shown()["Workers"] or 0) >= 2 and shown()["Backlog"] is not None, 60, "figures put to CloudWatch")
+    listed = aws.cloudwatch.list_metrics(Namespace="iraas")["Metrics"]
+    put = {m["MetricName"] for m in listed if m["Dimensions"] == [{"Name": "Deployment", "Value": NAME}]}
+    assert put >= {"Backlog", "Waiting", "InFlight", "Workers", "BusyWorkers", "WorkerCPU", "DeadLetters"}
+    assert put <= set(GAUGES) | set(COUNTERS)
+    template = _template(TEMPLATE)
+    alarms = [r["Properties"] for r in template["Resources"].values() if r["Type"] == "AWS::CloudWatch::Alarm"]
+    assert len(alarms) == 3
+    for alarm in alarms:
+        if alarm["Namespace"] == "iraas":
+            assert alarm["MetricName"] in set(GAUGES) | set(COUNTERS)
+            assert alarm["Dimensions"] == [{"Name": "Deployment", "Value": {"Ref": "DeploymentName"}}]
+        else:  # SQS's own age of the oldest message, of the requests queue the stack made
+            assert (alarm["Namespace"], alarm["Dimensions"][0]["Value"]) == (
+                "AWS/SQS",
+                {"Fn::GetAtt": ["RequestsQueue", "QueueName"]},
+            )
+    board = json.loads(aws.cloudwatch.get_dashboard(DashboardName=f"iraas-{NAME}")["DashboardBody"])
+    watched = [m for w in board["widgets"] for m in w["properties"].get("metrics", [])]
+    assert {m[1] for m in watched if m[0] == "iraas"} <= put | set(COUNTERS)
+    assert all(m[3] == NAME for m in watched if m[0] == "iraas")
+    assert [m[3] for m in watched if m[0] == "AWS/SQS"] == [f"{NAME}-requests"]
+
+
+def _template(path: Path) -> dict[str, Any]:
+    from cfnlint.decode import decode
+
+    template, errors = decode(str(path))
+    assert not errors and template is not None
+    return dict(template)
 
 
 def _signed(secret: str, got: Received) -> bool:

@@ -255,3 +255,20 @@ def test_workers_run_under_systemd_so_a_pooled_instance_works_again_when_started
         "aws:ResourceTag/iraas:role": "worker",
     }
     assert template["Parameters"]["WarmPool"]["Default"] == 0
+
+
+def test_the_controller_may_put_metrics_in_the_iraas_namespace_only(template: dict[str, Any]) -> None:
+    from . import iampolicy
+
+    (stmt,) = [s for s in _statements(template, "ControllerRole") if s["Sid"] == "PublishMetrics"]
+    policy = {"Version": "2012-10-17", "Statement": [json.loads(json.dumps(stmt))]}
+    principal = "arn:aws:sts::123456789012:assumed-role/web/i-0"
+    asks = [
+        (principal, "p", iampolicy.Auth("cloudwatch:PutMetricData", "*", (("cloudwatch:namespace", ns),)))
+        for ns in ("iraas", "AWS/EC2", "other")
+    ]
+    decisions = iampolicy.evaluate({"p": policy}, asks, account="123456789012")
+    assert [d.allowed for d in decisions] == [True, False, False]
+    for role in ("WorkerRole", "ControllerRole"):  # nothing else of CloudWatch, for either role
+        others = [s for s in _statements(template, role) if any(a.startswith("cloudwatch:") for a in _actions(s))]
+        assert [s["Sid"] for s in others] == (["PublishMetrics"] if role == "ControllerRole" else [])

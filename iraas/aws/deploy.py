@@ -22,6 +22,7 @@ from typing import Any
 from botocore.exceptions import ClientError, WaiterError
 
 from ..awsapi import client, error_code, stack_name, stack_outputs
+from ..cloudwatch import latest
 from ..fleet.ec2 import DEPLOYMENT_TAG
 from .lock import build_lock, sha256
 
@@ -37,6 +38,7 @@ class Aws:
     sqs: Any
     sts: Any
     secrets: Any  # Secrets Manager: the webhook secret
+    cloudwatch: Any  # the controller's figures, for `status`
     region: str | None = None
     endpoint_url: str | None = None
 
@@ -52,6 +54,7 @@ class Aws:
             sqs=connect("sqs"),
             sts=connect("sts"),
             secrets=connect("secretsmanager"),
+            cloudwatch=connect("cloudwatch"),
             region=region,
             endpoint_url=endpoint_url,
         )
@@ -263,6 +266,8 @@ def status(aws: Aws, name: str) -> dict[str, Any]:
             "in_flight": int(attrs["ApproximateNumberOfMessagesNotVisible"]),
         },
         "instances": instances,
+        # the controller's figures as it put them (nothing while metrics_every_s is 0)
+        "metrics": latest(aws.cloudwatch, name),
     }
 
 

@@ -269,6 +269,12 @@ class Settings:
         0.3, "with --cpu-high: CPU (0..1) below which workers may be stopped (default 0.3)", {CONTROLLER}
     )
     tick_s: float = setting(0.25, "seconds between controller decisions (default 0.25)", {CONTROLLER})
+    metrics_every_s: float = setting(
+        60.0,
+        "AWS: seconds between the controller's puts of its figures to CloudWatch (namespace iraas, one "
+        "request for all of them); 0 = none (default 60)",
+        {CONTROLLER},
+    )
     heartbeat_stale_s: float = setting(15.0, "a worker silent this long is replaced (default 15)", {CONTROLLER})
     start_grace_s: float = setting(30.0, "time a new worker has to send its first heartbeat (default 30)", {CONTROLLER})
 
