@@ -176,6 +176,12 @@ def make_worker(
     from .worker import Worker, WorkerConfig
 
     config = picked(WorkerConfig, settings)
+    if settings.autoscaling_group and worker_id and "protection" not in kw:
+        from .fleet.asg import ScaleInProtection
+
+        # released after five idle heartbeats: a pause between two batches keeps it
+        client = aws_client("autoscaling", settings)
+        kw["protection"] = ScaleInProtection(client, settings.autoscaling_group, worker_id, 5 * settings.heartbeat_s)
     return Worker(
         requests=parts.requests,
         results=parts.results,

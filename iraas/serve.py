@@ -55,7 +55,8 @@ def up(settings: Settings, with_controller: bool = True) -> None:
     publish_if_given(settings.model, settings.gallery, parts.gallery)
     background = None
     if with_controller:
-        fleet = make_fleet(settings) if settings.role == "all" else None
+        ours = settings.role == "all" and settings.scaler == "controller"  # else another scales them
+        fleet = make_fleet(settings) if ours else None
         background = _controller_thread(parts, fleet, settings)
     app = make_app(settings, parts, background=background)
     print(f"iraas serving on http://{settings.host}:{settings.port}  ({_where(settings)})", flush=True)

@@ -30,6 +30,8 @@ _KEEP = (
     "ImageId",
     "DryRun",
     "Namespace",
+    "AutoScalingGroupName",
+    "ProtectedFromScaleIn",
 )
 
 

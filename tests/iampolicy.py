@@ -48,6 +48,7 @@ class Deployment:
     template_arn: str
     template: dict[str, Any]  # the worker launch template's data
     instance_tags: dict[str, dict[str, str]] = field(default_factory=dict)
+    groups: dict[str, str] = field(default_factory=dict)  # Auto Scaling group name: its ARN
 
 
 def load_calls(paths: Iterable[Path]) -> list[dict[str, Any]]:
@@ -68,13 +69,25 @@ def authorizations(call: dict[str, Any], dep: Deployment) -> list[Auth]:
         return _ec2(op, p, dep, why)
     if service in ("cloudwatch", "monitoring") and op == "PutMetricData":  # (boto names it by its endpoint)
         return [Auth("cloudwatch:PutMetricData", "*", (("cloudwatch:namespace", str(p["Namespace"])),), why=why)]
+    if service == "autoscaling" and op == "SetInstanceProtection":  # on the group, by its ARN
+        return [Auth("autoscaling:SetInstanceProtection", dep.groups[str(p["AutoScalingGroupName"])], why=why)]
     if service == "secretsmanager" and op == "GetSecretValue":  # SecretId: the ARN deploy passes
         return [Auth("secretsmanager:GetSecretValue", str(p["SecretId"]), why=why)]
     raise AssertionError(f"no IAM model for {service}:{op} ({why}): add one to tests/iampolicy.py")
 
 
 def _what(p: dict[str, Any]) -> str:
-    for key in ("Key", "Prefix", "QueueUrl", "QueueName", "InstanceIds", "LaunchTemplate", "Namespace"):
+    keys = (
+        "Key",
+        "Prefix",
+        "QueueUrl",
+        "QueueName",
+        "InstanceIds",
+        "LaunchTemplate",
+        "Namespace",
+        "AutoScalingGroupName",
+    )
+    for key in keys:
         if key in p:
             return f"{key}={p[key]}"
     return ""

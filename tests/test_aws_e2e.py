@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import csv
 import json
+import math
 import os
 import re
 import signal
@@ -267,6 +268,7 @@ def _deployment(aws: Aws, out: dict[str, str], worker: Role) -> iampolicy.Deploy
         for r in aws.ec2.describe_instances()["Reservations"]
         for i in r["Instances"]
     }
+    groups = boto3_client("autoscaling", aws.endpoint_url or "").describe_auto_scaling_groups()["AutoScalingGroups"]
     return iampolicy.Deployment(
         account=ACCOUNT,
         region="us-east-1",
@@ -274,6 +276,7 @@ def _deployment(aws: Aws, out: dict[str, str], worker: Role) -> iampolicy.Deploy
         template_arn=f"arn:aws:ec2:us-east-1:{ACCOUNT}:launch-template/{version['LaunchTemplateId']}",
         template=version["LaunchTemplateData"],
         instance_tags=tags,
+        groups={g["AutoScalingGroupName"]: g["AutoScalingGroupARN"] for g in groups},
     )
 
 
@@ -810,3 +813,88 @@ def test_the_webhook_secret_is_read_from_secrets_manager_and_a_malformed_one_tur
     assert off.webhook_secret == ""  # running, webhooks off
     assert f"cannot use the webhook secret {arns[1]}" in caplog.text and "bytes" in caplog.text
     assert bad not in caplog.text and "c2hvcnQ" not in caplog.text
+
+
+def _protected(asg: Any) -> dict[str, bool]:
+    got = asg.describe_auto_scaling_instances()["AutoScalingInstances"]
+    return {i["InstanceId"]: i["ProtectedFromScaleIn"] for i in got if i["AutoScalingGroupName"] == f"{NAME}-workers"}
+
+
+def _tracked(aws: Aws, target: int, most: int) -> int:
+    """What target tracking does with the published metric (moto does not track: the test
+    plays it): enough instances to bring the backlog per worker to the target."""
+    from iraas.aws.deploy import status
+
+    per_worker = status(aws, NAME)["metrics"]["BacklogPerWorker"] or 0.0
+    return min(most, math.ceil(per_worker / target))
+
+
+def test_an_auto_scaling_group_scales_the_workers_and_busy_ones_protect_themselves(
+    moto: str, deployer: Aws, tmp_path: Path, classifier: Classifier
+) -> None:
+    from iraas.aws.deploy import TEMPLATE
+    from iraas.cloudwatch import GAUGES
+
+    out = _deploy(deployer, tmp_path, max_workers=3, scaler="asg", target_per_worker=4)
+    asg = boto3_client("autoscaling", moto)
+    (group,) = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[f"{NAME}-workers"])["AutoScalingGroups"]
+    assert (group["MinSize"], group["MaxSize"], group["LaunchTemplate"]["LaunchTemplateName"]) == (
+        0,
+        3,
+        f"{NAME}-worker",
+    )
+    tags = {t["Key"]: (t["Value"], t["PropagateAtLaunch"]) for t in group["Tags"]}
+    assert tags["iraas:deployment"] == (NAME, True) and tags["iraas:role"] == ("worker", True)
+    # the tracking policy, as CloudFormation resolves it (moto makes none): the metric put
+    tracking = _template(TEMPLATE)["Resources"]["WorkerScalingPolicy"]["Properties"]["TargetTrackingConfiguration"]
+    metric = tracking["CustomizedMetricSpecification"]
+    assert (metric["Namespace"], metric["MetricName"], metric["Statistic"]) == ("iraas", "BacklogPerWorker", "Average")
+    assert metric["MetricName"] in GAUGES and tracking["TargetValue"] == {"Ref": "TargetPerWorker"}
+    iam = boto3_client("iam", moto)
+    web, worker = _role(deployer, iam, "ControllerRole"), _role(deployer, iam, "WorkerRole")
+    flags = ["--scaler", "external", "--metrics-every-s", "1"]  # as the stack's user data sets them
+    up, url = _up(moto, tmp_path, out["Bucket"], web.env, flags)
+    files = sorted((IMAGENET / "images").iterdir())[400:424]
+    try:
+        with Hypervisor(
+            deployer, moto, out["Bucket"], tmp_path, worker.env, ["--autoscaling-group", group["AutoScalingGroupName"]]
+        ) as hv:
+            sent = [
+                httpx.post(
+                    url + "/v1/recognitions?wait=false", files={"files": (f.name, f.read_bytes())}, headers=admin(out)
+                ).json()[0]["id"]
+                for f in files
+            ]
+            _wait(lambda: _tracked(deployer, 4, 3) == 3, 60, "24 waiting over 0 workers: tracking wants all 3")
+            asg.set_desired_capacity(AutoScalingGroupName=group["AutoScalingGroupName"], DesiredCapacity=3)
+            _wait(lambda: any(_protected(asg).values()), 120, "a busy worker protected from scale-in")
+            results = [_result(url, rid, admin(out)) for rid in sent]
+            expected = [p.label for p in classifier.predict([f.read_bytes() for f in files])]
+            assert [r["label"] for r in results] == expected
+            assert {r["worker"] for r in results} <= hv.launched  # the group's instances answered
+            _wait(lambda: not any(_protected(asg).values()), 60, "idle workers released for scale-in")
+            _wait(lambda: _tracked(deployer, 4, 3) == 0, 60, "nothing waits: tracking wants none")
+            asg.set_desired_capacity(AutoScalingGroupName=group["AutoScalingGroupName"], DesiredCapacity=0)
+            _wait(lambda: not [s for s in hv.workers().values() if s in ("pending", "running")], 60, "scaled in")
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.wait(30)
+    web_calls = iampolicy.load_calls([tmp_path / "up.calls.jsonl"])
+    assert not [c for c in web_calls if c["operation"] in ("RunInstances", "TerminateInstances")]  # the group's job
+    worker_logs = sorted(tmp_path.glob("i-*.calls.jsonl"))
+    protections = [c for c in iampolicy.load_calls(worker_logs) if c["operation"] == "SetInstanceProtection"]
+    assert {c["params"]["ProtectedFromScaleIn"] for c in protections} == {True, False}
+    _judge(deployer, out, {"web": (web, [tmp_path / "up.calls.jsonl"]), "worker": (worker, worker_logs)})
+    assert destroy(deployer, NAME)
+    assert not asg.describe_auto_scaling_groups(AutoScalingGroupNames=[f"{NAME}-workers"])["AutoScalingGroups"]
+
+
+def _result(url: str, rid: str, auth: dict[str, str]) -> dict[str, Any]:
+    got: dict[str, Any] = {}
+
+    def final() -> bool:
+        got.update(httpx.get(f"{url}/v1/recognitions/{rid}", headers=auth).json())
+        return got["status"] in ("done", "failed")
+
+    _wait(final, 120, f"the result of {rid}")
+    return got

@@ -25,8 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _statements(template: dict[str, Any], role: str) -> list[dict[str, Any]]:
+    """Every statement a role may have (one under `Fn::If`: its statement when the condition holds)."""
     policies = template["Resources"][role]["Properties"]["Policies"]
-    return [s for p in policies for s in p["PolicyDocument"]["Statement"]]
+    found = [s for p in policies for s in p["PolicyDocument"]["Statement"]]
+    return [s["Fn::If"][1] if "Fn::If" in s else s for s in found]
 
 
 def _actions(stmt: dict[str, Any]) -> list[str]:
@@ -111,7 +113,8 @@ def test_requests_are_kept_14_days(template: dict[str, Any]) -> None:
 
 def _user_data(template: dict[str, Any], launch_template: str) -> str:
     data = template["Resources"][launch_template]["Properties"]["LaunchTemplateData"]
-    return str(data["UserData"]["Fn::Base64"]["Fn::Sub"])
+    sub = data["UserData"]["Fn::Base64"]["Fn::Sub"]
+    return str(sub[0] if isinstance(sub, list) else sub)  # [text, variables] or text
 
 
 def test_worker_and_web_install_the_deployed_version_the_same_checked_way(template: dict[str, Any]) -> None:

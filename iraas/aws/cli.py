@@ -42,6 +42,19 @@ def _deploy_options(v: argparse.ArgumentParser) -> None:
         default=0,
         help="scaled-in workers kept stopped, started in seconds instead of launched in a minute (default 0)",
     )
+    v.add_argument(
+        "--scaler",
+        choices=("controller", "asg"),
+        default="controller",
+        help="who starts and stops workers: iraas's controller (default) or an EC2 Auto Scaling group "
+        "tracking the backlog per worker the controller publishes",
+    )
+    v.add_argument(
+        "--target-per-worker",
+        type=int,
+        default=8,
+        help="with --scaler asg: the backlog per worker the group's target tracking holds (default 8)",
+    )
     v.add_argument("--instance-type", help="instance type (default c7i.large)")
     v.add_argument("--ami", help="AMI id (default: Amazon Linux 2023 from the public SSM parameter)")
     v.add_argument("--web-port", type=int, default=8000, help="the web tier's port (default 8000)")
@@ -93,6 +106,8 @@ def main(args: argparse.Namespace) -> int:
             min_workers=args.min_workers,
             max_workers=args.max_workers,
             warm_pool=args.warm_pool,
+            scaler=args.scaler,
+            target_per_worker=args.target_per_worker,
             instance_type=args.instance_type,
             ami=args.ami,
             web_port=args.web_port,

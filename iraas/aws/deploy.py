@@ -96,6 +96,8 @@ def deploy(
     min_workers: int = 0,
     max_workers: int = 20,
     warm_pool: int = 0,
+    scaler: str = "controller",
+    target_per_worker: int = 8,
     instance_type: str | None = None,
     ami: str | None = None,
     web_port: int = 8000,
@@ -108,7 +110,11 @@ def deploy(
     the workers. `allowed_cidr`: who may reach the service (no default: an open one must be
     chosen). `certificate_arn`: an ACM certificate; then an HTTPS load balancer is the only
     way in. The first deploy creates the admin key (`admin_key`, or a new one), returned
-    once as "AdminKey". `warm_pool`: scaled-in workers kept stopped, to start in seconds."""
+    once as "AdminKey". `warm_pool`: scaled-in workers kept stopped, to start in seconds.
+    `scaler` "asg": the workers in an EC2 Auto Scaling group tracking `target_per_worker`
+    (backlog per worker), the controller keeping only the duties."""
+    if scaler == "asg" and warm_pool:
+        raise ValueError("--warm-pool is the controller's: an Auto Scaling group scales in by itself (--scaler asg)")
     with tempfile.TemporaryDirectory() as tmp:
         wheel = wheel or build_wheel(Path(tmp))
         lock_text = lock.read_text() if lock else build_lock(wheel)
@@ -119,6 +125,8 @@ def deploy(
             "MinWorkers": str(min_workers),
             "MaxWorkers": str(max_workers),
             "WarmPool": str(warm_pool),
+            "Scaler": scaler,
+            "TargetPerWorker": str(target_per_worker),
             "WheelKey": key,
             "WheelSha256": sha256(wheel),
             "LockKey": lock_key,

@@ -245,6 +245,18 @@ class Settings:
         "AWS: scaled-in workers kept stopped (disk cost only), to start in seconds; at most (default 0)",
         {CONTROLLER},
     )
+    scaler: str = setting(
+        "controller",
+        "who starts and stops workers: controller (this process; default) or external (KEDA, an EC2 Auto "
+        "Scaling group: the controller keeps only the deployment's once-only duties)",
+        {UP},
+    )
+    autoscaling_group: str = setting(
+        "",
+        "AWS: the Auto Scaling group this worker's instance is in: it protects itself from scale-in while it "
+        "works (the stack sets it with --scaler asg)",
+        {WORKER},
+    )
     min_workers: int = setting(0, "workers kept running when idle (default 0)", {CONTROLLER})
     max_workers: int = setting(
         MISSING, "most workers (default: CPU count)", {CONTROLLER}, factory=lambda: os.cpu_count() or 1

@@ -73,7 +73,13 @@ def _check(settings: Settings) -> None:
         raise ValueError("need 0 <= warm_pool <= max_workers")
     if settings.target_wait_s < 0 or (settings.cpu_high and not 0 <= settings.cpu_low <= settings.cpu_high <= 1):
         raise ValueError("need target_wait_s >= 0 and, with cpu_high, 0 <= cpu_low <= cpu_high <= 1")
-    named = (("auth", AUTH_MODES), ("backend", BACKENDS), ("course_reply", COURSE_REPLIES), ("role", ROLES))
+    named = (
+        ("auth", AUTH_MODES),
+        ("backend", BACKENDS),
+        ("course_reply", COURSE_REPLIES),
+        ("role", ROLES),
+        ("scaler", SCALERS),
+    )
     for name, allowed in named:
         if getattr(settings, name) not in allowed:
             raise ValueError(f"{name} must be {_either(allowed)}, not {getattr(settings, name)!r}")
@@ -91,6 +97,7 @@ def _either(options: tuple[str, ...]) -> str:
 
 
 AUTH_MODES = ("auto", "required", "off")
+SCALERS = ("controller", "external")
 BACKENDS = ("embedded", "aws")
 COURSE_REPLIES = ("name:label", "label")
 # The service's own routes: a course path may not shadow them.

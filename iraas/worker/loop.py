@@ -52,6 +52,13 @@ class Enrolments(Protocol):
     def add_enrolment(self, rid: str, data: bytes) -> None: ...
 
 
+class Protection(Protocol):
+    """Keeps a scaler from ending this worker while it works (fleet/asg.py)."""
+
+    def working(self) -> None: ...
+    def idle(self) -> None: ...
+
+
 @dataclass
 class _Job:
     msg: Message
@@ -74,12 +81,15 @@ class Worker:
         recognizer: Recognizer,
         config: WorkerConfig,
         enrolments: Enrolments | None = None,
+        protection: Protection | None = None,
         worker_id: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """`enrolments`: where a faces worker adds the photos it enrols (the gallery store)."""
+        """`enrolments`: where a faces worker adds the photos it enrols (the gallery store);
+        `protection`: told before each batch and on each idle heartbeat (an Auto Scaling group)."""
         self.requests, self.results, self.cluster, self.replies = requests, results, cluster, replies
         self.recognizer, self.config, self.enrolments = recognizer, config, enrolments
+        self.protection = protection
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self.clock = clock
         self.started_at = clock()
@@ -201,6 +211,8 @@ class Worker:
         queue = self.requests
         jobs = self._parse(msgs)
         self._received_at = received_at
+        if self.protection is not None:
+            self.protection.working()
         # Heartbeats report this state on their own period: a beat forced per batch would cost
         # two writes an image under light load, for a "running" that lasts ~15 ms.
         self.state, self.current = "busy", [j.req.id for j in jobs]
@@ -395,3 +407,5 @@ class Worker:
     def _beat_loop(self) -> None:
         while not self._stop.wait(self.config.heartbeat_s):
             self._write_beat()
+            if self.protection is not None and self.state != "busy":
+                self.protection.idle()
