@@ -248,6 +248,9 @@ def _role(aws: Aws, iam: Any, logical: str, without: str = "") -> Role:
     policy = iam.get_role_policy(RoleName=name, PolicyName=policy_name)["PolicyDocument"]
     if isinstance(policy, str):  # moto keeps a CloudFormation-made policy as Python's repr of it
         policy = ast.literal_eval(policy)
+    # A statement under Fn::If whose condition is false is AWS::NoValue: CloudFormation leaves it
+    # out, moto leaves a null in its place.
+    policy["Statement"] = [stmt for stmt in policy["Statement"] if stmt is not None]
     if without:
         policy = iampolicy.without(policy, without)
     user = f"{logical}-under-test"
