@@ -1,6 +1,6 @@
 """iraas against a plain FastAPI server without a queue, side by side in one run.
 
-    python benchmarks/versus.py [--rounds 3] [--requests 500] [--with-key]
+    python benchmarks/versus.py [--rounds 3] [--requests 500] [--with-key] [--with-bf16]
 
 Both serve the same ONNX model with the same preprocessing in 2 model processes: iraas with 2
 always-on workers (`iraas up --min-workers 2 --max-workers 2`), the baseline as
@@ -8,7 +8,8 @@ always-on workers (`iraas up --min-workers 2 --max-workers 2`), the baseline as
 baseline, iraas, ...) and every request is byte-distinct (a unique trailer after the image),
 so no cache answers one. Printed: medians over the rounds and the ratios iraas / baseline.
 `--with-key` adds a third server, iraas with an API key required (quotas set out of reach), to
-measure what checking a key and counting its quota costs.
+measure what checking a key and counting its quota costs. `--with-bf16` adds iraas with its
+workers on OpenVINO in bf16 (`--runtime openvino --precision bf16`), against iraas in fp32.
 """
 
 from __future__ import annotations
@@ -165,6 +166,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--requests", type=int, default=500, help="per throughput run")
     ap.add_argument("--with-key", action="store_true", help="also iraas with an API key required")
+    ap.add_argument("--with-bf16", action="store_true", help="also iraas on OpenVINO bf16")
     args = ap.parse_args()
     files = image_files([SAMPLE])
     ceiling = run_bench(None, files, batch=8, procs=2).images_per_s
@@ -177,6 +179,9 @@ def main() -> None:
             limits = ["--requests-per-s", "1000000", "--images-per-s", "1000000", "--images-per-day", "1000000000"]
             key = create_key(tmp / "iraas-key", "bench", "recognize", *limits)
             svcs["iraas+key"] = (Service(tmp / "iraas-key", min_workers=2, max_workers=2), key)
+        if args.with_bf16:
+            bf16 = {"runtime": "openvino", "precision": "bf16"}
+            svcs["iraas bf16"] = (Service(tmp / "iraas-bf16", min_workers=2, max_workers=2, **bf16), "")
         try:
             servers = {"baseline": (base.url, base.proc.pid, "")}
             for name, (svc, key) in svcs.items():
@@ -206,6 +211,11 @@ def _report(rows: dict[str, list[dict[str, float]]], ceiling: float) -> None:
         print("\nwith an API key required, as a ratio of iraas without (medians):")
         for key in ("c32", "c100", "p50_ms", "cpu_ms"):
             print(f"  {key:<8} {i[key]:>9.1f} → {k[key]:>9.1f}   x{k[key] / i[key]:.3f}")
+    if "iraas bf16" in med:
+        f = med["iraas bf16"]
+        print("\niraas with its workers on OpenVINO bf16, as a ratio of iraas in fp32 (medians):")
+        for key in ("c32", "c100", "p50_ms", "cpu_ms", "rss_mb"):
+            print(f"  {key:<8} {i[key]:>9.1f} → {f[key]:>9.1f}   x{f[key] / i[key]:.3f}")
     print(f"\nmedians over {len(rows['iraas'])} interleaved rounds      baseline      iraas    iraas/baseline")
     for key, label in (
         ("c32", "throughput c=32 (img/s)"),

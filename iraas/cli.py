@@ -97,8 +97,27 @@ def _cmd_bench_model(args: argparse.Namespace) -> int:
     if not files:
         print(f"no images in {args.dir}", file=sys.stderr)
         return 2
-    result = run_bench(args.model, files, args.batch, args.procs, args.threads, args.rounds, args.gallery)
+    if args.runtimes:
+        return _compare_runtimes(args, files)
+    choice = (args.runtime or "", args.precision or "")
+    result = run_bench(args.model, files, args.batch, args.procs, args.threads, args.rounds, args.gallery, choice)
     print(result.report())
+    return 0
+
+
+def _compare_runtimes(args: argparse.Namespace, files: list[Path]) -> int:
+    from .model.builtin import resolve_model
+    from .model.compare import compare, table
+    from .model.runtime import RUNTIMES
+    from .model.spec import load_spec
+
+    runtimes = RUNTIMES if args.runtimes == "all" else tuple(args.runtimes.split(","))
+    unknown = set(runtimes) - set(RUNTIMES)
+    if unknown:
+        raise SpecError(f"--runtimes: all, or some of {', '.join(RUNTIMES)}; not {', '.join(sorted(unknown))}")
+    quantized = load_spec(args.int8) if args.int8 else None
+    rows = compare(resolve_model(args.model), files, runtimes, args.threads, quantized)
+    print(table(rows, len(files)))
     return 0
 
 
@@ -233,6 +252,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     m.add_argument("--rounds", type=int, default=1, help="passes over the folder per process (default 1)")
     m.add_argument("--model", default=None, help=help_of("model"))
     m.add_argument("--gallery", help=help_of("gallery"))
+    m.add_argument("--runtime", help=help_of("runtime"))
+    m.add_argument("--precision", help=help_of("precision"))
+    m.add_argument(
+        "--runtimes",
+        help="instead: each runtime and precision this machine runs the model on (all, or e.g. openvino), "
+        "with top-1 agreement with fp32 on these images and the one to use",
+    )
+    m.add_argument("--int8", help="with --runtimes: the model's quantized spec (iraas quantize), measured too")
     m.set_defaults(func=_cmd_bench_model)
 
 

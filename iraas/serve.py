@@ -120,6 +120,8 @@ def worker(settings: Settings, worker_id: str | None = None, parent: int | None 
         limits=settings.image_limits,
         gallery=BlobGallery(parts.gallery),
         threshold=settings.face_threshold,
+        runtime=settings.runtime,
+        precision=settings.precision,
     )
     wid = worker_id or (_instance_id() if settings.backend == "aws" else None)
     w = make_worker(parts, recognizer, settings, wid)

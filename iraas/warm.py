@@ -27,7 +27,13 @@ def _prepare() -> None:
     if settings.model == FACES:
         load_recognizer(settings.model, threads=settings.threads, gallery=lambda: None)
     else:
-        recognizer = load_recognizer(settings.model, threads=settings.threads, limits=settings.image_limits)
+        recognizer = load_recognizer(
+            settings.model,
+            threads=settings.threads,
+            limits=settings.image_limits,
+            runtime=settings.runtime,
+            precision=settings.precision,
+        )
         recognizer.classify([_sample_jpeg()])
         del recognizer
     gc.collect()

@@ -55,6 +55,19 @@ def test_the_int8_model_is_quantized_and_keeps_top1(int8_spec: Path) -> None:
 
     fp32, int8 = top1(Classifier(resolve_model(None))), top1(Classifier(load_spec(int8_spec)))
     assert fp32 > 80 and int8 >= fp32 - 1.5, (fp32, int8)  # the bar: at most 1.5 points lost
+    spec = load_spec(int8_spec)
+    assert spec.quantized  # its spec says so: run as int8 whatever runs it
+    on_openvino = Classifier(spec, runtime="openvino")
+    assert on_openvino.choice.precision == "int8" and top1(on_openvino) >= fp32 - 1.5
+
+
+def test_bench_measures_the_int8_model_on_both_runtimes(int8_spec: Path, tmp_path: Path) -> None:
+    for p in HELD_OUT[:10]:
+        (tmp_path / p.name).symlink_to(p)
+    out = _iraas("bench", "model", str(tmp_path), "--runtimes", "all", "--int8", str(int8_spec))
+    assert out.returncode == 0, out.stderr
+    rows = {tuple(line.split()[:2]) for line in out.stdout.splitlines()}
+    assert {("onnxruntime", "int8"), ("openvino", "int8"), ("onnxruntime", "fp32")} <= rows
 
 
 def test_the_service_serves_the_int8_spec(int8_spec: Path, tmp_path: Path) -> None:

@@ -227,7 +227,19 @@ class Settings:
     batch_wait_s: float = setting(
         0.0, "extra wait for a fuller batch once one request arrived (default 0)", {WORKER, CONTROLLER}
     )
-    threads: int = setting(1, "onnxruntime threads per worker process (default 1)", {WORKER, CONTROLLER})
+    threads: int = setting(1, "model threads per worker process (default 1)", {WORKER, CONTROLLER})
+    runtime: str = setting(
+        "",
+        "where the model runs: onnxruntime (default, the exact reference) or openvino (pip install "
+        "'iraas[openvino]'); `iraas bench model --runtimes all` measures both here",
+        {WORKER, CONTROLLER},
+    )
+    precision: str = setting(
+        "",
+        "fp32 (default) or bf16 (openvino, on a CPU that computes it natively); a quantized model "
+        "(iraas quantize) is int8",
+        {WORKER, CONTROLLER},
+    )
     heartbeat_s: float = setting(1.0, "seconds between worker heartbeats (default 1)", {WORKER, CONTROLLER})
     worker_max_idle_s: float = setting(
         0.0, "a worker exits after this long idle; 0 = never (default 0)", {WORKER, CONTROLLER}

@@ -15,7 +15,6 @@ from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 from ..messages import FACES
-from .builtin import resolve_model
 from .classifier import StageTimes
 from .recognizer import Recognizer, gallery_from_path, load_recognizer
 
@@ -52,8 +51,9 @@ def _worker(
     barrier: Barrier,
     out: mp.Queue[StageTimes],
     gallery: bytes | None = None,
+    choice: tuple[str, str] = ("", ""),
 ) -> None:
-    recognizer = _recognizer(model, threads, gallery)
+    recognizer = _recognizer(model, threads, gallery, choice)
     data = [Path(f).read_bytes() for f in files]
     recognizer.classify(data[:batch])  # warm-up: first run allocates and plans
     recognizer.times = StageTimes()
@@ -64,9 +64,9 @@ def _worker(
     out.put(recognizer.times)
 
 
-def _recognizer(model: str | None, threads: int, gallery: bytes | None) -> Recognizer:
+def _recognizer(model: str | None, threads: int, gallery: bytes | None, choice: tuple[str, str]) -> Recognizer:
     if gallery is None:
-        return load_recognizer(model, threads=threads)
+        return load_recognizer(model, threads=threads, runtime=choice[0], precision=choice[1])
     from .faces import Gallery
 
     loaded = Gallery.from_bytes(gallery)
@@ -81,18 +81,20 @@ def run_bench(
     threads: int = 1,
     rounds: int = 1,
     gallery: str | None = None,
+    choice: tuple[str, str] = ("", ""),
 ) -> BenchResult:
+    """`choice`: (runtime, precision), "" for the model's own."""
     procs = procs or os.cpu_count() or 1
     # Build the ONNX cache / enrol the gallery once, before the processes race for it.
     gallery_bytes = gallery_from_path(gallery).to_bytes() if model == FACES and gallery else None  # type: ignore[attr-defined]
     if model != FACES:
-        resolve_model(model)
+        _recognizer(model, threads, None, choice)  # builds the cache; refuses what cannot run here
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(procs + 1)
     out: mp.Queue[StageTimes] = ctx.Queue()
     names = [str(f) for f in files]
     workers = [
-        ctx.Process(target=_worker, args=(model, names, batch, rounds, threads, barrier, out, gallery_bytes))
+        ctx.Process(target=_worker, args=(model, names, batch, rounds, threads, barrier, out, gallery_bytes, choice))
         for _ in range(procs)
     ]
     for w in workers:

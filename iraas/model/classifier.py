@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from PIL import Image
 
 from ..imaging import DEFAULT_LIMITS, ImageError, ImageLimits, decode
+from .runtime import choose, open_runtime
 from .spec import ModelSpec, SpecError
 
 
@@ -93,18 +93,23 @@ def _softmax(logits: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
 
 
 class Classifier:
-    """One onnxruntime session; `threads` intra-op threads (1 per worker process by default,
-    so N worker processes use N cores without oversubscription)."""
+    """The model on one runtime (iraas/model/runtime.py); `threads` intra-op threads (1 per
+    worker process by default, so N worker processes use N cores without oversubscription).
+    `runtime`, `precision`: "" for the spec's (or the defaults: onnxruntime, fp32)."""
 
-    def __init__(self, spec: ModelSpec, threads: int = 1, limits: ImageLimits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        threads: int = 1,
+        limits: ImageLimits = DEFAULT_LIMITS,
+        runtime: str = "",
+        precision: str = "",
+        capabilities: Callable[[], list[str]] | None = None,
+    ) -> None:
         self.spec = spec
         self.limits = limits
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(str(spec.onnx_path), opts, providers=["CPUExecutionProvider"])
-        self._input = self._session.get_inputs()[0].name
+        self.choice = choose(runtime or spec.runtime, precision or spec.precision, spec.quantized)
+        self._runtime = open_runtime(spec.onnx_path, self.choice, threads, capabilities)
         self.times = StageTimes()
 
     @property
@@ -122,8 +127,7 @@ class Classifier:
         raise SpecError(f"model {self.spec.name} has no gallery to enrol {person} into")
 
     def logits(self, tensor: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        out = self._session.run(None, {self._input: tensor})[0]
-        return np.asarray(out, dtype=np.float32)
+        return self._runtime.run(tensor)
 
     def classify(self, images: Sequence[bytes], top_k: int = 5) -> list[Prediction | ImageError]:
         """Classify a batch; a bad image gives its ImageError in its place, the rest still run."""

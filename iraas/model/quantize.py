@@ -106,4 +106,5 @@ def _spec_toml(spec: ModelSpec, onnx_name: str, labels_name: str, images: int) -
         f"offset = {triple(spec.offset)}\n"
         f'channel_order = "{spec.channel_order}"\n'
         f'layout = "{spec.layout}"\n'
+        'precision = "int8"\n'
     )

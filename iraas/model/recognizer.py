@@ -67,15 +67,23 @@ def load_recognizer(
     limits: ImageLimits = DEFAULT_LIMITS,
     gallery: Callable[[], object] | None = None,
     threshold: float = 0.0,
+    runtime: str = "",
+    precision: str = "",
 ) -> Recognizer:
+    """`runtime`, `precision`: "" for the model's own (iraas/model/runtime.py)."""
     if model == FACES:
         if gallery is None:
             raise SpecError("the faces model needs a gallery (--gallery DIR or FILE)")
+        if runtime not in ("", "onnxruntime") or precision not in ("", "fp32"):
+            # (its two networks are int8 already and run in OpenCV's own engine)
+            raise SpecError(
+                "the faces model runs on OpenCV's DNN engine: --runtime and --precision are for classifiers"
+            )
         f = faces_module()
         return f.FaceRecognizer(f.FaceEmbedder(threads), gallery, threshold, limits)  # type: ignore[no-any-return]
     from .builtin import resolve_model
 
-    return Classifier(resolve_model(model), threads=threads, limits=limits)
+    return Classifier(resolve_model(model), threads=threads, limits=limits, runtime=runtime, precision=precision)
 
 
 def gallery_from_path(path: str | Path) -> object:

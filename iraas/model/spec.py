@@ -11,6 +11,8 @@ A spec is a small TOML or JSON file, so any ONNX image classifier can be plugged
     # scale = 0.0078125; offset = -0.9921875   # ... or x * scale + offset on 0..255 pixels
     channel_order = "RGB"           # or "BGR"
     layout = "NCHW"                 # or "NHWC"
+    runtime = "openvino"            # optional: onnxruntime (default) or openvino (iraas/model/runtime.py)
+    precision = "bf16"              # optional: fp32 (default), bf16; "int8" marks a quantized graph
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ class ModelSpec:
     channel_order: str = "RGB"
     layout: str = "NCHW"
     weights_sha256: str = field(default="", compare=False)
+    runtime: str = ""  # "": the default, onnxruntime
+    precision: str = ""  # "": fp32; "int8": the graph is quantized
+
+    @property
+    def quantized(self) -> bool:
+        return self.precision == "int8"
 
 
 def _triple(value: Any, what: str) -> tuple[float, float, float]:
@@ -103,4 +111,6 @@ def load_spec(path: str | Path) -> ModelSpec:
         offset=offset,
         channel_order=order,
         layout=layout,
+        runtime=str(raw.get("runtime", "")),
+        precision=str(raw.get("precision", "")),
     )

@@ -1,0 +1,110 @@
+"""`iraas bench model --runtimes all`: every runtime and precision this machine can run the model
+on, measured on the user's images: speed, and how often its top-1 answer is the fp32
+reference's (onnxruntime). One is not always faster; the recommendation says which is here."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..imaging import ImageError, decode
+from .classifier import crop_to_input, to_tensor
+from .runtime import Choice, choose, open_runtime
+from .spec import ModelSpec, SpecError
+
+FLOAT = (Choice("onnxruntime", "fp32"), Choice("openvino", "fp32"), Choice("openvino", "bf16"))
+QUANTIZED = (Choice("onnxruntime", "int8"), Choice("openvino", "int8"))
+MIN_AGREEMENT = 0.99  # what a recommended choice must keep of the reference's top-1 answers
+
+
+@dataclass(frozen=True)
+class Row:
+    choice: Choice
+    images_per_s: float = 0.0
+    agreement: float = 0.0  # share of images whose top-1 is the reference's
+    missing: str = ""  # why it cannot run here
+
+    @property
+    def ms(self) -> float:
+        return 1000 / self.images_per_s if self.images_per_s else 0.0
+
+
+def tensors(spec: ModelSpec, files: Sequence[Path]) -> list[np.ndarray[Any, Any]]:
+    """The readable images as the model's input, one each (decoded once, outside the timing)."""
+    out = []
+    for path in files:
+        try:
+            img = decode(path.read_bytes(), min_side=spec.resize or spec.input_size)
+        except (ImageError, OSError):
+            continue
+        out.append(to_tensor(np.stack([crop_to_input(img, spec)]), spec))
+    if not out:
+        raise SpecError("none of the images could be read")
+    return out
+
+
+def _measure(
+    spec: ModelSpec, choice: Choice, inputs: list[np.ndarray[Any, Any]], threads: int
+) -> tuple[float, list[int]]:
+    """(images a second, inference only, one at a time as a worker runs them; top-1 of each)."""
+    runtime = open_runtime(spec.onnx_path, choose(choice.runtime, choice.precision, spec.quantized), threads)
+    runtime.run(inputs[0])  # the first run plans and allocates
+    t0 = time.perf_counter()
+    tops = [int(runtime.run(x).argmax()) for x in inputs]
+    return len(inputs) / (time.perf_counter() - t0), tops
+
+
+def compare(
+    spec: ModelSpec,
+    files: Sequence[Path],
+    runtimes: Sequence[str] = ("onnxruntime", "openvino"),
+    threads: int = 1,
+    quantized: ModelSpec | None = None,
+) -> list[Row]:
+    """Each choice of `runtimes` on `spec` (and on `quantized`, its int8 version, if given)."""
+    inputs = tensors(spec, files)
+    _, reference = _measure(spec, Choice(), inputs, threads)
+    rows = []
+    for model, choices in ((spec, FLOAT), (quantized, QUANTIZED)):
+        for choice in choices:
+            if model is None or choice.runtime not in runtimes:
+                continue
+            try:
+                rate, tops = _measure(model, choice, inputs, threads)
+            except SpecError as exc:
+                rows.append(Row(choice, missing=str(exc)))
+                continue
+            agree = sum(a == b for a, b in zip(tops, reference, strict=True)) / len(reference)
+            rows.append(Row(choice, rate, agree))
+    return rows
+
+
+def recommend(rows: Sequence[Row]) -> Row | None:
+    """The fastest that keeps MIN_AGREEMENT of the reference's answers."""
+    kept = [r for r in rows if not r.missing and r.agreement >= MIN_AGREEMENT]
+    return max(kept, key=lambda r: r.images_per_s, default=None)
+
+
+def table(rows: Sequence[Row], images: int) -> str:
+    base = next((r.images_per_s for r in rows if r.choice == Choice() and not r.missing), 0.0)
+    lines = [f"{'runtime':12} {'precision':9} {'img/s':>8} {'ms/img':>7} {'vs fp32':>7} {'top-1 = fp32':>13}"]
+    for r in rows:
+        if r.missing:
+            lines.append(f"{r.choice.runtime:12} {r.choice.precision:9} cannot run here: {r.missing}")
+            continue
+        ratio = r.images_per_s / base if base else 0.0
+        lines.append(
+            f"{r.choice.runtime:12} {r.choice.precision:9} {r.images_per_s:8.1f} {r.ms:7.2f} {ratio:7.2f} "
+            f"{r.agreement:12.1%}"
+        )
+    best = recommend(rows)
+    lines.append(f"({images} images, inference only, one at a time)")
+    if best is not None:
+        flags = f"--runtime {best.choice.runtime} --precision {best.choice.precision}"
+        lines.append(f"recommended here: {best.choice} ({flags}; top-1 kept on {MIN_AGREEMENT:.0%} or more)")
+    return "\n".join(lines)
