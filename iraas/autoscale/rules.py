@@ -63,7 +63,7 @@ class State:
 class Decision:
     desired: int
     reason: str
-    rule: str = ""  # which rule decided: backlog, backlog+cpu, wait, busy, window, min
+    rule: str = ""  # backlog, backlog+cpu, wait; busy (work in progress keeps one); window (scale-in held)
 
 
 def recommend(backlog: int, policy: Policy) -> int:
