@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
 
 from iraas.config import Settings
-from iraas.messages import Result
+from iraas.messages import ClusterStatus, Result
 from iraas.parts import build, make_app
 from iraas.web.metrics import Metrics
 
@@ -133,3 +134,16 @@ def test_stage_times_are_observed_per_stage() -> None:
     for stage in ("queued", "fetch", "decode", "inference", "store"):
         assert f'iraas_stage_seconds_count{{stage="{stage}"}} 1.0' in text  # the cached answer had no stages
     assert 'iraas_images_total{status="done"} 2.0' in text
+
+
+def test_the_scaling_signals_are_served_once_measured(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    parts = build(settings)
+    load = {"cpu": 0.82, "rate": 95.5, "start_s": 0.1, "drain_s": None, "backlog": 0}
+    parts.cluster.publish_status(ClusterStatus(at=time.time(), load=load))
+    with TestClient(make_app(settings, parts), base_url="http://127.0.0.1") as c:
+        served = c.get("/metrics").text
+    assert "iraas_worker_cpu_ratio 0.82" in served
+    assert "iraas_worker_rate_images_per_second 95.5" in served
+    assert "iraas_worker_start_seconds 0.1" in served
+    assert "iraas_drain_seconds" not in served  # not known: not made up

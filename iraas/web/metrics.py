@@ -47,6 +47,25 @@ class Shared(Collector):
             oldest = GaugeMetricFamily("iraas_queue_oldest_age_seconds", "Age of the oldest request not yet answered")
             oldest.add_metric([], float(age))
             yield oldest
+        yield from _load(view.status.load)
+
+
+# The scaling signals the controller measured (iraas/autoscale/signals.py), when it has them.
+_LOAD = (
+    ("cpu", "iraas_worker_cpu_ratio", "The workers' average CPU use over their last heartbeat, of their cores"),
+    ("rate", "iraas_worker_rate_images_per_second", "Images a second one busy worker handles, as measured"),
+    ("start_s", "iraas_worker_start_seconds", "How long a new worker takes to start, as measured"),
+    ("drain_s", "iraas_drain_seconds", "The backlog at the measured rate, with the workers there are"),
+)
+
+
+def _load(load: dict[str, float | None]) -> Iterator[Metric]:
+    for key, name, doc in _LOAD:
+        value = load.get(key)
+        if value is not None:
+            gauge = GaugeMetricFamily(name, doc)
+            gauge.add_metric([], float(value))
+            yield gauge
 
 
 class Metrics:
