@@ -43,6 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.versus import _distinct  # noqa: E402
 from iraas.autoscale import Observation, Policy, State, decide  # noqa: E402
 
 MAX_WORKERS = 20
@@ -386,7 +387,7 @@ def check_real(target_wait_s: float, tmp: Path) -> Profile:
     from iraas.files import image_files
 
     sample = ROOT.parent / "shared" / "datasets" / "cse546-imagenet-100" / "images"
-    files = _distinct(image_files([sample]), 260, tmp / "distinct")
+    files = _distinct(image_files([sample]), 260, tmp / "distinct")  # byte-distinct: no cached answer
     at = [0.0] * 200 + [3.0 + i * 0.1 for i in range(60)]
     policy = replace(BASE, max_workers=2, target_wait_s=target_wait_s)
     real, sent, load = real_run(files, at, policy, tmp)
@@ -405,18 +406,6 @@ def agrees(real: dict[str, Any], sim: dict[str, Any]) -> bool:
     """The tolerance this benchmark states: waits within 25 % or 0.1 s, worker-seconds within 15 %."""
     waits = all(abs(sim[k] - real[k]) <= max(0.25 * real[k], 0.1) for k in ("p50_wait_s", "p95_wait_s"))
     return waits and abs(sim["worker_s"] - real["worker_s"]) <= 0.15 * real["worker_s"]
-
-
-def _distinct(files: list[Path], n: int, folder: Path) -> list[Path]:
-    """`n` byte-distinct copies (a trailing byte after the image): no answer from the cache."""
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i in range(n):
-        src = files[i % len(files)]
-        dst = folder / f"{i:04d}{src.suffix}"
-        dst.write_bytes(src.read_bytes() + i.to_bytes(4, "big"))
-        out.append(dst)
-    return out
 
 
 def main() -> None:

@@ -48,6 +48,14 @@ def refused(what: str, exc: ClientError) -> str:
     )
 
 
+def failed(action: str, exc: Exception, needs: str) -> str:
+    """What a failed call says: refused by IAM (the permission, and where the role needs it),
+    or failed for another reason (throttled, unreachable)."""
+    if isinstance(exc, ClientError) and denied(exc):
+        return f"AWS refused {action} ({error_code(exc)}): this role needs it {needs}"
+    return f"{action} failed ({exc})"
+
+
 def client(service: str, region: str | None = None, endpoint_url: str | None = None) -> Any:
     """The one way iraas makes a boto3 client: explicit region and endpoint (AWS, moto's
     server, LocalStack), the shared retry policy."""

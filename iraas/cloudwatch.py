@@ -18,7 +18,8 @@ from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .awsapi import denied, error_code
+from .awsapi import failed
+from .logs import Once
 
 log = logging.getLogger(__name__)
 NAMESPACE = "iraas"
@@ -53,7 +54,7 @@ class CloudWatchMetrics:
         self._sent: dict[str, int] = {}  # counters as last put
         self._last = clock()
         self._lock = threading.Lock()
-        self._failing = ""  # the error last logged (once, not each period)
+        self._fault = Once(log)
 
     def observe(self, gauges: dict[str, float | None], counters: dict[str, int]) -> None:
         """This tick's figures (None: not known, left out); a put when the period is over."""
@@ -89,25 +90,14 @@ class CloudWatchMetrics:
         try:
             for i in range(0, len(data), MAX_DATA):
                 self.client.put_metric_data(Namespace=NAMESPACE, MetricData=data[i : i + MAX_DATA])
-        except (ClientError, BotoCoreError) as exc:
-            self._log_failure(exc)  # the counters' growth is put with the next period's
+        except (ClientError, BotoCoreError) as exc:  # the counters' growth is put with the next period's
+            self._fault.say(
+                failed("cloudwatch:PutMetricData", exc, f"for the namespace {NAMESPACE!r}")
+                + "; tried again next period"
+            )
             return
         self._sent.update(counters)
-        if self._failing:
-            log.info("CloudWatch metrics are put again")
-            self._failing = ""
-
-    def _log_failure(self, exc: Exception) -> None:
-        if isinstance(exc, ClientError) and denied(exc):
-            text = (
-                f"AWS refused cloudwatch:PutMetricData ({error_code(exc)}): this role needs it, for the "
-                f"namespace {NAMESPACE!r}; the controller goes on without metrics"
-            )
-        else:
-            text = f"putting CloudWatch metrics failed ({exc}); tried again next period"
-        if text != self._failing:
-            log.error("%s", text)
-            self._failing = text
+        self._fault.over("CloudWatch metrics are put again")
 
 
 def latest(client: Any, deployment: str, minutes: int = 15) -> dict[str, float | None]:

@@ -76,6 +76,25 @@ class JsonFormatter(logging.Formatter):
 _worker = [""]  # this process's worker id, once it is one
 
 
+class Once:
+    """A fault said when it starts or changes, not each time it repeats (a put each minute, a
+    call each batch): the log shows it once, and when it is over."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger, self.said = logger, ""
+
+    def say(self, text: str, level: int = logging.ERROR) -> None:
+        if text != self.said:
+            self.logger.log(level, "%s", text)
+            self.said = text
+
+    def over(self, text: str) -> None:
+        """The fault has ended: `text` logged if one had been said."""
+        if self.said:
+            self.logger.info("%s", text)
+            self.said = ""
+
+
 def name_worker(wid: str) -> None:
     """This process is the worker `wid`: its JSON log lines say so."""
     _worker[0] = wid

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ..fleet.base import Instance
 from ..messages import Heartbeat
 from ..queues.base import Depth
 
@@ -39,7 +40,7 @@ class Load:
         self.start_s = 0.0
         self._seen: dict[str, None] = {}
 
-    def started(self, instances: Iterable[Any], beats: dict[str, Heartbeat]) -> None:
+    def started(self, instances: Iterable[Instance], beats: dict[str, Heartbeat]) -> None:
         for inst in instances:
             beat = beats.get(inst.id)
             if beat is None or inst.id in self._seen:

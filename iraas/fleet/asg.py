@@ -15,7 +15,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..awsapi import denied, error_code
+from ..awsapi import failed
+from ..logs import Once
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class ScaleInProtection:
         self.protected = False
         self._last_work = -float("inf")
         self._lock = threading.Lock()
-        self._failing = ""
+        self._fault = Once(log)
 
     def working(self) -> None:
         """Before a batch: protected (one call, when it was not)."""
@@ -57,15 +58,10 @@ class ScaleInProtection:
         except (ClientError, BotoCoreError) as exc:
             # Work goes on unprotected: a scale-in in the middle of a batch loses nothing (its
             # messages come back after the visibility timeout), it only redoes the batch.
-            text = (
-                f"AWS refused autoscaling:SetInstanceProtection ({error_code(exc)}): this role needs it on {self.group}"
-                if isinstance(exc, ClientError) and denied(exc)
-                else f"scale-in protection of {self.instance} failed ({exc})"
+            self._fault.say(
+                failed("autoscaling:SetInstanceProtection", exc, f"on {self.group}") + "; working unprotected"
             )
-            if text != self._failing:
-                log.error("%s; working unprotected", text)
-                self._failing = text
             return False
-        self._failing = ""
+        self._fault.over(f"scale-in protection of {self.instance} works again")
         log.info("instance %s %s scale-in", self.instance, "protected from" if on else "released for")
         return True

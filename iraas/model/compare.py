@@ -12,8 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..imaging import ImageError, decode
-from .classifier import crop_to_input, to_tensor
+from .quantize import calibration_tensors
 from .runtime import Choice, choose, open_runtime
 from .spec import ModelSpec, SpecError
 
@@ -36,13 +35,7 @@ class Row:
 
 def tensors(spec: ModelSpec, files: Sequence[Path]) -> list[np.ndarray[Any, Any]]:
     """The readable images as the model's input, one each (decoded once, outside the timing)."""
-    out = []
-    for path in files:
-        try:
-            img = decode(path.read_bytes(), min_side=spec.resize or spec.input_size)
-        except (ImageError, OSError):
-            continue
-        out.append(to_tensor(np.stack([crop_to_input(img, spec)]), spec))
+    out = list(calibration_tensors(spec, files))
     if not out:
         raise SpecError("none of the images could be read")
     return out

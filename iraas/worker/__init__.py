@@ -1,5 +1,6 @@
 """The app tier: workers that take batches of requests, recognise them, and answer."""
 
-from .loop import Enrolments, Worker, WorkerConfig
+from .enrol import Enrolments
+from .loop import Worker, WorkerConfig
 
 __all__ = ["Enrolments", "Worker", "WorkerConfig"]

@@ -31,6 +31,7 @@ from ..model.spec import SpecError
 from ..queues.base import Message, Queue, QueueError
 from ..replies import Replies
 from . import answers
+from .enrol import Enrolments, enrol
 from .meter import Meter
 
 log = logging.getLogger("iraas.worker")  # the name log queries know (before the package split)
@@ -46,10 +47,6 @@ class WorkerConfig:
     visibility_s: int = 10
     heartbeat_s: float = 1.0
     threads: int = 1  # the model's threads: the cores its CPU use is a fraction of
-
-
-class Enrolments(Protocol):
-    def add_enrolment(self, rid: str, data: bytes) -> None: ...
 
 
 class Protection(Protocol):
@@ -260,7 +257,8 @@ class Worker:
             job.data = data
         for job in live:
             if job.req.task == "enroll" and job.data is not None:
-                job.result = self._enroll(job.req, job.data)
+                total_s = self.clock() - job.req.submitted_at
+                job.result = enrol(job.req, job.data, self.recognizer, self.enrolments, self.id, total_s)
         runnable = [j for j in live if j.data is not None and j.result is None]
         if any(j.req.model_version not in ("", self.recognizer.version) for j in runnable):
             # the web asked about a gallery this worker has not read yet (it checks once a
@@ -316,23 +314,6 @@ class Worker:
             "attempt": job.msg.receive_count,  # above 1: redelivered (a worker died or stalled)
         }
         return answers.recognised(req, outcome, timings, self.id)
-
-    def _enroll(self, req: Request, data: bytes) -> Result:
-        """Faces: add the photo to the gallery as `req.person`; the answer says what was added."""
-        timings = {"total": round(self.clock() - req.submitted_at, 4)}
-        try:
-            part, problem = self.recognizer.enroll(req.person, data, f"{req.person}/{req.name}")
-        except ImageError as err:
-            return self._failure(req, err.code, err.reason, timings)
-        except SpecError as err:
-            return self._failure(req, "not_supported", str(err), timings)
-        except Exception as exc:  # one bad photo fails alone
-            failed = ImageError.unexpected("cannot enrol image", exc)
-            return self._failure(req, failed.code, failed.reason, timings)
-        if self.enrolments is None:
-            return self._failure(req, "not_supported", "this worker keeps no gallery", timings)
-        self.enrolments.add_enrolment(req.id, part)
-        return Result.of(req, "done", timings=timings, worker=self.id, label=req.person, reason=problem)
 
     def _failure(self, req: Request, code: str, reason: str, timings: dict[str, float] | None = None) -> Result:
         return Result.failure(req, code, reason, timings=timings or {}, worker=self.id)
