@@ -1,11 +1,12 @@
 """This tree's iraas against another checkout's, side by side in one run (a change's cost).
 
     git worktree add /tmp/before <rev>
-    python benchmarks/ab.py --before /tmp/before [--rounds 5] [--requests 400]
+    python benchmarks/ab.py --before /tmp/before [--rounds 5] [--requests 400] [--postgres]
 
 Both run as `iraas up --min-workers 2 --max-workers 2` (the other tree's through PYTHONPATH,
 its workers too), measured as benchmarks/versus.py measures, rounds interleaved; medians and
-the ratio after/before are printed.
+the ratio after/before are printed. `--postgres`: both with the queue and the blobs in PostgreSQL
+(a private server on this machine, fsync on; a database each), the server's CPU an image too.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.versus import SAMPLE, interleaved  # noqa: E402
 from iraas.files import image_files  # noqa: E402
+from tests.pgserver import PgServer  # noqa: E402
 from tests.service import Service  # noqa: E402
 
 
@@ -28,19 +30,29 @@ def main() -> None:
     ap.add_argument("--before", required=True, help="another checkout of iraas (its root directory)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--requests", type=int, default=400)
+    ap.add_argument("--postgres", action="store_true", help="both on PostgreSQL (queue and blobs)")
     args = ap.parse_args()
     files = image_files([SAMPLE])
-    with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
-        env = {"PYTHONPATH": str(Path(args.before).resolve())}
-        svcs = {
-            "before": Service(tmp / "before", env=env, min_workers=2, max_workers=2),
-            "after": Service(tmp / "after", min_workers=2, max_workers=2),
-        }
-        med = interleaved(svcs, args.rounds, files, args.requests, tmp)
+    pg = PgServer(fsync=True).start() if args.postgres else None
+    keys = ("c32", "c100", "p50_ms", "cpu_ms", "rss_mb")
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            tmp = Path(d)
+            env = {name: {} for name in ("before", "after")}
+            if pg is not None:
+                for name in env:
+                    url = pg.database(f"ab_{name}")
+                    env[name] = {"IRAAS_QUEUE": url, "IRAAS_BLOBS": url}
+                keys += ("db_cpu_ms",)
+            env["before"]["PYTHONPATH"] = str(Path(args.before).resolve())
+            svcs = {name: Service(tmp / name, env=env[name], min_workers=2, max_workers=2) for name in env}
+            med = interleaved(svcs, args.rounds, files, args.requests, tmp, db_pid=pg.proc.pid if pg and pg.proc else 0)
+    finally:
+        if pg is not None:
+            pg.remove()
     b, a = med["before"], med["after"]
     print(f"\nmedians over {args.rounds} interleaved rounds    before      after   after/before")
-    for key in ("c32", "c100", "p50_ms", "cpu_ms", "rss_mb"):
+    for key in keys:
         print(f"{key:<36} {b[key]:>8.1f} {a[key]:>10.1f} {a[key] / b[key]:>12.2f}")
 
 

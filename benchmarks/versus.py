@@ -108,19 +108,22 @@ def _distinct(files: list[Path], n: int, folder: Path) -> list[Path]:
     return out
 
 
-def _measure(url: str, root: int, files: list[Path], n: int, tmp: Path, key: str = "") -> dict[str, float]:
+def _measure(url: str, root: int, files: list[Path], n: int, tmp: Path, key: str = "", db: int = 0) -> dict[str, float]:
+    """`db`: a database server's process, whose CPU an image at c=32 is `db_cpu_ms` (0: none)."""
     out: dict[str, float] = {}
     auth = {"Authorization": f"Bearer {key}"} if key else {}
     for c in (32, 100):
         batch = _distinct(files, n, tmp / f"c{c}-{next(_unique)}")
-        pids = _tree(root)
-        before = _cpu_s(pids)
+        pids, db_pids = _tree(root), _tree(db) if db else []
+        before, db_before = _cpu_s(pids), _cpu_s(db_pids)
         report = asyncio.run(run(Plan(url, batch, {}, requests=n, concurrency=c, api="v1", key=key)))
         s = report.summary()
         assert s["answered"] == n, s
         out[f"c{c}"] = float(s["throughput_per_s"])  # type: ignore[arg-type]
         if c == 32:
             out["cpu_ms"] = 1000 * (_cpu_s(pids) - before) / n
+            if db:
+                out["db_cpu_ms"] = 1000 * (_cpu_s(db_pids) - db_before) / n
     single = _distinct(files, 50, tmp / f"one-{next(_unique)}")
     lat = []
     with httpx.Client(headers=auth) as client:
@@ -136,10 +139,10 @@ def _measure(url: str, root: int, files: list[Path], n: int, tmp: Path, key: str
 
 
 def interleaved(
-    svcs: dict[str, Service], rounds: int, files: list[Path], requests: int, tmp: Path
+    svcs: dict[str, Service], rounds: int, files: list[Path], requests: int, tmp: Path, db_pid: int = 0
 ) -> dict[str, dict[str, float]]:
     """Start each service (2 workers running), measure them in interleaved rounds, stop them;
-    the medians of each figure, by service."""
+    the medians of each figure, by service (`db_pid`: a database server's, its CPU too)."""
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in svcs}
     try:
         for svc in svcs.values():
@@ -147,7 +150,7 @@ def interleaved(
         for r in range(rounds):
             for name, svc in svcs.items():
                 assert svc.proc is not None
-                m = _measure(svc.url, svc.proc.pid, files, requests, tmp)
+                m = _measure(svc.url, svc.proc.pid, files, requests, tmp, db=db_pid)
                 rows[name].append(m)
                 print(f"round {r + 1} {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in m.items()), flush=True)
     finally:

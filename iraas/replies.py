@@ -7,7 +7,8 @@ telling "nobody waits there any more" (the web process is gone: drop it) from "t
 
 Embedded: one Unix datagram socket per web process — a send is one system call, no SQLite
 transaction per image. AWS: one SQS queue per web process (`<name>-replies-<id>`). Several
-hosts on PostgreSQL: a row per reply, its NOTIFY waking the web process that waits.
+hosts on PostgreSQL: the reply is the payload of a NOTIFY to the web process that waits (a row
+only for one too large for a payload).
 """
 
 from __future__ import annotations
@@ -148,23 +149,35 @@ class SqsInbox:
 
 class PostgresReplies:
     """Inboxes registered in `iraas_inboxes` (each web process refreshes its own while it
-    receives); a reply is a row for its inbox, sent in one statement only if that inbox is
-    alive, and its NOTIFY wakes the waiting web process on whichever host it runs."""
+    receives). A reply is sent only to a live inbox, in one statement: as the payload of a
+    NOTIFY on the inbox's channel — no row written, none to take and delete (measured: that row
+    and its removal were a fifth of the database server's work per image) — or, when it is too
+    large for a payload, as a row whose empty NOTIFY tells the inbox to take it.
+
+    A NOTIFY reaches only a session listening when it commits: while an inbox reconnects, the
+    replies sent to it are lost. Its `receive` then raises, and the web process looks up the
+    stored results of what it waits for once it listens again (`web/waiting.py`)."""
 
     def __init__(self, db: Database, *, alive_s: float = 30.0, poll_s: float = 1.0) -> None:
         """`alive_s`: an inbox not seen receiving for this long belongs to a process that is gone."""
         self.db, self.alive_s, self.poll_s = db, alive_s, poll_s
 
     def send(self, to: str, body: str) -> bool:
-        # One statement (one round trip): the row, only for a live inbox, and its NOTIFY. Not
-        # durable: a reply is a hint (the result is stored); a lost one costs a redelivery's wait.
+        # Not durable: a reply is a hint (the result is stored); a lost one costs a wait.
+        talk = channel(_inbox_queue(to))
         with self.db.connection(durable=False) as conn:
+            if len(body.encode()) <= MAX_PAYLOAD:
+                row = conn.execute(
+                    f"SELECT pg_notify(%s, %s) FROM iraas_inboxes WHERE name = %s AND seen_at > {NOW} - %s",
+                    (talk, body, to, self.alive_s),
+                ).fetchone()
+                return row is not None
             row = conn.execute(
                 "WITH sent AS (INSERT INTO iraas_messages (id, queue, body, sent_at, visible_at)"
                 f" SELECT %s, %s, %s, {NOW}, {NOW} WHERE EXISTS"
                 f" (SELECT 1 FROM iraas_inboxes WHERE name = %s AND seen_at > {NOW} - %s) RETURNING 1)"
                 " SELECT count(*), pg_notify(%s, '') FROM sent",
-                (uuid.uuid4(), _inbox_queue(to), body, to, self.alive_s, channel(_inbox_queue(to))),
+                (uuid.uuid4(), _inbox_queue(to), body, to, self.alive_s, talk),
             ).fetchone()
         return bool(row and row[0])
 
@@ -184,15 +197,21 @@ class PostgresReplies:
         return PostgresInbox(name, self)
 
 
+# A NOTIFY payload must be shorter than 8000 bytes; a result is ~1 KB (a large one goes as a row).
+MAX_PAYLOAD = 7900
+
+
 class PostgresInbox:
     """Its own connection, listening for the whole life of the web process (not a pooled one
-    and a LISTEN per wait: a reply is one round trip to take, after its NOTIFY)."""
+    and a LISTEN per wait: a reply is in the notification itself)."""
 
     def __init__(self, name: str, replies: PostgresReplies) -> None:
         self.name, self._replies = name, replies
         self._queue = _inbox_queue(name)
         self._seen = time.monotonic()
         self._conn: Any = None
+        self._fresh = False
+        self._listening()  # now: a reply sent from here on reaches this inbox
 
     def receive(self, wait_s: float) -> list[str]:
         import psycopg
@@ -203,23 +222,31 @@ class PostgresInbox:
             if time.monotonic() - self._seen > replies.alive_s / 6:  # alive: keep receiving replies
                 self._seen = time.monotonic()
                 conn.execute(f"UPDATE iraas_inboxes SET seen_at = {NOW} WHERE name = %s", (self.name,))
+            # Listening anew: rows sent meanwhile are kept (payloads are not: see the class).
+            got, self._fresh = (self._take(conn) if self._fresh else []), False
             deadline = time.monotonic() + wait_s
-            got = self._take(conn)
-            # A notification may be for a reply taken already (one take empties the inbox):
-            # wait on until one brings something, or the wait is over.
             while not got and (left := deadline - time.monotonic()) > 0:
-                for _ in conn.notifies(timeout=min(left, replies.poll_s), stop_after=1):
-                    pass
-                got = self._take(conn)
+                got = self._read(conn, list(conn.notifies(timeout=min(left, replies.poll_s), stop_after=1)))
+            if got:  # and whatever else has arrived by now, without waiting
+                got += self._read(conn, list(conn.notifies(timeout=0)))
+            return got
         except psycopg.Error as exc:
             self._drop()
             raise DatabaseError(f"reply inbox {self.name}: {str(exc).strip()[:200]}") from None
+
+    def _read(self, conn: Any, notes: list[Any]) -> list[str]:
+        """The replies `notes` carry, in the order they were sent; an empty one: take the rows."""
+        got: list[str] = []
+        for note in notes:
+            got += [note.payload] if note.payload else self._take(conn)
         return got
 
     def _listening(self) -> Any:
+        """The listening connection (a new one after a failure: `_fresh`)."""
         if self._conn is None or self._conn.closed:
             self._conn = self._replies.db.dedicated(durable=False)
             self._conn.execute(f"LISTEN {channel(self._queue)}")
+            self._fresh = True
         return self._conn
 
     def _drop(self) -> None:

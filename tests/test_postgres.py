@@ -121,3 +121,34 @@ def test_libpq_finds_the_password_in_a_passfile(tmp_path: Path, pg_server: PgSer
     with db.connection() as conn:
         assert conn.execute("SELECT count(*) FROM iraas_blobs WHERE key LIKE 'keys/names/%'").fetchone() == (1,)
     db.close()
+
+
+def test_a_reply_missed_while_the_inbox_reconnects_is_answered_from_the_store(pg_url: str, pg_server: PgServer) -> None:
+    """A reply on PostgreSQL is a NOTIFY, which reaches only a session listening when it is sent.
+    Here the reply never comes at all: the waiting request is answered only because the web
+    process, once its inbox listens again, looks up the stored results of what it waits for."""
+    import asyncio
+
+    from iraas.messages import Result
+    from iraas.replies import PostgresReplies
+    from iraas.web.waiting import ReplyWaiter
+
+    db = Database(pg_url)
+    db.migrate()
+    stored: dict[str, Result] = {}
+    waiter = ReplyWaiter(PostgresReplies(db), stored=stored.get)
+    listener = waiter.inbox._conn.info.backend_pid  # type: ignore[attr-defined]
+
+    async def wait() -> Result:
+        waiter.start(asyncio.get_running_loop())
+        fut = waiter.expect("r1")
+        stored["r1"] = Result(id="r1", name="a.jpg", status="done", model="m", label="tench")
+        pg_server.psql(f"SELECT pg_terminate_backend({listener})")
+        return await asyncio.wait_for(fut, 60)
+
+    try:
+        assert asyncio.run(wait()).label == "tench"
+        assert waiter.inbox._conn.info.backend_pid != listener  # type: ignore[attr-defined]  # listening anew
+    finally:
+        waiter.stop()
+        db.close()

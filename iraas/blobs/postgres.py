@@ -53,7 +53,8 @@ class PostgresBlobStore:
     def get(self, key: str) -> bytes:
         check_key(key)
         with self._conn(durable=False) as conn:
-            row = conn.execute("SELECT data FROM iraas_blobs WHERE key = %s", (key,)).fetchone()
+            # In binary: as text, the server would write the bytes out in hex and we read it back.
+            row = conn.execute("SELECT data FROM iraas_blobs WHERE key = %s", (key,), binary=True).fetchone()
         if row is None:
             raise BlobNotFound(key)
         return bytes(row[0])

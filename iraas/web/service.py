@@ -91,7 +91,8 @@ class WebService:
         self.requests, self.ids, self.results = parts.requests, parts.ids, parts.results
         self.callbacks, self.cluster = parts.callbacks, parts.cluster
         self.metrics = Metrics()
-        self.waiter = ReplyWaiter(parts.replies, self.metrics.observe)  # every answer is replied here
+        # every answer is replied here; what a broken inbox missed is looked up in the store
+        self.waiter = ReplyWaiter(parts.replies, self.metrics.observe, self.results.load_result)
         self.intake = Intake(s, self.results, self.waiter.name, self.cluster)
         self.signing = bool(secret_keys(s.webhook_secret))
         self._misconfigured = ""  # the configuration error last logged (once, not per request)

@@ -3,7 +3,10 @@
 A thread receives replies and resolves futures on the event loop. There is no polling of the
 store for waiting requests: a worker deletes a request only after its reply was handed over,
 so a reply lost to a worker's death comes again with the redelivery (after the visibility
-timeout), answered from the stored result; dead letters are answered by the controller.
+timeout), answered from the stored result; dead letters are answered by the controller. A reply
+lost on the way (the inbox's connection broke: on PostgreSQL a NOTIFY reaches only a session
+listening when it is sent) is looked up once the inbox receives again: the stored results of
+every request still waiting, read after the inbox listens anew, so none can fall in between.
 """
 
 from __future__ import annotations
@@ -20,11 +23,21 @@ from ..replies import Replies
 log = logging.getLogger(__name__)
 
 
+def _nothing_stored(rid: str) -> Result | None:
+    return None
+
+
 class ReplyWaiter:
-    def __init__(self, replies: Replies, observe: Callable[[Result], None] = lambda _: None) -> None:
-        """`observe` sees every reply, waited for or not (metrics)."""
+    def __init__(
+        self,
+        replies: Replies,
+        observe: Callable[[Result], None] = lambda _: None,
+        stored: Callable[[str], Result | None] = _nothing_stored,
+    ) -> None:
+        """`observe` sees every reply, waited for or not (metrics); `stored(id)`: a request's
+        stored result, for the replies an interrupted inbox may have missed."""
         self.name = uuid.uuid4().hex[:12]
-        self.observe = observe
+        self.observe, self.stored = observe, stored
         self.inbox = replies.inbox(self.name)
         self._pending: dict[str, asyncio.Future[Result]] = {}
         self._lock = threading.Lock()
@@ -55,30 +68,57 @@ class ReplyWaiter:
             self._pending.pop(request_id, None)
 
     def _run(self) -> None:
+        missed = False  # replies may have been lost: the inbox failed since the last look-up
         while not self._stop.is_set():
             try:
                 bodies = self.inbox.receive(wait_s=0.5)
             except Exception:  # keep answering: one bad poll must not end the thread
                 log.exception("reply loop error")
+                missed = True
                 self._stop.wait(0.5)
                 continue
-            settled = []
-            for body in bodies:
-                try:
-                    result = Result.from_json(body)
-                except (MessageError, TypeError):
-                    log.error("unreadable reply dropped: %.200s", body)
-                    continue
-                try:
-                    self.observe(result)
-                except Exception:
-                    log.exception("observing a reply failed")
-                with self._lock:
-                    fut = self._pending.pop(result.id, None)
-                if fut is not None:
-                    settled.append((fut, result))
+            settled = self._replied(bodies)
+            if missed:
+                found = self._looked_up()
+                missed = found is None  # the store is away too: look again after the next receive
+                settled += found or []
             if settled and self._loop is not None:
                 self._loop.call_soon_threadsafe(_settle, settled)
+
+    def _replied(self, bodies: list[str]) -> list[tuple[asyncio.Future[Result], Result]]:
+        settled = []
+        for body in bodies:
+            try:
+                result = Result.from_json(body)
+            except (MessageError, TypeError):
+                log.error("unreadable reply dropped: %.200s", body)
+                continue
+            try:
+                self.observe(result)
+            except Exception:
+                log.exception("observing a reply failed")
+            with self._lock:
+                fut = self._pending.pop(result.id, None)
+            if fut is not None:
+                settled.append((fut, result))
+        return settled
+
+    def _looked_up(self) -> list[tuple[asyncio.Future[Result], Result]] | None:
+        """The waiting requests whose result is stored (their reply may never come); None if
+        the store could not be read."""
+        with self._lock:
+            waiting = list(self._pending)
+        try:
+            found = [(rid, r) for rid in waiting if (r := self.stored(rid)) is not None]
+        except Exception:
+            log.warning("looking up %d waiting result(s) failed", len(waiting), exc_info=True)
+            return None
+        settled = []
+        with self._lock:
+            for rid, result in found:
+                if (fut := self._pending.pop(rid, None)) is not None:
+                    settled.append((fut, result))
+        return settled
 
 
 def _settle(settled: list[tuple[asyncio.Future[Result], Result]]) -> None:
