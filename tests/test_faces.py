@@ -251,3 +251,30 @@ def test_empty_gallery_is_a_clear_error_at_start(tmp_path: Path) -> None:
         timeout=120,
     )
     assert out.returncode == 2 and "gallery" in out.stderr and "empty" in out.stderr
+
+
+def test_the_embedding_network_on_openvino_gives_the_same_people(
+    embedder: FaceEmbedder, people: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    """SFace with its int8 blocks unpacked to fp32 computes what OpenCV computes (OpenVINO fp32),
+    and bf16 (this machine's CPU has it: fails loudly on one without) changes no answer."""
+    photos = [f for files in people.values() for f in files]
+    crops = []
+    for f in photos:
+        rgb = np.asarray(Image.open(f).convert("RGB"))
+        faces = embedder.detect(rgb)
+        crops.append(embedder.align(rgb, faces[0] if faces else None))
+    reference = embedder.embed(crops)
+    fp32 = FaceEmbedder(runtime="openvino", precision="fp32")
+    assert fp32.runs_on == "openvino fp32"
+    assert float(np.min(np.sum(fp32.embed(crops) * reference, axis=1))) > 0.9999
+    bf16 = FaceEmbedder(runtime="openvino", precision="bf16")
+    assert float(np.min(np.sum(bf16.embed(crops) * reference, axis=1))) > 0.99
+    assert _accuracy(bf16, people, Path.read_bytes, tmp_path / "bf16") == _accuracy(
+        embedder, people, Path.read_bytes, tmp_path / "reference"
+    )
+    from iraas.model.recognizer import load_recognizer
+    from iraas.model.spec import SpecError
+
+    with pytest.raises(SpecError, match="a precision needs --runtime"):  # OpenCV's engine has one: fp32
+        load_recognizer("faces", gallery=Gallery, precision="bf16")

@@ -231,7 +231,8 @@ class Settings:
     runtime: str = setting(
         "",
         "where the model runs: onnxruntime (default, the exact reference) or openvino (pip install "
-        "'iraas[openvino]'); `iraas bench model --runtimes all` measures both here",
+        "'iraas[openvino]'); `iraas bench model --runtimes all` measures both here; for the faces "
+        "model, where its embedding network runs (default: OpenCV's engine)",
         {WORKER, CONTROLLER},
     )
     precision: str = setting(

