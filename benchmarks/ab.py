@@ -12,6 +12,7 @@ the ratio after/before are printed. `--postgres`: both with the queue and the bl
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -38,6 +39,9 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as d:
             tmp = Path(d)
+            # `python -m` puts the working directory first on the path: from this tree's root,
+            # the other service would import this tree's iraas, not the other one's
+            os.chdir(tmp)
             env = {name: {} for name in ("before", "after")}
             if pg is not None:
                 for name in env:
@@ -47,6 +51,7 @@ def main() -> None:
             env["before"]["PYTHONPATH"] = str(Path(args.before).resolve())
             svcs = {name: Service(tmp / name, env=env[name], min_workers=2, max_workers=2) for name in env}
             med = interleaved(svcs, args.rounds, files, args.requests, tmp, db_pid=pg.proc.pid if pg and pg.proc else 0)
+            os.chdir(ROOT)
     finally:
         if pg is not None:
             pg.remove()
