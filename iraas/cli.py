@@ -106,6 +106,7 @@ def _cmd_bench_model(args: argparse.Namespace) -> int:
 
 
 def _compare_runtimes(args: argparse.Namespace, files: list[Path]) -> int:
+    from .messages import FACES
     from .model.builtin import resolve_model
     from .model.compare import compare, table
     from .model.runtime import RUNTIMES
@@ -115,6 +116,15 @@ def _compare_runtimes(args: argparse.Namespace, files: list[Path]) -> int:
     unknown = set(runtimes) - set(RUNTIMES)
     if unknown:
         raise SpecError(f"--runtimes: all, or some of {', '.join(RUNTIMES)}; not {', '.join(sorted(unknown))}")
+    if args.model == FACES:
+        from .model.compare_faces import REFERENCE, compare_faces
+        from .model.recognizer import gallery_from_path
+
+        if not args.gallery:
+            raise SpecError("the faces model needs a gallery (--gallery DIR or FILE): answers are people in it")
+        rows = compare_faces(files, gallery_from_path(args.gallery), runtimes, args.threads)  # type: ignore[arg-type]
+        print(table(rows, len(files), REFERENCE, "opencv", "person"))
+        return 0
     quantized = load_spec(args.int8) if args.int8 else None
     rows = compare(resolve_model(args.model), files, runtimes, args.threads, quantized)
     print(table(rows, len(files)))

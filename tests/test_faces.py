@@ -278,3 +278,25 @@ def test_the_embedding_network_on_openvino_gives_the_same_people(
 
     with pytest.raises(SpecError, match="a precision needs --runtime"):  # OpenCV's engine has one: fp32
         load_recognizer("faces", gallery=Gallery, precision="bf16")
+
+
+def test_bench_compares_the_runtimes_for_faces_on_the_users_gallery(
+    people: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    gallery, probes = tmp_path / "gallery", tmp_path / "probes"
+    probes.mkdir()
+    for person, files in people.items():
+        (gallery / person).mkdir(parents=True)
+        shutil.copy(files[0], gallery / person / files[0].name)
+        for f in files[1:3]:
+            shutil.copy(f, probes / f.name)
+    cmd = [sys.executable, "-m", "iraas.cli", "bench", "model", str(probes), "--model", "faces", "--runtimes", "all"]
+    out = subprocess.run([*cmd, "--gallery", str(gallery)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = {tuple(line.split()[:2]): line.split() for line in out.stdout.splitlines()}
+    assert {("opencv", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")} <= set(rows)
+    assert rows[("opencv", "fp32")][-1] == "100.0%"  # the reference
+    assert rows[("openvino", "fp32")][-1] == "100.0%"  # the same network, unpacked: the same people
+    assert f"({len(list(probes.iterdir()))} images" in out.stdout and "recommended here: " in out.stdout
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "needs a gallery" in refused.stderr

@@ -18,6 +18,7 @@ from .spec import ModelSpec, SpecError
 
 FLOAT = (Choice("onnxruntime", "fp32"), Choice("openvino", "fp32"), Choice("openvino", "bf16"))
 QUANTIZED = (Choice("onnxruntime", "int8"), Choice("openvino", "int8"))
+DEFAULT = Choice()  # onnxruntime fp32: the reference
 MIN_AGREEMENT = 0.99  # what a recommended choice must keep of the reference's top-1 answers
 
 
@@ -83,21 +84,29 @@ def recommend(rows: Sequence[Row]) -> Row | None:
     return max(kept, key=lambda r: r.images_per_s, default=None)
 
 
-def table(rows: Sequence[Row], images: int) -> str:
-    base = next((r.images_per_s for r in rows if r.choice == Choice() and not r.missing), 0.0)
-    lines = [f"{'runtime':12} {'precision':9} {'img/s':>8} {'ms/img':>7} {'vs fp32':>7} {'top-1 = fp32':>13}"]
+def table(
+    rows: Sequence[Row], images: int, reference: Choice = DEFAULT, name: str = "fp32", what: str = "top-1"
+) -> str:
+    """`what` (a classifier's top-1, a face's person) compared with the `reference` choice's,
+    which the header calls `name`."""
+    base = next((r.images_per_s for r in rows if r.choice == reference and not r.missing), 0.0)
+    same = f"{what} = {name}"
+    width, vs = max(len(same), 12) + 1, max(len(name) + 3, 7)
+    lines = [f"{'runtime':12} {'precision':9} {'img/s':>8} {'ms/img':>7} {'vs ' + name:>{vs}} {same:>{width}}"]
     for r in rows:
         if r.missing:
             lines.append(f"{r.choice.runtime:12} {r.choice.precision:9} cannot run here: {r.missing}")
             continue
         ratio = r.images_per_s / base if base else 0.0
         lines.append(
-            f"{r.choice.runtime:12} {r.choice.precision:9} {r.images_per_s:8.1f} {r.ms:7.2f} {ratio:7.2f} "
-            f"{r.agreement:12.1%}"
+            f"{r.choice.runtime:12} {r.choice.precision:9} {r.images_per_s:8.1f} {r.ms:7.2f} {ratio:{vs}.2f} "
+            f"{r.agreement:{width - 1}.1%}"
         )
     best = recommend(rows)
     lines.append(f"({images} images, inference only, one at a time)")
     if best is not None:
-        flags = f"--runtime {best.choice.runtime} --precision {best.choice.precision}"
-        lines.append(f"recommended here: {best.choice} ({flags}; top-1 kept on {MIN_AGREEMENT:.0%} or more)")
+        flags = "the default: no flag"
+        if best.choice != reference:
+            flags = f"--runtime {best.choice.runtime} --precision {best.choice.precision}"
+        lines.append(f"recommended here: {best.choice} ({flags}; {what} kept on {MIN_AGREEMENT:.0%} or more)")
     return "\n".join(lines)
