@@ -13,6 +13,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -335,3 +336,33 @@ def test_every_id_shape_but_ours_is_refused(svc: Service) -> None:
     for rid, status in checks:
         r = httpx.get(f"{svc.url}/v1/recognitions/{rid}", timeout=10)
         assert r.status_code == status and r.json()["error"] in ("bad_id", "not_found")
+
+
+def test_past_the_connection_cap_a_client_still_uploading_reads_its_503_not_a_reset(tmp_path: Path) -> None:
+    """Closing a refused connection at once, while its upload still arrives, makes the kernel
+    answer with a reset that can destroy the 503 before the client reads it (11 of 60 here
+    before the lingering close). Two uploads stalled mid-body hold the cap of 2."""
+    svc = Service(tmp_path / "data", max_workers=0, max_connections=2, body_timeout_s=600, linger_s=60).start()
+    held = []
+    try:
+        for _ in range(2):
+            sock = socket.create_connection(("127.0.0.1", svc.port))
+            sock.sendall(b"POST /v1/recognitions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nhalf")
+            held.append(sock)
+        head = b"POST /v1/recognitions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        upload = head + b"Content-Length: 4194304\r\n\r\n" + bytes(4 << 20)
+        answers = []
+        for _ in range(30):
+            with socket.create_connection(("127.0.0.1", svc.port), timeout=60) as sock:
+                sock.sendall(upload)
+                out = b""
+                while chunk := sock.recv(65536):  # a reset raises ConnectionResetError here
+                    out += chunk
+            status, _, body = out.partition(b"\r\n\r\n")
+            answers.append((status.split(b" ")[1], json.loads(body)["error"]))
+        assert answers == [(b"503", "overloaded")] * 30
+        assert "Invalid HTTP request" not in svc.output()  # the refused request's body is not parsed as one
+    finally:
+        for sock in held:
+            sock.close()
+        svc.stop()

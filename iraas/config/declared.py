@@ -142,6 +142,13 @@ class Settings:
     max_fetches: int = setting(16, "URL fetches in flight per web process (default 16)", {WEB})
     max_connections: int = setting(1000, "open connections per web process; past it 503 (default 1000)", {WEB})
     header_timeout_s: float = setting(10.0, "a request's headers must arrive within this, seconds (default 10)", {WEB})
+    linger_s: float = setting(
+        5.0,
+        "a refused connection (past max_connections, slow or huge headers) reads and drops what the "
+        "client still sends for up to this long before closing, so that it reads its refusal, not a "
+        "reset (default 5)",
+        {WEB},
+    )
     body_timeout_s: float = setting(30.0, "longest pause while a request body arrives, seconds (default 30)", {WEB})
     max_backlog: int = setting(
         10_000, "images waiting past which new work gets 503 + Retry-After; 0 = no limit (default 10,000)", {WEB}
