@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from iraas.model.compare_faces import faces  # noqa: E402
 from iraas.model.faces import FaceEmbedder  # noqa: E402
 
 IDS = ROOT.parent / "shared" / "datasets" / "faces-identities"
@@ -37,12 +37,8 @@ def main() -> None:
     with open(IDS / "labels.csv", newline="") as f:
         rows = sorted(csv.DictReader(f), key=lambda r: r["filename"])
     who = [r["identity"] for r in rows]
-    ref = FaceEmbedder()
-    crops = []
-    for r in rows:
-        rgb = np.asarray(Image.open(IDS / "images" / r["filename"]).convert("RGB"))
-        faces = ref.detect(rgb)
-        crops.append(ref.align(rgb, faces[0] if faces else None))
+    crops = faces(FaceEmbedder(), [IDS / "images" / r["filename"] for r in rows])
+    assert len(crops) == len(who), "every photo is readable"
     embedders = {name: FaceEmbedder(1, *choice) for name, choice in RUNTIMES.items()}
     times: dict[str, list[float]] = {name: [] for name in embedders}
     vectors: dict[str, np.ndarray] = {}

@@ -258,12 +258,9 @@ def test_the_embedding_network_on_openvino_gives_the_same_people(
 ) -> None:
     """SFace with its int8 blocks unpacked to fp32 computes what OpenCV computes (OpenVINO fp32),
     and bf16 (this machine's CPU has it: fails loudly on one without) changes no answer."""
-    photos = [f for files in people.values() for f in files]
-    crops = []
-    for f in photos:
-        rgb = np.asarray(Image.open(f).convert("RGB"))
-        faces = embedder.detect(rgb)
-        crops.append(embedder.align(rgb, faces[0] if faces else None))
+    from iraas.model.compare_faces import faces
+
+    crops = faces(embedder, [f for files in people.values() for f in files])
     reference = embedder.embed(crops)
     fp32 = FaceEmbedder(runtime="openvino", precision="fp32")
     assert fp32.runs_on == "openvino fp32"
