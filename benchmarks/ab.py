@@ -35,30 +35,36 @@ def main() -> None:
     args = ap.parse_args()
     files = image_files([SAMPLE])
     pg = PgServer(fsync=True).start() if args.postgres else None
-    keys = ("c32", "c100", "p50_ms", "cpu_ms", "rss_mb")
     try:
         with tempfile.TemporaryDirectory() as d:
             tmp = Path(d)
             # `python -m` puts the working directory first on the path: from this tree's root,
             # the other service would import this tree's iraas, not the other one's
             os.chdir(tmp)
-            env = {name: {} for name in ("before", "after")}
-            if pg is not None:
-                for name in env:
-                    url = pg.database(f"ab_{name}")
-                    env[name] = {"IRAAS_QUEUE": url, "IRAAS_BLOBS": url}
-                keys += ("db_cpu_ms",)
-            env["before"]["PYTHONPATH"] = str(Path(args.before).resolve())
-            svcs = {name: Service(tmp / name, env=env[name], min_workers=2, max_workers=2) for name in env}
-            med = interleaved(svcs, args.rounds, files, args.requests, tmp, db_pid=pg.proc.pid if pg and pg.proc else 0)
-            os.chdir(ROOT)
+            try:
+                med = _run(args, files, tmp, pg)
+            finally:
+                os.chdir(ROOT)
     finally:
         if pg is not None:
             pg.remove()
     b, a = med["before"], med["after"]
+    keys = ("c32", "c100", "p50_ms", "cpu_ms", "rss_mb") + (("db_cpu_ms",) if pg is not None else ())
     print(f"\nmedians over {args.rounds} interleaved rounds    before      after   after/before")
     for key in keys:
         print(f"{key:<36} {b[key]:>8.1f} {a[key]:>10.1f} {a[key] / b[key]:>12.2f}")
+
+
+def _run(args: argparse.Namespace, files: list[Path], tmp: Path, pg: PgServer | None) -> dict[str, dict[str, float]]:
+    """Both services, on PostgreSQL if `pg`, measured side by side."""
+    env: dict[str, dict[str, str]] = {"before": {}, "after": {}}
+    if pg is not None:
+        for name in env:
+            url = pg.database(f"ab_{name}")
+            env[name] = {"IRAAS_QUEUE": url, "IRAAS_BLOBS": url}
+    env["before"]["PYTHONPATH"] = str(Path(args.before).resolve())
+    svcs = {name: Service(tmp / name, env=env[name], min_workers=2, max_workers=2) for name in env}
+    return interleaved(svcs, args.rounds, files, args.requests, tmp, db_pid=pg.proc.pid if pg and pg.proc else 0)
 
 
 if __name__ == "__main__":

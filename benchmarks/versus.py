@@ -76,14 +76,17 @@ def _tree(root: int) -> list[int]:
     return out
 
 
-def _cpu_s(pids: list[int]) -> float:
+def _cpu_s(root: int) -> float:
+    """CPU seconds of `root`'s process tree as it is now, with its children that have ended
+    (their time is in their parent's cutime/cstime once reaped): a database forks a process
+    per connection, a fleet a process per worker, and either may end during a run."""
     total = 0.0
-    for pid in pids:
+    for pid in _tree(root):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
     return total
 
 
@@ -114,16 +117,15 @@ def _measure(url: str, root: int, files: list[Path], n: int, tmp: Path, key: str
     auth = {"Authorization": f"Bearer {key}"} if key else {}
     for c in (32, 100):
         batch = _distinct(files, n, tmp / f"c{c}-{next(_unique)}")
-        pids, db_pids = _tree(root), _tree(db) if db else []
-        before, db_before = _cpu_s(pids), _cpu_s(db_pids)
+        before, db_before = _cpu_s(root), _cpu_s(db) if db else 0.0
         report = asyncio.run(run(Plan(url, batch, {}, requests=n, concurrency=c, api="v1", key=key)))
         s = report.summary()
         assert s["answered"] == n, s
         out[f"c{c}"] = float(s["throughput_per_s"])  # type: ignore[arg-type]
         if c == 32:
-            out["cpu_ms"] = 1000 * (_cpu_s(pids) - before) / n
+            out["cpu_ms"] = 1000 * (_cpu_s(root) - before) / n
             if db:
-                out["db_cpu_ms"] = 1000 * (_cpu_s(db_pids) - db_before) / n
+                out["db_cpu_ms"] = 1000 * (_cpu_s(db) - db_before) / n
     single = _distinct(files, 50, tmp / f"one-{next(_unique)}")
     lat = []
     with httpx.Client(headers=auth) as client:

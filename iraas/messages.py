@@ -4,7 +4,7 @@ keys), results, webhook deliveries and their state, worker heartbeats and the cl
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from functools import cached_property
 from typing import Any, TypeVar
 
@@ -100,7 +100,7 @@ class Result(_Json):
 
     def as_dict(self) -> dict[str, Any]:
         """The fields an API answer shows (no format version)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "v"}
+        return {k: v for k, v in _fields(self).items() if k != "v"}
 
 
 def _fields(message: Any) -> dict[str, Any]:
@@ -109,7 +109,7 @@ def _fields(message: Any) -> dict[str, Any]:
 
 def _nested(value: Any) -> dict[str, Any]:
     """A dataclass inside a message (a cluster status's workers), as JSON writes it."""
-    if hasattr(value, "__dataclass_fields__") and not isinstance(value, type):
+    if is_dataclass(value) and not isinstance(value, type):
         return _fields(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 

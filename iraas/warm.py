@@ -24,15 +24,14 @@ def _prepare() -> None:
     from .model.recognizer import load_recognizer
 
     settings = load_settings()
-    if settings.model == FACES:
-        load_recognizer(settings.model, threads=settings.threads, gallery=lambda: None)
+    # The runtime too: what cannot run here is refused before any worker starts, and a graph it
+    # needs (the faces model's, unpacked) is made once, here, not by each worker
+    model, threads, runtime, precision = settings.model, settings.threads, settings.runtime, settings.precision
+    if model == FACES:
+        load_recognizer(model, threads=threads, gallery=lambda: None, runtime=runtime, precision=precision)
     else:
         recognizer = load_recognizer(
-            settings.model,
-            threads=settings.threads,
-            limits=settings.image_limits,
-            runtime=settings.runtime,
-            precision=settings.precision,
+            model, threads=threads, limits=settings.image_limits, runtime=runtime, precision=precision
         )
         recognizer.classify([_sample_jpeg()])
         del recognizer

@@ -67,12 +67,16 @@ def _build_cached(name: str, weights: Path, size: int, digest: str) -> Path:
     from .efficientnet import build_onnx
     from .weights import load_state_dict
 
-    model = build_onnx(load_state_dict(weights), size, name)
+    return cache(target, build_onnx(load_state_dict(weights), size, name).SerializeToString())
+
+
+def cache(target: Path, graph: bytes) -> Path:
+    """`graph` written to `target` in the cache, whole or not at all."""
     target.parent.mkdir(parents=True, exist_ok=True)
     # Several workers may build at once on first start: write aside, then rename atomically.
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
     with os.fdopen(fd, "wb") as f:
-        f.write(model.SerializeToString())
+        f.write(graph)
         # mkstemp makes it 0600; a model is no secret, and its reader may be another user (an
         # image builds it as root for a non-root user; a cache may be shared)
         os.fchmod(f.fileno(), 0o644)

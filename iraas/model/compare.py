@@ -4,8 +4,9 @@ reference's (onnxruntime). One is not always faster; the recommendation says whi
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,9 @@ from .quantize import calibration_tensors
 from .runtime import Choice, choose, open_runtime
 from .spec import ModelSpec, SpecError
 
-FLOAT = (Choice("onnxruntime", "fp32"), Choice("openvino", "fp32"), Choice("openvino", "bf16"))
-QUANTIZED = (Choice("onnxruntime", "int8"), Choice("openvino", "int8"))
 DEFAULT = Choice()  # onnxruntime fp32: the reference
+FLOAT = (DEFAULT, Choice("openvino", "fp32"), Choice("openvino", "bf16"))
+QUANTIZED = (Choice("onnxruntime", "int8"), Choice("openvino", "int8"))
 MIN_AGREEMENT = 0.99  # what a recommended choice must keep of the reference's top-1 answers
 
 
@@ -62,19 +63,28 @@ def compare(
 ) -> list[Row]:
     """Each choice of `runtimes` on `spec` (and on `quantized`, its int8 version, if given)."""
     inputs = tensors(spec, files)
-    _, reference = _measure(spec, Choice(), inputs, threads)
+    rate, reference = _measure(spec, DEFAULT, inputs, threads)
+    rows = [Row(DEFAULT, rate, 1.0)] if DEFAULT.runtime in runtimes else []
+    for model, choices in ((spec, FLOAT[1:]), (quantized, QUANTIZED)):
+        if model is not None:
+            measure = functools.partial(_measure, model, inputs=inputs, threads=threads)
+            rows += measured([c for c in choices if c.runtime in runtimes], measure, reference)
+    return rows
+
+
+def measured(
+    choices: Sequence[Choice], measure: Callable[[Choice], tuple[float, Sequence[object]]], reference: Sequence[object]
+) -> list[Row]:
+    """A row for each choice: `measure(choice)` gives its rate and its answers, compared with the
+    reference's; a choice this machine cannot run says why."""
     rows = []
-    for model, choices in ((spec, FLOAT), (quantized, QUANTIZED)):
-        for choice in choices:
-            if model is None or choice.runtime not in runtimes:
-                continue
-            try:
-                rate, tops = _measure(model, choice, inputs, threads)
-            except SpecError as exc:
-                rows.append(Row(choice, missing=str(exc)))
-                continue
-            agree = sum(a == b for a, b in zip(tops, reference, strict=True)) / len(reference)
-            rows.append(Row(choice, rate, agree))
+    for choice in choices:
+        try:
+            rate, got = measure(choice)
+        except SpecError as exc:
+            rows.append(Row(choice, missing=str(exc)))
+            continue
+        rows.append(Row(choice, rate, sum(a == b for a, b in zip(got, reference, strict=True)) / len(reference)))
     return rows
 
 

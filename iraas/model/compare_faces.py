@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..imaging import ImageError, decode
-from .compare import Row
+from .compare import Row, measured
 from .faces import FaceEmbedder, Gallery
 from .runtime import Choice
 from .spec import SpecError
@@ -52,14 +52,8 @@ def compare_faces(
     reference = FaceEmbedder(threads)
     crops = faces(reference, files)
     rate, answers = _measure(reference, crops, gallery)
-    rows = [Row(REFERENCE, rate, 1.0)]
-    for choice in CHOICES[1:]:
-        if choice.runtime not in runtimes:
-            continue
-        try:
-            rate, got = _measure(FaceEmbedder(threads, choice.runtime, choice.precision), crops, gallery)
-        except SpecError as exc:
-            rows.append(Row(choice, missing=str(exc)))
-            continue
-        rows.append(Row(choice, rate, sum(a == b for a, b in zip(got, answers, strict=True)) / len(answers)))
-    return rows
+
+    def measure(choice: Choice) -> tuple[float, list[str]]:
+        return _measure(FaceEmbedder(threads, choice.runtime, choice.precision), crops, gallery)
+
+    return [Row(REFERENCE, rate, 1.0), *measured([c for c in CHOICES[1:] if c.runtime in runtimes], measure, answers)]

@@ -86,7 +86,7 @@ class ReplyWaiter:
                 self._loop.call_soon_threadsafe(_settle, settled)
 
     def _replied(self, bodies: list[str]) -> list[tuple[asyncio.Future[Result], Result]]:
-        settled = []
+        results = []
         for body in bodies:
             try:
                 result = Result.from_json(body)
@@ -97,11 +97,8 @@ class ReplyWaiter:
                 self.observe(result)
             except Exception:
                 log.exception("observing a reply failed")
-            with self._lock:
-                fut = self._pending.pop(result.id, None)
-            if fut is not None:
-                settled.append((fut, result))
-        return settled
+            results.append(result)
+        return self._claim(results)
 
     def _looked_up(self) -> list[tuple[asyncio.Future[Result], Result]] | None:
         """The waiting requests whose result is stored (their reply may never come); None if
@@ -109,16 +106,16 @@ class ReplyWaiter:
         with self._lock:
             waiting = list(self._pending)
         try:
-            found = [(rid, r) for rid in waiting if (r := self.stored(rid)) is not None]
+            return self._claim([r for rid in waiting if (r := self.stored(rid)) is not None])
         except Exception:
             log.warning("looking up %d waiting result(s) failed", len(waiting), exc_info=True)
             return None
-        settled = []
+
+    def _claim(self, results: list[Result]) -> list[tuple[asyncio.Future[Result], Result]]:
+        """The futures still waiting for these results, each taken once, with its result."""
         with self._lock:
-            for rid, result in found:
-                if (fut := self._pending.pop(rid, None)) is not None:
-                    settled.append((fut, result))
-        return settled
+            taken = [(self._pending.pop(r.id, None), r) for r in results]
+        return [(fut, r) for fut, r in taken if fut is not None]
 
 
 def _settle(settled: list[tuple[asyncio.Future[Result], Result]]) -> None:
