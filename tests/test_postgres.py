@@ -107,6 +107,26 @@ def test_the_schema_is_made_once_and_versioned(pg_url: str) -> None:
         db.close()
 
 
+def test_a_receive_takes_at_most_what_it_asks_for_whatever_plan_the_server_picks(pg_url: str) -> None:
+    """Statistics taken while the table held one message (autovacuum does so early in a
+    deployment's life) made the server re-run the claim's subquery for each row it joined: one
+    worker's receive of 4 took the whole backlog, could not delete it in batches of 10, and
+    every message went round to the dead letters."""
+    from iraas.queues.postgres import PostgresQueue
+
+    db = Database(pg_url)
+    db.migrate()
+    q = PostgresQueue(db, "work", max_receives=3)
+    q.send("first")
+    with db.connection() as conn:
+        conn.execute("ANALYZE iraas_messages")
+    for i in range(10):
+        q.send_batch([f"m{i}-{j}" for j in range(10)])
+    assert len(q.receive(4, visibility_s=30)) == 4
+    assert q.depth().in_flight == 4
+    db.close()
+
+
 def test_libpq_finds_the_password_in_a_passfile(tmp_path: Path, pg_server: PgServer, pg_url: str) -> None:
     passfile = tmp_path / "pgpass"
     passfile.write_text(f"127.0.0.1:{pg_server.port}:*:{USER}:{PASSWORD}\n")

@@ -32,7 +32,11 @@ log = logging.getLogger(__name__)
 
 # One statement, one round trip, its own transaction: visible messages past `max_receives` go to
 # the dead-letter queue (notified), up to `n` others are claimed. The last row always comes: the
-# count moved, with the claimed message's columns or NULLs.
+# count moved, with the claimed message's columns or NULLs. The `n` are picked in a CTE of their
+# own, run once: as `WHERE id IN (… LIMIT n FOR UPDATE SKIP LOCKED)` the planner may re-run the
+# subquery for each row it joins (a nested loop, chosen on statistics taken while the table was
+# nearly empty), and each run skips the rows the statement has just claimed and locks n more:
+# one receive of 4 took a backlog of 101 (tests/test_queue_contract.py).
 _RECEIVE = f"""
 WITH dead AS (
     UPDATE iraas_messages SET queue = %(dlq)s, receipt = NULL, visible_at = {NOW}
@@ -44,14 +48,14 @@ WITH dead AS (
     RETURNING 1
 ), woken AS (
     SELECT pg_notify(%(dlq_channel)s, '') FROM (SELECT 1) one WHERE EXISTS (SELECT 1 FROM dead)
+), picked AS MATERIALIZED (
+    SELECT id FROM iraas_messages
+    WHERE queue = %(q)s AND visible_at <= {NOW} AND receive_count < %(max)s
+    ORDER BY visible_at LIMIT %(n)s FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE iraas_messages m SET receipt = gen_random_uuid(), receive_count = m.receive_count + 1,
         visible_at = {NOW} + %(vis)s
-    WHERE m.id IN (
-        SELECT id FROM iraas_messages
-        WHERE queue = %(q)s AND visible_at <= {NOW} AND receive_count < %(max)s
-        ORDER BY visible_at LIMIT %(n)s FOR UPDATE SKIP LOCKED
-    )
+    FROM picked WHERE m.id = picked.id
     RETURNING m.id, m.body, m.receipt, m.receive_count, m.sent_at
 )
 SELECT c.id, c.body, c.receipt, c.receive_count, c.sent_at,
