@@ -18,6 +18,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +45,11 @@ class Replies(Protocol):
         """Deliver `body` to the inbox `to`; False when no such inbox exists (nobody waits).
         Raises OSError or QueueError when the inbox exists but the reply could not be handed
         over (a full buffer, a throttled API): the caller may try again later."""
+        ...
+
+    def send_many(self, replies: Sequence[tuple[str, str]]) -> list[bool]:
+        """`send` of each (inbox, body), in order (one statement where the channel has one:
+        PostgreSQL); raises as `send` does, for all of them: the caller may send each again."""
         ...
 
     def inbox(self, name: str) -> Inbox:
@@ -78,6 +84,9 @@ class SocketReplies:
             except (FileNotFoundError, ConnectionRefusedError):
                 return False  # no such inbox, or its process died without unlinking it
         return True
+
+    def send_many(self, replies: Sequence[tuple[str, str]]) -> list[bool]:
+        return [self.send(to, body) for to, body in replies]
 
     def inbox(self, name: str) -> SocketInbox:
         return SocketInbox(name, self._path(name))
@@ -123,6 +132,9 @@ class SqsReplies:
         except QueueMissing:
             return False  # the web process stopped and its queue was deleted
         return True
+
+    def send_many(self, replies: Sequence[tuple[str, str]]) -> list[bool]:
+        return [self.send(to, body) for to, body in replies]
 
     def inbox(self, name: str) -> SqsInbox:
         return SqsInbox(name, self._queue(name, create=True))
@@ -180,6 +192,23 @@ class PostgresReplies:
                 (uuid.uuid4(), _inbox_queue(to), body, to, self.alive_s, talk),
             ).fetchone()
         return bool(row and row[0])
+
+    def send_many(self, replies: Sequence[tuple[str, str]]) -> list[bool]:
+        if any(len(body.encode()) > MAX_PAYLOAD for _, body in replies):
+            return [self.send(to, body) for to, body in replies]  # rare: a row each, in order
+        if not replies:
+            return []
+        names = [to for to, _ in replies]
+        # One statement for a worker's batch; a NOTIFY only where the inbox is live, in order
+        # (a function scan yields its rows in order, and each row's CASE runs as it passes).
+        with self.db.connection(durable=False) as conn:
+            rows = conn.execute(
+                "SELECT CASE WHEN EXISTS (SELECT 1 FROM iraas_inboxes b WHERE b.name = t.name"
+                f" AND b.seen_at > {NOW} - %s) THEN (SELECT true FROM pg_notify(t.talk, t.body)) ELSE false END"
+                " FROM unnest(%s::text[], %s::text[], %s::text[]) AS t(name, talk, body)",
+                (self.alive_s, names, [channel(_inbox_queue(n)) for n in names], [body for _, body in replies]),
+            ).fetchall()
+        return [bool(r[0]) for r in rows]
 
     def inbox(self, name: str) -> PostgresInbox:
         with self.db.connection() as conn, conn.transaction():
@@ -254,9 +283,10 @@ class PostgresInbox:
         self._conn = None
 
     def _take(self, conn: Any) -> list[str]:
-        rows = conn.execute(
-            "DELETE FROM iraas_messages WHERE id IN (SELECT id FROM iraas_messages WHERE queue = %s"
-            " ORDER BY sent_at LIMIT 1000 FOR UPDATE SKIP LOCKED) RETURNING sent_at, body",
+        rows = conn.execute(  # the rows picked once, as the queue's claim does (queues/postgres.py)
+            "WITH picked AS MATERIALIZED (SELECT id FROM iraas_messages WHERE queue = %s"
+            " ORDER BY sent_at LIMIT 1000 FOR UPDATE SKIP LOCKED)"
+            " DELETE FROM iraas_messages m USING picked WHERE m.id = picked.id RETURNING m.sent_at, m.body",
             (self._queue,),
         ).fetchall()
         return [body for _, body in sorted(rows, key=lambda r: r[0])]

@@ -77,6 +77,30 @@ def test_if_absent_keeps_the_first_write(factory: Factory) -> None:
     assert store.get("results/x.json") == b"first"
 
 
+def test_several_at_once_as_one_at_a_time(factory: Factory) -> None:
+    """A worker stores and reads a whole batch in one call: the same outcome as a call each."""
+    store = factory()
+    assert store.put("results/old.json", b"first")
+    batch = {"results/old.json": b"second", "results/new.json": b"new", "results/big.json": bytes(range(256)) * 600}
+    assert store.put_many(batch, if_absent=True) == {"results/new.json", "results/big.json"}
+    assert store.get("results/old.json") == b"first"  # the first write stands
+    wanted = ["results/old.json", "results/big.json", "results/none.json", "results/old.json"]
+    assert store.get_many(wanted) == {
+        "results/old.json": b"first",
+        "results/big.json": batch["results/big.json"],
+    }  # a missing key is absent, a repeated one there once
+    assert store.put_many({"results/old.json": b"third", "heartbeats/w": b"b"}, durable=False) == {
+        "results/old.json",
+        "heartbeats/w",
+    }
+    assert store.get("results/old.json") == b"third"  # without if_absent, a put overwrites
+    assert store.put_many({}) == set() and store.get_many([]) == {}
+    with pytest.raises(BadKey):
+        store.put_many({"../escape": b"x"})
+    with pytest.raises(BadKey):
+        store.get_many(["results/a.json", "/etc/passwd"])
+
+
 def test_put_from_a_file_stores_the_rest_of_it(factory: Factory, tmp_path: Path) -> None:
     store = factory()
     spooled = tmp_path / "upload"

@@ -67,6 +67,31 @@ def test_every_reply_reaches_the_open_inbox_once(channel: tuple[str, Replies]) -
         inbox.close()
 
 
+def test_a_batch_of_replies_reaches_each_open_inbox_in_order(channel: tuple[str, Replies]) -> None:
+    """A worker hands over its batch's replies at once: each to its own web process, those to
+    processes gone refused, as a send each would."""
+    kind, replies = channel
+    first, second = replies.inbox("batch1"), replies.inbox("batch2")
+    sent = [("batch1", '{"n":1}'), ("gone", '{"n":2}'), ("batch2", '{"n":3}'), ("batch1", '{"n":4}')]
+    try:
+        assert replies.send_many(sent) == [True, False, True, True]
+        assert replies.send_many([]) == []
+        got = first.receive(5.0)
+        while len(got) < 2 and (more := first.receive(5.0)):
+            got += more
+        assert got == ['{"n":1}', '{"n":4}'] if kind in ORDERED else sorted(got) == ['{"n":1}', '{"n":4}']
+        assert second.receive(5.0) == ['{"n":3}']
+        large = '{"top5": "' + "x" * 9_000 + '"}'  # too large for a NOTIFY payload: a row
+        assert replies.send_many([("batch2", large), ("batch2", '{"n":5}')]) == [True, True]
+        got = second.receive(5.0)
+        while len(got) < 2 and (more := second.receive(5.0)):
+            got += more
+        assert got == [large, '{"n":5}'] if kind in ORDERED else sorted(got) == sorted([large, '{"n":5}'])
+    finally:
+        first.close()
+        second.close()
+
+
 def test_a_reply_as_large_as_a_result_can_be_arrives_whole(channel: tuple[str, Replies]) -> None:
     _, replies = channel
     inbox = replies.inbox("web2")

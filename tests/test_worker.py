@@ -98,6 +98,10 @@ class _CountingBlobs:
         self.gets.append(key)
         return bytes(self.inner.get(key))
 
+    def get_many(self, keys: list[str]) -> dict[str, bytes]:
+        self.gets.extend(keys)
+        return dict(self.inner.get_many(keys))
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 

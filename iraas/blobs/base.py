@@ -7,8 +7,12 @@ idempotent: the first writer wins, atomically, across processes and machines.
 
 from __future__ import annotations
 
+import os
 import re
-from typing import IO, Protocol
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, Protocol, TypeVar
 
 _KEY = re.compile(r"^[A-Za-z0-9_.=-]+(/[A-Za-z0-9_.=-]+)*$")
 
@@ -65,3 +69,52 @@ class BlobStore(Protocol):
         """Delete the blobs under `folder` ("inputs/") last written before `before` (epoch
         seconds); how many. On S3 the bucket's lifecycle rules do this: nothing to do here."""
         ...
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """The blobs under `keys` that exist (a missing key is absent from the answer): one
+        call where the store has one (PostgreSQL), the gets in parallel elsewhere."""
+        ...
+
+    def put_many(self, items: Mapping[str, bytes], if_absent: bool = False, durable: bool = True) -> set[str]:
+        """`put` of each item (one transaction where the store has them, in parallel
+        elsewhere); the keys written: with `if_absent`, those where no blob existed."""
+        ...
+
+
+A = TypeVar("A")
+B = TypeVar("B")
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def in_parallel(fn: Callable[[A], B], args: Sequence[A]) -> list[B]:
+    """`fn` over `args` on a pool of this process (threads wait on fsyncs and HTTP with the GIL
+    free); a single one inline, since a pool trip costs more than it saves."""
+    if len(args) <= 1:
+        return [fn(a) for a in args]
+    with _pools_lock:  # a pool made before a fork() has no threads in the child: one per pid
+        pool = _pools.get(os.getpid())
+        if pool is None:
+            pool = _pools[os.getpid()] = ThreadPoolExecutor(8, thread_name_prefix="blobs")
+    return list(pool.map(fn, args))
+
+
+def get_each(store: BlobStore, keys: Sequence[str]) -> dict[str, bytes]:
+    """`get_many` for a store without a call for several keys."""
+
+    def get(key: str) -> tuple[str, bytes | None]:
+        try:
+            return key, store.get(key)
+        except BlobNotFound:
+            return key, None
+
+    return {k: v for k, v in in_parallel(get, list(dict.fromkeys(keys))) if v is not None}
+
+
+def put_each(store: BlobStore, items: Mapping[str, bytes], if_absent: bool, durable: bool) -> set[str]:
+    """`put_many` for a store without a call for several items."""
+
+    def put(item: tuple[str, bytes]) -> tuple[str, bool]:
+        return item[0], store.put(item[0], item[1], if_absent=if_absent, durable=durable)
+
+    return {k for k, written in in_parallel(put, list(items.items())) if written}

@@ -6,10 +6,11 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from .base import BlobNotFound, check_key
+from .base import BlobNotFound, check_key, get_each, put_each
 
 
 class DirectoryBlobStore:
@@ -88,3 +89,9 @@ class DirectoryBlobStore:
                 if not name.startswith(".tmp-") and key.startswith(prefix):
                     keys.append(key)
         return sorted(keys)
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        return get_each(self, keys)
+
+    def put_many(self, items: Mapping[str, bytes], if_absent: bool = False, durable: bool = True) -> set[str]:
+        return put_each(self, items, if_absent, durable)

@@ -8,7 +8,7 @@ may by a power cut.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import IO, Any
 
@@ -58,6 +58,39 @@ class PostgresBlobStore:
         if row is None:
             raise BlobNotFound(key)
         return bytes(row[0])
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        for key in keys:
+            check_key(key)
+        with self._conn(durable=False) as conn:
+            rows = conn.execute(
+                "SELECT key, data FROM iraas_blobs WHERE key = ANY(%s)", (list(keys),), binary=True
+            ).fetchall()
+        return {key: bytes(data) for key, data in rows}
+
+    def put_many(self, items: Mapping[str, bytes], if_absent: bool = False, durable: bool = True) -> set[str]:
+        # One statement (one commit, one WAL flush) for a worker's whole batch of results.
+        keys, bodies = [check_key(k) for k in items], [bytes(v) for v in items.values()]
+        if not keys:
+            return set()
+        rows = f"SELECT k, d, {NOW} FROM unnest(%s::text[], %s::bytea[]) AS t(k, d)"
+        with self._conn(durable) as conn:
+            if not if_absent:
+                conn.execute(
+                    f"INSERT INTO iraas_blobs (key, data, modified) {rows}"
+                    " ON CONFLICT (key) DO UPDATE SET data = EXCLUDED.data, modified = EXCLUDED.modified",
+                    (keys, bodies),
+                )
+                return set(keys)
+            cur = conn.execute(
+                f"INSERT INTO iraas_blobs (key, data, modified) {rows} ON CONFLICT (key) DO NOTHING RETURNING key",
+                (keys, bodies),
+            )
+            written = {r[0] for r in cur.fetchall()}
+            if len(written) < len(keys):  # as put: what existed is wanted again, its age starts anew
+                stale = [k for k in keys if k not in written]
+                conn.execute(f"UPDATE iraas_blobs SET modified = {NOW} WHERE key = ANY(%s)", (stale,))
+        return written
 
     def exists(self, key: str) -> bool:
         check_key(key)

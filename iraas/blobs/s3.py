@@ -6,12 +6,13 @@ concurrent conditional write is in progress), both meaning "someone else wrote f
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
 from botocore.exceptions import ClientError
 
 from ..awsapi import denied, error_code, refused
-from .base import BlobDenied, BlobError, BlobNotFound, check_key
+from .base import BlobDenied, BlobError, BlobNotFound, check_key, get_each, put_each
 
 _LOST_RACE = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 
@@ -78,3 +79,9 @@ class S3BlobStore:
         except ClientError as exc:
             raise _failed(f"list {prefix}", exc) from exc
         return sorted(keys)
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        return get_each(self, keys)
+
+    def put_many(self, items: Mapping[str, bytes], if_absent: bool = False, durable: bool = True) -> set[str]:
+        return put_each(self, items, if_absent, durable)

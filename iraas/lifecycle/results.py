@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import replace
 from typing import IO, Any
 
@@ -107,20 +107,23 @@ class Results:
 
     # -- results -----------------------------------------------------------------------------
 
-    def load_input(self, req: Request) -> bytes | None:
-        try:
-            return self.blobs.get(req.input_key)
-        except BlobNotFound:
-            return None
+    def load_inputs(self, reqs: Sequence[Request]) -> list[bytes | None]:
+        """Each request's image bytes (None: no longer stored), read in one call."""
+        found = self.blobs.get_many([r.input_key for r in reqs])
+        return [found.get(r.input_key) for r in reqs]
 
     def load_result(self, rid: str) -> Result | None:
         return self._load(_result_key(rid))
 
     def _load(self, key: str) -> Result | None:
         try:
-            return Result.from_json(self.blobs.get(key))
+            return self._parsed(key, self.blobs.get(key))
         except BlobNotFound:
             return None
+
+    def _parsed(self, key: str, data: bytes | None) -> Result | None:
+        try:
+            return None if data is None else Result.from_json(data)
         except MessageError:
             log.error("unreadable result at %s: treated as absent", key)
             return None
@@ -135,19 +138,36 @@ class Results:
     def finish(self, req: Request, result: Result) -> Result:
         """`req`'s final result: stored unless one exists (the one that stands is returned),
         then what follows a final result (its webhook) set going."""
-        final = self.publish_result(result)
-        self.on_final(req, final, final is result)
-        return final
+        return self.finish_many([(req, result)])[0]
+
+    def finish_many(self, done: Sequence[tuple[Request, Result]]) -> list[Result]:
+        """`finish` for a worker's batch, its results stored in one call."""
+        mine: dict[str, bytes] = {}
+        for _, result in done:  # a request twice in a batch (a duplicated message): one stands
+            mine.setdefault(_result_key(result.id), result.encoded.encode())
+        written = self.blobs.put_many(mine, if_absent=True)
+        theirs = self.blobs.get_many([k for k in mine if k not in written])
+        standing: dict[str, Result] = {}
+        finals = []
+        for req, result in done:
+            key = _result_key(result.id)
+            made = key in written and key not in standing
+            final = result if made else standing.get(key) or self._parsed(key, theirs.get(key)) or result
+            standing.setdefault(key, final)
+            self.on_final(req, final, made)
+            finals.append(final)
+        return finals
 
     def resume(self, req: Request, result: Result) -> None:
         """A redelivered request whose result stands: what finishing it sets going may not
         have been (the worker before died in between); the hook makes sure of it."""
         self.on_final(req, result, False)
 
-    def remember(self, req: Request, result: Result) -> None:
-        """The answer for the same bytes later (an optimisation: after the reply)."""
-        if req.dedup and result.status == "done":
-            self.blobs.put(req.dedup, result.encoded.encode(), if_absent=True, durable=False)
+    def remember(self, answers: Sequence[tuple[Request, Result]]) -> None:
+        """The answers for the same bytes later (an optimisation: after the replies)."""
+        entries = {req.dedup: res.encoded.encode() for req, res in answers if req.dedup and res.status == "done"}
+        if entries:
+            self.blobs.put_many(entries, if_absent=True, durable=False)
 
     def status(
         self,
@@ -189,3 +209,8 @@ def reply(replies: Replies, to: str, result: Result) -> bool:
     """Hand `result` to the web process that waits (`to`: its inbox); False if none does any
     more. A hint that saves a wait, never the record: the result is stored first."""
     return bool(to) and replies.send(to, result.encoded)
+
+
+def reply_many(replies: Replies, answers: Sequence[tuple[str, Result]]) -> None:
+    """`reply` for a worker's batch, in one call where the channel has one; raises as `reply`."""
+    replies.send_many([(to, result.encoded) for to, result in answers if to])

@@ -17,12 +17,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from ..blobs.base import BlobError
 from ..imaging import ImageError
 from ..lifecycle.cluster import Cluster
-from ..lifecycle.results import Results, reply
+from ..lifecycle.results import Results, reply, reply_many
 from ..logs import about
 from ..messages import Heartbeat, MessageError, Request, Result
 from ..model.classifier import Prediction
@@ -35,7 +35,6 @@ from .enrol import Enrolments, enrol
 from .meter import Meter
 
 log = logging.getLogger("iraas.worker")  # the name log queries know (before the package split)
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -97,8 +96,7 @@ class Worker:
         self._stop = threading.Event()
         self._closed = threading.Event()  # the loop has ended (a stop still finishes its batch)
         self._held: list[str] = []  # receipts of the batch in hand, kept hidden while it runs
-        self._count_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(4, thread_name_prefix="fetch")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="remember")
         self._received_at = 0.0  # of the batch in hand
         self._backoff_s = 1.0  # after a refused permission: doubled each time, up to a minute
         self.meter = Meter(config.threads)
@@ -219,13 +217,12 @@ class Worker:
             self._process(jobs)
         finally:
             self._held, self.current = [m.receipt for m in still], []
-        kept = {j.msg.receipt for j in jobs if not self._reply(j)}
+        kept = self._reply_all(jobs)
         done = [m.receipt for m in msgs if m.receipt not in kept]
         if done:
             queue.delete_batch(done)
         self.meter.worked(len(jobs), time.monotonic() - t0)
-        for job in jobs:  # in the background: the next batch need not wait for these
-            self._pool.submit(self._remember, job)
+        self._pool.submit(self._remember, jobs)  # in the background: the next batch need not wait
 
     def _parse(self, msgs: list[Message]) -> list[_Job]:
         jobs = []
@@ -253,8 +250,7 @@ class Worker:
             if job.req.deadline and self._received_at > job.req.deadline:
                 job.result = answers.expired(job.req, self._received_at, self.id)
         live = [j for j in todo if j.result is None]
-        for job, data in zip(live, self._each(self._fetch, live), strict=True):
-            job.data = data
+        self._fetch(live)
         for job in live:
             if job.req.task == "enroll" and job.data is not None:
                 total_s = self.clock() - job.req.submitted_at
@@ -273,7 +269,7 @@ class Worker:
         for job in live:
             if job.result is None:
                 job.result = self._failure(job.req, "input_missing", "the uploaded image is no longer stored")
-        self._each(self._store, todo)  # each write waits on its own fsync: in parallel
+        self._store(todo)
 
     def _classify(self, images: list[bytes]) -> list[Prediction | ImageError]:
         """The recognizer's answers; if it raises for the batch, each image alone, so that the
@@ -290,17 +286,15 @@ class Worker:
             log.warning("recognising an image failed", exc_info=True)
             return [ImageError.unexpected("the model failed on this image", exc, "recognition_failed")]
 
-    def _each(self, fn: Callable[[_Job], T], jobs: list[_Job]) -> list[T]:
-        """`fn` over the jobs, in parallel on the I/O pool when there are several (the GIL is
-        free while they wait on storage); one runs inline: a pool trip costs more than it saves."""
-        return [fn(jobs[0])] if len(jobs) == 1 else list(self._pool.map(fn, jobs))
-
-    def _fetch(self, job: _Job) -> bytes | None:
+    def _fetch(self, jobs: list[_Job]) -> None:
+        """The batch's images, in one call (one statement on PostgreSQL, parallel reads elsewhere)."""
+        if not jobs:
+            return
         t0 = time.perf_counter()
-        try:
-            return self.results.load_input(job.req)
-        finally:
-            job.fetch_s = time.perf_counter() - t0
+        inputs = self.results.load_inputs([j.req for j in jobs])
+        spent = time.perf_counter() - t0
+        for job, data in zip(jobs, inputs, strict=True):
+            job.data, job.fetch_s = data, spent
 
     def _result(self, job: _Job, outcome: Prediction | ImageError, spent: dict[str, float], batch: int) -> Result:
         req, now = job.req, self.clock()
@@ -318,36 +312,60 @@ class Worker:
     def _failure(self, req: Request, code: str, reason: str, timings: dict[str, float] | None = None) -> Result:
         return Result.failure(req, code, reason, timings=timings or {}, worker=self.id)
 
-    def _store(self, job: _Job) -> None:
-        assert job.result is not None
-        mine, t0 = job.result, time.perf_counter()
-        job.result = self.results.finish(job.req, mine)  # someone else's, if they finished first
-        if job.result is mine:
-            job.store_s = time.perf_counter() - t0
-            with self._count_lock:
-                if mine.status == "done":
+    def _store(self, jobs: list[_Job]) -> None:
+        """The batch's results, in one call (one transaction on PostgreSQL, parallel fsyncs
+        elsewhere); a job whose request someone else finished first gets their result."""
+        if not jobs:
+            return
+        mine = [(j.req, j.result) for j in jobs if j.result is not None]
+        assert len(mine) == len(jobs), "every job to store has its result"
+        t0 = time.perf_counter()
+        finals = self.results.finish_many(mine)
+        spent = time.perf_counter() - t0
+        for job, (_, own), final in zip(jobs, mine, finals, strict=True):
+            job.result = final
+            if final is own:
+                job.store_s = spent
+                if own.status == "done":
                     self.processed += 1
                 else:
                     self.failed += 1
-            log.info("request %s (%s): %s", job.req.id, job.req.name, answers.outcome_line(mine), extra=about(job.req))
+                log.info(
+                    "request %s (%s): %s", job.req.id, job.req.name, answers.outcome_line(own), extra=about(job.req)
+                )
 
-    def _remember(self, job: _Job) -> None:
-        """Dedup entry for the same bytes later; after the reply, being only an optimisation."""
-        result = job.result
-        # Only for the model version the web asked about: a worker still on the previous gallery
-        # must not store its answer as the answer for the new one.
-        if result is not None and result.worker == self.id and job.req.model_version == job.version:
-            self.results.remember(job.req, result)
+    def _remember(self, jobs: list[_Job]) -> None:
+        """Dedup entries for the same bytes later; after the replies, being only an optimisation.
+        Only for the model version the web asked about: a worker still on the previous gallery
+        must not store its answer as the answer for the new one."""
+        self.results.remember(
+            [
+                (j.req, j.result)
+                for j in jobs
+                if j.result is not None and j.result.worker == self.id and j.req.model_version == j.version
+            ]
+        )
 
-    def _reply(self, job: _Job) -> bool:
-        """False when the reply could not be handed over: keep the message, so that its
-        redelivery replies from the stored result."""
-        if job.result is None:
-            return True
-        result = job.result
-        if job.store_s is not None:
-            # the stored result cannot hold the time it took to store it: the reply (metrics) does
-            result = replace(result, timings=result.timings | {"store": round(job.store_s, 4)})
+    def _reply_all(self, jobs: list[_Job]) -> set[str]:
+        """The receipts of the jobs whose reply could not be handed over: their messages are
+        kept, so that a redelivery replies from the stored result. One call for the batch; if
+        it fails, a call each finds which."""
+        answered = [(j, self._replied(j)) for j in jobs if j.result is not None]
+        try:
+            reply_many(self.replies, [(j.req.reply_to, r) for j, r in answered])
+            return set()
+        except Exception:
+            log.warning("replies of a batch failed: sending each", exc_info=True)
+        return {j.msg.receipt for j, r in answered if not self._reply(j, r)}
+
+    def _replied(self, job: _Job) -> Result:
+        assert job.result is not None
+        if job.store_s is None:
+            return job.result
+        # the stored result cannot hold the time it took to store it: the reply (metrics) does
+        return replace(job.result, timings=job.result.timings | {"store": round(job.store_s, 4)})
+
+    def _reply(self, job: _Job, result: Result) -> bool:
         try:
             reply(self.replies, job.req.reply_to, result)
         except Exception:
