@@ -1,6 +1,10 @@
 """iraas against a plain FastAPI server without a queue, side by side in one run.
 
-    python benchmarks/versus.py [--rounds 3] [--requests 500] [--with-key] [--with-bf16]
+    python benchmarks/versus.py [--rounds 3] [--requests 500] [--paired 150] [--with-key] [--with-bf16]
+
+`--paired N`: after the rounds, N requests each one at a time, the servers taking turns request
+by request (default 150): the latency difference measured so, pair by pair, is not moved by
+this machine's speed wandering between phases.
 
 Both serve the same ONNX model with the same preprocessing in 2 model processes: iraas with 2
 always-on workers (`iraas up --min-workers 2 --max-workers 2`), the baseline as
@@ -140,6 +144,37 @@ def _measure(url: str, root: int, files: list[Path], n: int, tmp: Path, key: str
     return out
 
 
+def paired_one_at_a_time(servers: dict[str, tuple[str, str]], files: list[Path], n: int, tmp: Path) -> dict[str, float]:
+    """One request at a time, taking turns between the servers request by request (name → (url,
+    key)): this machine's speed wanders over seconds, so latencies measured in separate phases
+    differ by more than the servers do; taken in turns, each pair meets the same speed. The
+    median latency of each, and of each server's difference from the first, request by request."""
+    single = _distinct(files, n + 10, tmp / f"paired-{next(_unique)}")
+    lat: dict[str, list[float]] = {name: [] for name in servers}
+    clients = {
+        name: httpx.Client(headers={"Authorization": f"Bearer {key}"} if key else {})
+        for name, (_, key) in servers.items()
+    }
+    try:
+        for i, f in enumerate(single):
+            for name, (url, _) in servers.items():
+                t = time.perf_counter()
+                r = clients[name].post(url + "/v1/recognitions", files={"files": (f.name, f.read_bytes())}, timeout=60)
+                assert r.status_code == 200 and r.json()[0]["status"] == "done", r.text
+                if i >= 10:  # warm-up
+                    lat[name].append(time.perf_counter() - t)
+    finally:
+        for c in clients.values():
+            c.close()
+    first = next(iter(servers))
+    out = {f"{name} p50_ms": 1000 * statistics.median(v) for name, v in lat.items()}
+    for name in list(servers)[1:]:
+        out[f"{name} - {first} ms"] = 1000 * statistics.median(
+            a - b for a, b in zip(lat[name], lat[first], strict=True)
+        )
+    return out
+
+
 def interleaved(
     svcs: dict[str, Service], rounds: int, files: list[Path], requests: int, tmp: Path, db_pid: int = 0
 ) -> dict[str, dict[str, float]]:
@@ -172,6 +207,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=500, help="per throughput run")
     ap.add_argument("--with-key", action="store_true", help="also iraas with an API key required")
     ap.add_argument("--with-bf16", action="store_true", help="also iraas on OpenVINO bf16")
+    ap.add_argument("--paired", type=int, default=150, help="requests each, one at a time, in turns")
     args = ap.parse_args()
     files = image_files([SAMPLE])
     ceiling = run_bench(None, files, batch=8, procs=2).images_per_s
@@ -200,12 +236,16 @@ def main() -> None:
                     m = _measure(url, pid, files, args.requests, tmp, key)
                     rows[name].append(m)
                     print(f"round {r + 1} {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in m.items()), flush=True)
+            paired = paired_one_at_a_time({n: (u, k) for n, (u, _, k) in servers.items()}, files, args.paired, tmp)
         finally:
             for svc, _ in svcs.values():
                 if svc.proc is not None:
                     svc.stop()
             base.stop()
     _report(rows, ceiling)
+    print(f"\none at a time, in turns request by request ({args.paired} each, medians):")
+    for key, value in paired.items():
+        print(f"  {key:<28} {value:>8.1f}")
 
 
 def _report(rows: dict[str, list[dict[str, float]]], ceiling: float) -> None:
