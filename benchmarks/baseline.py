@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from iraas.imaging import ImageError
 from iraas.model.builtin import resolve_model
 from iraas.model.classifier import Classifier
+from iraas.worker.answers import per_image
 
 _state: dict[str, Classifier] = {}
 
@@ -38,12 +40,18 @@ app = FastAPI(lifespan=lifespan)
 async def recognitions(request: Request) -> JSONResponse:
     form = await request.form()
     uploads = [(f.filename or "upload", await f.read()) for f in form.getlist("files") if hasattr(f, "read")]
-    outcomes = await run_in_threadpool(_state["clf"].classify, [data for _, data in uploads])
+    clf = _state["clf"]
+    before = replace(clf.times)
+    outcomes = await run_in_threadpool(clf.classify, [data for _, data in uploads])
+    # The model's time, as an iraas worker reports it (exact one request at a time; shared
+    # between requests in flight at once): what `versus.py --paired` compares.
+    spent = per_image(before, clf.times, len(uploads))
     out: list[dict[str, Any]] = []
     for (name, _), o in zip(uploads, outcomes, strict=True):
         if isinstance(o, ImageError):
             out.append({"name": name, "status": "failed", "error": o.code})
         else:
             top5 = [{"label": t.label, "index": t.index, "probability": t.probability} for t in o.top]
-            out.append({"name": name, "status": "done", "label": o.label, "confidence": o.probability, "top5": top5})
+            answer = {"name": name, "status": "done", "label": o.label, "confidence": o.probability, "top5": top5}
+            out.append(answer | {"timings": spent})
     return JSONResponse(out)

@@ -151,6 +151,7 @@ def paired_one_at_a_time(servers: dict[str, tuple[str, str]], files: list[Path],
     median latency of each, and of each server's difference from the first, request by request."""
     single = _distinct(files, n + 10, tmp / f"paired-{next(_unique)}")
     lat: dict[str, list[float]] = {name: [] for name in servers}
+    model: dict[str, list[float]] = {name: [] for name in servers}  # decode + inference, as reported
     clients = {
         name: httpx.Client(headers={"Authorization": f"Bearer {key}"} if key else {})
         for name, (_, key) in servers.items()
@@ -163,11 +164,14 @@ def paired_one_at_a_time(servers: dict[str, tuple[str, str]], files: list[Path],
                 assert r.status_code == 200 and r.json()[0]["status"] == "done", r.text
                 if i >= 10:  # warm-up
                     lat[name].append(time.perf_counter() - t)
+                    spent = r.json()[0]["timings"]
+                    model[name].append(spent["decode"] + spent["inference"])
     finally:
         for c in clients.values():
             c.close()
     first = next(iter(servers))
     out = {f"{name} p50_ms": 1000 * statistics.median(v) for name, v in lat.items()}
+    out |= {f"{name} model_ms": 1000 * statistics.median(v) for name, v in model.items()}
     for name in list(servers)[1:]:
         out[f"{name} - {first} ms"] = 1000 * statistics.median(
             a - b for a, b in zip(lat[name], lat[first], strict=True)
