@@ -78,6 +78,17 @@ def test_send_batch_delivers_every_body(make_queue: MakeQueue) -> None:
     assert got == dict(zip(ids, bodies, strict=True))
 
 
+def test_a_receive_takes_no_more_than_it_asks_for(make_queue: MakeQueue) -> None:
+    """A worker sizes its batch by what it asks for, and deletes it in one call of at most 10."""
+    q = make_queue()
+    for i in range(3):
+        q.send_batch([f"m{i}-{j}" for j in range(10)])
+    got = q.receive(4, wait_s=1, visibility_s=30)
+    assert 1 <= len(got) <= 4 and (len(got) == 4 or not _exact(q))
+    q.delete_batch([m.receipt for m in got])
+    assert q.depth().backlog == 30 - len(got) or not _exact(q)
+
+
 def test_visibility_expiry_redelivers_with_new_receipt_and_count(make_queue: MakeQueue) -> None:
     q = make_queue()
     q.send("x")
