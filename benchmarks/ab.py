@@ -1,12 +1,14 @@
 """This tree's iraas against another checkout's, side by side in one run (a change's cost).
 
     git worktree add /tmp/before <rev>
-    python benchmarks/ab.py --before /tmp/before [--rounds 5] [--requests 400] [--postgres]
+    python benchmarks/ab.py --before /tmp/before [--rounds 5] [--requests 400] [--paired 150] [--postgres]
 
 Both run as `iraas up --min-workers 2 --max-workers 2` (the other tree's through PYTHONPATH,
 its workers too), measured as benchmarks/versus.py measures, rounds interleaved; medians and
-the ratio after/before are printed. `--postgres`: both with the queue and the blobs in PostgreSQL
-(a private server on this machine, fsync on; a database each), the server's CPU an image too.
+the ratio after/before are printed; then `--paired` requests each one at a time, the two taking
+turns request by request (latency differences this machine's wandering speed does not move).
+`--postgres`: both with the queue and the blobs in PostgreSQL (a private server on this
+machine, fsync on; a database each), the server's CPU an image too.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--postgres", action="store_true", help="both on PostgreSQL (queue and blobs)")
+    ap.add_argument("--paired", type=int, default=150, help="requests each, one at a time, in turns (0: none)")
     args = ap.parse_args()
     files = image_files([SAMPLE])
     pg = PgServer(fsync=True).start() if args.postgres else None
@@ -53,6 +56,10 @@ def main() -> None:
     print(f"\nmedians over {args.rounds} interleaved rounds    before      after   after/before")
     for key in keys:
         print(f"{key:<36} {b[key]:>8.1f} {a[key]:>10.1f} {a[key] / b[key]:>12.2f}")
+    if "paired" in med:
+        print(f"\none at a time, in turns request by request ({args.paired} each, medians):")
+        for key, value in med["paired"].items():
+            print(f"  {key:<28} {value:>8.1f}")
 
 
 def _run(args: argparse.Namespace, files: list[Path], tmp: Path, pg: PgServer | None) -> dict[str, dict[str, float]]:
@@ -64,7 +71,8 @@ def _run(args: argparse.Namespace, files: list[Path], tmp: Path, pg: PgServer | 
             env[name] = {"IRAAS_QUEUE": url, "IRAAS_BLOBS": url}
     env["before"]["PYTHONPATH"] = str(Path(args.before).resolve())
     svcs = {name: Service(tmp / name, env=env[name], min_workers=2, max_workers=2) for name in env}
-    return interleaved(svcs, args.rounds, files, args.requests, tmp, db_pid=pg.proc.pid if pg and pg.proc else 0)
+    db = pg.proc.pid if pg and pg.proc else 0
+    return interleaved(svcs, args.rounds, files, args.requests, tmp, db_pid=db, paired=args.paired)
 
 
 if __name__ == "__main__":

@@ -180,10 +180,17 @@ def paired_one_at_a_time(servers: dict[str, tuple[str, str]], files: list[Path],
 
 
 def interleaved(
-    svcs: dict[str, Service], rounds: int, files: list[Path], requests: int, tmp: Path, db_pid: int = 0
+    svcs: dict[str, Service],
+    rounds: int,
+    files: list[Path],
+    requests: int,
+    tmp: Path,
+    db_pid: int = 0,
+    paired: int = 0,
 ) -> dict[str, dict[str, float]]:
     """Start each service (2 workers running), measure them in interleaved rounds, stop them;
-    the medians of each figure, by service (`db_pid`: a database server's, its CPU too)."""
+    the medians of each figure, by service (`db_pid`: a database server's, its CPU too), and
+    under "paired" `paired_one_at_a_time` of `paired` requests each (0: none)."""
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in svcs}
     try:
         for svc in svcs.values():
@@ -194,11 +201,13 @@ def interleaved(
                 m = _measure(svc.url, svc.proc.pid, files, requests, tmp, db=db_pid)
                 rows[name].append(m)
                 print(f"round {r + 1} {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in m.items()), flush=True)
+        turns = paired_one_at_a_time({n: (s.url, "") for n, s in svcs.items()}, files, paired, tmp) if paired else {}
     finally:
         for svc in svcs.values():
             if svc.proc is not None:
                 svc.stop()
-    return {name: {k: statistics.median(m[k] for m in ms) for k in ms[0]} for name, ms in rows.items()}
+    med = {name: {k: statistics.median(m[k] for m in ms) for k in ms[0]} for name, ms in rows.items()}
+    return med | ({"paired": turns} if turns else {})
 
 
 def _running(svc: Service) -> int:
