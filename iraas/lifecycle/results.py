@@ -130,10 +130,7 @@ class Results:
 
     def publish_result(self, result: Result) -> Result:
         """Store the final result unless one exists; returns the one that stands."""
-        key = _result_key(result.id)
-        if self.blobs.put(key, result.encoded.encode(), if_absent=True):
-            return result
-        return self._load(key) or result
+        return self._publish([result])[0][0]
 
     def finish(self, req: Request, result: Result) -> Result:
         """`req`'s final result: stored unless one exists (the one that stands is returned),
@@ -142,21 +139,28 @@ class Results:
 
     def finish_many(self, done: Sequence[tuple[Request, Result]]) -> list[Result]:
         """`finish` for a worker's batch, its results stored in one call."""
+        finals = self._publish([result for _, result in done])
+        for (req, _), (final, made) in zip(done, finals, strict=True):
+            self.on_final(req, final, made)
+        return [final for final, _ in finals]
+
+    def _publish(self, results: Sequence[Result]) -> list[tuple[Result, bool]]:
+        """Each result stored unless one exists, in one call: the one that stands, and whether
+        this call stored it (a request twice in a batch, a duplicated message: its first)."""
         mine: dict[str, bytes] = {}
-        for _, result in done:  # a request twice in a batch (a duplicated message): one stands
+        for result in results:
             mine.setdefault(_result_key(result.id), result.encoded.encode())
         written = self.blobs.put_many(mine, if_absent=True)
         theirs = self.blobs.get_many([k for k in mine if k not in written])
         standing: dict[str, Result] = {}
-        finals = []
-        for req, result in done:
+        out = []
+        for result in results:
             key = _result_key(result.id)
             made = key in written and key not in standing
             final = result if made else standing.get(key) or self._parsed(key, theirs.get(key)) or result
             standing.setdefault(key, final)
-            self.on_final(req, final, made)
-            finals.append(final)
-        return finals
+            out.append((final, made))
+        return out
 
     def resume(self, req: Request, result: Result) -> None:
         """A redelivered request whose result stands: what finishing it sets going may not
