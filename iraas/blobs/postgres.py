@@ -29,8 +29,26 @@ class PostgresBlobStore:
             raise BlobError(str(exc)) from None
 
     def put(self, key: str, data: bytes | IO[bytes], if_absent: bool = False, durable: bool = True) -> bool:
+        check_key(key)
         body = bytes(data) if isinstance(data, bytes | bytearray | memoryview) else data.read()
-        return key in self.put_many({check_key(key): body}, if_absent=if_absent, durable=durable)
+        with self._conn(durable) as conn:
+            if not if_absent:
+                conn.execute(
+                    f"INSERT INTO iraas_blobs (key, data, modified) VALUES (%s, %s, {NOW})"
+                    " ON CONFLICT (key) DO UPDATE SET data = EXCLUDED.data, modified = EXCLUDED.modified",
+                    (key, body),
+                )
+                return True
+            cur = conn.execute(
+                f"INSERT INTO iraas_blobs (key, data, modified) VALUES (%s, %s, {NOW}) ON CONFLICT (key) DO NOTHING",
+                (key, body),
+            )
+            if cur.rowcount == 1:
+                return True
+            # Someone stored the same bytes: they are wanted again, so their age (what
+            # retention goes by) starts anew, as on the directory store.
+            conn.execute(f"UPDATE iraas_blobs SET modified = {NOW} WHERE key = %s", (key,))
+            return False
 
     def get(self, key: str) -> bytes:
         check_key(key)
