@@ -29,26 +29,8 @@ class PostgresBlobStore:
             raise BlobError(str(exc)) from None
 
     def put(self, key: str, data: bytes | IO[bytes], if_absent: bool = False, durable: bool = True) -> bool:
-        check_key(key)
         body = bytes(data) if isinstance(data, bytes | bytearray | memoryview) else data.read()
-        with self._conn(durable) as conn:
-            if not if_absent:
-                conn.execute(
-                    f"INSERT INTO iraas_blobs (key, data, modified) VALUES (%s, %s, {NOW})"
-                    " ON CONFLICT (key) DO UPDATE SET data = EXCLUDED.data, modified = EXCLUDED.modified",
-                    (key, body),
-                )
-                return True
-            cur = conn.execute(
-                f"INSERT INTO iraas_blobs (key, data, modified) VALUES (%s, %s, {NOW}) ON CONFLICT (key) DO NOTHING",
-                (key, body),
-            )
-            if cur.rowcount == 1:
-                return True
-            # Someone stored the same bytes: they are wanted again, so their age (what
-            # retention goes by) starts anew, as on the directory store.
-            conn.execute(f"UPDATE iraas_blobs SET modified = {NOW} WHERE key = %s", (key,))
-            return False
+        return key in self.put_many({check_key(key): body}, if_absent=if_absent, durable=durable)
 
     def get(self, key: str) -> bytes:
         check_key(key)
@@ -73,7 +55,9 @@ class PostgresBlobStore:
         keys, bodies = [check_key(k) for k in items], [bytes(v) for v in items.values()]
         if not keys:
             return set()
-        rows = f"SELECT k, d, {NOW} FROM unnest(%s::text[], %s::bytea[]) AS t(k, d)"
+        # In binary (%b): as text, each image in the array would go out hex-escaped for the
+        # server to parse back, ten times the time of the insert itself (5.4 against 0.5 ms).
+        rows = f"SELECT k, d, {NOW} FROM unnest(%b::text[], %b::bytea[]) AS t(k, d)"
         with self._conn(durable) as conn:
             if not if_absent:
                 conn.execute(
