@@ -215,6 +215,22 @@ def reply(replies: Replies, to: str, result: Result) -> bool:
     return bool(to) and replies.send(to, result.encoded)
 
 
-def reply_many(replies: Replies, answers: Sequence[tuple[str, Result]]) -> None:
-    """`reply` for a worker's batch, in one call where the channel has one; raises as `reply`."""
-    replies.send_many([(to, result.encoded) for to, result in answers if to])
+def reply_many(replies: Replies, answers: Sequence[tuple[str, Result]]) -> list[bool]:
+    """`reply` for a worker's batch, in one call where the channel has one; for each, whether
+    it was handed over (or nobody waits): False, the caller keeps the request, whose
+    redelivery replies again. If the one call fails, a call each finds which could not."""
+    try:
+        replies.send_many([(to, result.encoded) for to, result in answers if to])
+        return [True] * len(answers)
+    except Exception:
+        log.warning("the replies of a batch failed: sending each", exc_info=True)
+    return [_handed_over(replies, to, result) for to, result in answers]
+
+
+def _handed_over(replies: Replies, to: str, result: Result) -> bool:
+    try:
+        reply(replies, to, result)
+    except Exception:
+        log.warning("reply to %s failed: the request will be answered again", to, exc_info=True)
+        return False
+    return True

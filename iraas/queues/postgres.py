@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 # own, run once: as `WHERE id IN (… LIMIT n FOR UPDATE SKIP LOCKED)` the planner may re-run the
 # subquery for each row it joins (a nested loop, chosen on statistics taken while the table was
 # nearly empty), and each run skips the rows the statement has just claimed and locks n more:
-# one receive of 4 took a backlog of 101 (tests/test_queue_contract.py).
+# one receive of 4 took a backlog of 101 (tests/test_postgres.py).
 _RECEIVE = f"""
 WITH dead AS (
     UPDATE iraas_messages SET queue = %(dlq)s, receipt = NULL, visible_at = {NOW}

@@ -47,7 +47,9 @@ class _Protocol(HttpToolsProtocol):
         self._refused = False
 
     def _refuse(self, answer: bytes) -> None:
-        """Send `answer` and close without a reset (the module's docstring says why)."""
+        """Send `answer` and close without a reset (the module's docstring says why); once."""
+        if self._refused or self.transport.is_closing():
+            return
         self._refused = True
         self._disarm()
         self.transport.write(answer)
@@ -88,9 +90,8 @@ class _Protocol(HttpToolsProtocol):
             self._header_timer = None
 
     def _headers_too_slow(self) -> None:
-        if not self.transport.is_closing() and not self._refused:
-            detail = f"the request headers did not arrive within {self.header_timeout_s:g} s"
-            self._refuse(_json_response(408, "Request Timeout", "header_timeout", detail))
+        detail = f"the request headers did not arrive within {self.header_timeout_s:g} s"
+        self._refuse(_json_response(408, "Request Timeout", "header_timeout", detail))
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -114,7 +115,7 @@ class _Protocol(HttpToolsProtocol):
 
     def _count(self, n: int) -> None:
         self._header_bytes += n
-        if self._header_bytes > MAX_HEADER_BYTES and not self.transport.is_closing() and not self._refused:
+        if self._header_bytes > MAX_HEADER_BYTES:
             detail = f"the request line and headers are over {MAX_HEADER_BYTES} bytes"
             self._refuse(_json_response(431, "Request Header Fields Too Large", "headers_too_large", detail))
 

@@ -22,7 +22,7 @@ from typing import Protocol
 from ..blobs.base import BlobError
 from ..imaging import ImageError
 from ..lifecycle.cluster import Cluster
-from ..lifecycle.results import Results, reply, reply_many
+from ..lifecycle.results import Results, reply_many
 from ..logs import about
 from ..messages import Heartbeat, MessageError, Request, Result
 from ..model.classifier import Prediction
@@ -288,8 +288,6 @@ class Worker:
 
     def _fetch(self, jobs: list[_Job]) -> None:
         """The batch's images, in one call (one statement on PostgreSQL, parallel reads elsewhere)."""
-        if not jobs:
-            return
         t0 = time.perf_counter()
         inputs = self.results.load_inputs([j.req for j in jobs])
         spent = time.perf_counter() - t0
@@ -315,8 +313,6 @@ class Worker:
     def _store(self, jobs: list[_Job]) -> None:
         """The batch's results, in one call (one transaction on PostgreSQL, parallel fsyncs
         elsewhere); a job whose request someone else finished first gets their result."""
-        if not jobs:
-            return
         mine = [(j.req, j.result) for j in jobs if j.result is not None]
         assert len(mine) == len(jobs), "every job to store has its result"
         t0 = time.perf_counter()
@@ -348,15 +344,10 @@ class Worker:
 
     def _reply_all(self, jobs: list[_Job]) -> set[str]:
         """The receipts of the jobs whose reply could not be handed over: their messages are
-        kept, so that a redelivery replies from the stored result. One call for the batch; if
-        it fails, a call each finds which."""
-        answered = [(j, self._replied(j)) for j in jobs if j.result is not None]
-        try:
-            reply_many(self.replies, [(j.req.reply_to, r) for j, r in answered])
-            return set()
-        except Exception:
-            log.warning("replies of a batch failed: sending each", exc_info=True)
-        return {j.msg.receipt for j, r in answered if not self._reply(j, r)}
+        kept, so that a redelivery replies from the stored result."""
+        answered = [j for j in jobs if j.result is not None]
+        handed = reply_many(self.replies, [(j.req.reply_to, self._replied(j)) for j in answered])
+        return {j.msg.receipt for j, ok in zip(answered, handed, strict=True) if not ok}
 
     def _replied(self, job: _Job) -> Result:
         assert job.result is not None
@@ -364,14 +355,6 @@ class Worker:
             return job.result
         # the stored result cannot hold the time it took to store it: the reply (metrics) does
         return replace(job.result, timings=job.result.timings | {"store": round(job.store_s, 4)})
-
-    def _reply(self, job: _Job, result: Result) -> bool:
-        try:
-            reply(self.replies, job.req.reply_to, result)
-        except Exception:
-            log.warning("reply to %s failed: the request will be answered again", job.req.reply_to, exc_info=True)
-            return False
-        return True
 
     # -- heartbeats -------------------------------------------------------------------------
 
