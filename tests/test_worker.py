@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from iraas.blobs.base import BlobError
 from iraas.config import Settings
 from iraas.messages import Request, Result
 from iraas.model.classifier import Classifier
@@ -67,7 +68,6 @@ def test_classifies_stores_replies_and_deletes(
     assert set(replied.timings) == {"queued", "fetch", "decode", "inference", "store", "total", "batch", "attempt"}
     assert replace(replied, timings={k: v for k, v in replied.timings.items() if k != "store"}) == stored
     assert store.requests.depth().backlog == 0
-    time.sleep(0.2)  # the dedup entry is written in the background
     (rid2,) = store.ids.new_ids(1)
     digest = hashlib.sha256(TENCH).hexdigest()
     cached = store.results.answer_from_cache(_again(store, rid2, digest))
@@ -297,19 +297,12 @@ def test_a_batch_longer_than_the_visibility_timeout_stays_hidden(
 
 
 class _Reloads:
-    """The real classifier whose version moves on after a batch (the face gallery reloaded for
-    the next batch) before this batch's answers are remembered, in the background: read from
-    the worker's own thread it is "old"; read later, from the background pool, it is "" (the
-    version the requests asked for)."""
+    """The real classifier on another version than the one the requests were made for (the
+    face gallery reloaded between the web's look at it and the batch): "old", not ""."""
 
     def __init__(self, inner: Classifier) -> None:
         self.inner, self.spec, self.times, self.name = inner, inner.spec, inner.times, "r"
-
-    @property
-    def version(self) -> str:
-        import threading
-
-        return "" if threading.current_thread().name.startswith("fetch") else "old"
+        self.version = "old"
 
     def classify(self, images: Any, top_k: int = 5) -> Any:
         return self.inner.classify(images, top_k)
@@ -320,7 +313,6 @@ def test_an_answer_is_remembered_only_under_the_version_that_gave_it(
 ) -> None:
     _submit(store, TENCH)
     assert _worker(store, _Reloads(classifier), tmp_path).run_once(wait_s=1) == 1
-    time.sleep(0.3)  # the dedup entry would be written in the background
     (rid,) = store.ids.new_ids(1)
     digest = hashlib.sha256(TENCH).hexdigest()
     assert store.results.answer_from_cache(_again(store, rid, digest)) is None
@@ -361,3 +353,33 @@ def test_heartbeats_carry_the_workers_cpu_and_rate(store: Parts, classifier: Cla
     beat = store.cluster.heartbeats()["w-test"]
     assert beat.rate > 0 and beat.cpu is not None and 0 < beat.cpu <= 1
     assert beat.rate == round(w.meter.rate, 2)  # what the controller reads is what the worker measured
+
+
+class _NoDedup:
+    """The real blob store, refusing to write dedup entries (a full or read-only folder)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def put_many(self, items: Any, if_absent: bool = False, durable: bool = True) -> set[str]:
+        if any(k.startswith("dedup/") for k in items):
+            raise BlobError("dedup/ is read-only")
+        return set(self.inner.put_many(items, if_absent, durable))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_dedup_entry_that_cannot_be_written_costs_no_answer(
+    store: Parts, inbox: Inbox, classifier: Classifier, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.results.blobs = _NoDedup(store.results.blobs)  # type: ignore[assignment]
+    rid = _submit(store, TENCH)
+    worker = _worker(store, classifier, tmp_path)
+    assert worker.run_once(wait_s=1) == 1
+    (reply,) = inbox.receive(1)
+    assert (Result.from_json(reply).id, Result.from_json(reply).label) == (rid, "tench")
+    assert store.requests.depth().backlog == 0  # answered and deleted: not to be tried again
+    assert "dedup entries not written" in caplog.text
+    _submit(store, SHARK)  # and the worker goes on
+    assert worker.run_once(wait_s=1) == 1

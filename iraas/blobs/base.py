@@ -72,12 +72,14 @@ class BlobStore(Protocol):
 
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         """The blobs under `keys` that exist (a missing key is absent from the answer): one
-        call where the store has one (PostgreSQL), the gets in parallel elsewhere."""
+        call where the store has one (PostgreSQL), the gets in parallel where each waits on the
+        network (S3), one after another from a local directory."""
         ...
 
     def put_many(self, items: Mapping[str, bytes], if_absent: bool = False, durable: bool = True) -> set[str]:
-        """`put` of each item (one transaction where the store has them, in parallel
-        elsewhere); the keys written: with `if_absent`, those where no blob existed."""
+        """`put` of each item (one transaction where the store has them, in parallel on S3,
+        written then fsynced together in a directory); the keys written: with `if_absent`,
+        those where no blob existed."""
         ...
 
 

@@ -3,59 +3,81 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
-import shutil
-import tempfile
+import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from .base import BlobNotFound, check_key, get_each, put_each
+from .base import BlobNotFound, check_key
 
 
 class DirectoryBlobStore:
+    """Calls for several keys run one after another in the calling thread: reads come from the
+    page cache and writes are short system calls, so a thread pool's hand-offs cost more CPU than
+    they save (measured: 4 fsynced writes took 2.5 times the CPU through a pool); a batch's
+    fsyncs come after all its writes, before any of them is linked into place."""
+
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._base = str(self.root)
+        self._folders: set[str] = set()  # made (or found) by this process: no mkdir per write
+        self._names = itertools.count()
 
     def _path(self, key: str) -> Path:
+        return Path(self._file(key))
+
+    def _file(self, key: str) -> str:
         # check_key admits no "..", no absolute path and no empty segment, so the joined path
         # stays under the root without a resolve() (a realpath syscall per path component).
-        return self.root / check_key(key)
+        return f"{self._base}/{check_key(key)}"
 
     def put(self, key: str, data: bytes | IO[bytes], if_absent: bool = False, durable: bool = True) -> bool:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        return bool(self._put({key: data}, if_absent, durable))
+
+    def put_many(self, items: Mapping[str, bytes], if_absent: bool = False, durable: bool = True) -> set[str]:
+        return self._put(items, if_absent, durable)
+
+    def _put(self, items: Mapping[str, bytes | IO[bytes]], if_absent: bool, durable: bool) -> set[str]:
+        """Each item to a temporary file, then (`durable`) each fsynced, then each put in place
+        (atomic: a reader sees the old blob or the whole new one, never a part)."""
+        staged: list[tuple[str, str, str, int]] = []  # key, path, temporary path, open fd
         try:
-            with os.fdopen(fd, "wb") as f:
-                if isinstance(data, bytes | bytearray | memoryview):
-                    f.write(data)
-                else:
-                    shutil.copyfileobj(data, f, 1 << 20)
-                if durable:
-                    f.flush()
-                    os.fsync(f.fileno())
-            if if_absent:
-                # link() fails if the name exists: the check and the write are one atomic step.
-                try:
-                    os.link(tmp, path)
-                except FileExistsError:
-                    # Someone stored the same bytes: they are wanted again, so their age
-                    # (what retention goes by) starts anew.
-                    with contextlib.suppress(FileNotFoundError):
-                        os.utime(path)
-                    return False
-            else:
-                os.replace(tmp, path)
-            return True
+            for key, data in items.items():
+                path = self._file(key)
+                tmp, fd = self._temporary(path.rpartition("/")[0])
+                staged.append((key, path, tmp, fd))
+                _write(fd, data)
+            if durable:
+                for *_, fd in staged:
+                    os.fsync(fd)
+            return {key for key, path, tmp, _ in staged if _place(tmp, path, if_absent)}
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            for _, _, tmp, fd in staged:
+                os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+
+    def _temporary(self, folder: str) -> tuple[str, int]:
+        """A new file in `folder` (made if missing), named so that no other process or thread
+        picks the same name (and O_EXCL would refuse it if one did)."""
+        tmp = f"{folder}/.tmp-{os.getpid()}-{_TOKEN}-{next(self._names)}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        if folder not in self._folders:
+            os.makedirs(folder, exist_ok=True)
+            self._folders.add(folder)
+        try:
+            return tmp, os.open(tmp, flags, 0o644)
+        except FileNotFoundError:  # the folder was removed since: make it again
+            os.makedirs(folder, exist_ok=True)
+            return tmp, os.open(tmp, flags, 0o644)
 
     def get(self, key: str) -> bytes:
         try:
-            return self._path(key).read_bytes()
+            with open(self._file(key), "rb") as f:
+                return f.read()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise BlobNotFound(key) from None
 
@@ -91,7 +113,37 @@ class DirectoryBlobStore:
         return sorted(keys)
 
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
-        return get_each(self, keys)
+        out = {}
+        for key in dict.fromkeys(keys):
+            with contextlib.suppress(BlobNotFound):
+                out[key] = self.get(key)
+        return out
 
-    def put_many(self, items: Mapping[str, bytes], if_absent: bool = False, durable: bool = True) -> set[str]:
-        return put_each(self, items, if_absent, durable)
+
+# Tells this process's temporary names from those of another host's process with the same pid
+# (a shared directory); a forked child shares it, but not its parent's pid.
+_TOKEN = secrets.token_hex(4)
+
+
+def _write(fd: int, data: bytes | IO[bytes]) -> None:
+    chunks = [data] if isinstance(data, bytes | bytearray | memoryview) else iter(lambda: data.read(1 << 20), b"")
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+def _place(tmp: str, path: str, if_absent: bool) -> bool:
+    """Put the written file `tmp` at `path`; with `if_absent` only if nothing is there (False)."""
+    if not if_absent:
+        os.replace(tmp, path)
+        return True
+    try:
+        os.link(tmp, path)  # fails if the name exists: the check and the write are one atomic step
+    except FileExistsError:
+        # Someone stored it first (the same bytes, for inputs): wanted again, so its age (what
+        # retention goes by) starts anew.
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(path)
+        return False
+    return True

@@ -15,7 +15,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -96,7 +95,6 @@ class Worker:
         self._stop = threading.Event()
         self._closed = threading.Event()  # the loop has ended (a stop still finishes its batch)
         self._held: list[str] = []  # receipts of the batch in hand, kept hidden while it runs
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="remember")
         self._received_at = 0.0  # of the batch in hand
         self._backoff_s = 1.0  # after a refused permission: doubled each time, up to a minute
         self.meter = Meter(config.threads)
@@ -162,7 +160,6 @@ class Worker:
             self.cluster.remove_heartbeat(self.id)
         except BlobError as exc:  # the controller removes stale ones
             log.warning("worker %s: could not remove its heartbeat: %s", self.id, exc)
-        self._pool.shutdown()
 
     def run_once(self, wait_s: float = 0.0) -> int:
         """Handle at most one batch; returns how many requests it handled."""
@@ -222,7 +219,9 @@ class Worker:
         if done:
             queue.delete_batch(done)
         self.meter.worked(len(jobs), time.monotonic() - t0)
-        self._pool.submit(self._remember, jobs)  # in the background: the next batch need not wait
+        # After the replies and the delete (an optimisation, off the client's way), in this
+        # thread: a hand-over to another costs CPU the model could use, for a write not fsynced.
+        self._remember(jobs)
 
     def _parse(self, msgs: list[Message]) -> list[_Job]:
         jobs = []
@@ -334,13 +333,15 @@ class Worker:
         """Dedup entries for the same bytes later; after the replies, being only an optimisation.
         Only for the model version the web asked about: a worker still on the previous gallery
         must not store its answer as the answer for the new one."""
-        self.results.remember(
-            [
-                (j.req, j.result)
-                for j in jobs
-                if j.result is not None and j.result.worker == self.id and j.req.model_version == j.version
-            ]
-        )
+        mine = [
+            (j.req, j.result)
+            for j in jobs
+            if j.result is not None and j.result.worker == self.id and j.req.model_version == j.version
+        ]
+        try:
+            self.results.remember(mine)
+        except BlobError as exc:  # the answers stand; the same bytes later are only inferred again
+            log.warning("worker %s: dedup entries not written (%s)", self.id, exc)
 
     def _reply_all(self, jobs: list[_Job]) -> set[str]:
         """The receipts of the jobs whose reply could not be handed over: their messages are
