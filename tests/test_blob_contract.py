@@ -101,6 +101,20 @@ def test_several_at_once_as_one_at_a_time(factory: Factory) -> None:
         store.get_many(["results/a.json", "/etc/passwd"])
 
 
+def test_sync_leaves_every_blob_as_it_was(factory: Factory) -> None:
+    """A worker stores its results without waiting on the disk, replies, then syncs them before
+    deleting its requests: a sync changes no blob, takes keys with none, refuses bad ones."""
+    store = factory()
+    lazily = {"results/a.json": b"a", "results/b.json": bytes(range(256)) * 600}
+    assert store.put_many(lazily, if_absent=True, durable=False) == set(lazily)
+    store.sync([*lazily, "results/none.json"])
+    store.sync([])
+    assert store.get_many([*lazily, "results/none.json"]) == lazily
+    assert not store.exists("results/none.json")
+    with pytest.raises(BadKey):
+        store.sync(["results/a.json", "../escape"])
+
+
 def test_put_from_a_file_stores_the_rest_of_it(factory: Factory, tmp_path: Path) -> None:
     store = factory()
     spooled = tmp_path / "upload"

@@ -383,3 +383,62 @@ def test_a_dedup_entry_that_cannot_be_written_costs_no_answer(
     assert "dedup entries not written" in caplog.text
     _submit(store, SHARK)  # and the worker goes on
     assert worker.run_once(wait_s=1) == 1
+
+
+class _Recorder:
+    """A real part whose calls named in `names` are written to `log` (name, first argument,
+    durable) before they run."""
+
+    def __init__(self, inner: Any, log: list[tuple[str, list[str], bool | None]], names: set[str]) -> None:
+        self.inner, self.log, self.names = inner, log, names
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if name not in self.names:
+            return attr
+
+        def call(*args: Any, **kw: Any) -> Any:
+            self.log.append((name, sorted(str(a)[:8] for a in args[0]), kw.get("durable")))
+            return attr(*args, **kw)
+
+        return call
+
+
+def test_replies_do_not_wait_for_the_disk_and_no_request_is_deleted_before_its_result_is_on_it(
+    store: Parts, inbox: Inbox, classifier: Classifier, tmp_path: Path
+) -> None:
+    log: list[tuple[str, list[str], bool | None]] = []
+    store.results.blobs = _Recorder(store.results.blobs, log, {"put_many", "sync"})  # type: ignore[assignment]
+    _submit(store, TENCH)
+    _submit(store, SHARK)
+    worker = _worker(store, classifier, tmp_path)
+    worker.replies = _Recorder(worker.replies, log, {"send_many"})  # type: ignore[assignment]
+    worker.requests = _Recorder(worker.requests, log, {"delete_batch"})  # type: ignore[assignment]
+    assert worker.run_once(wait_s=1) == 2
+    assert [(name, durable) for name, _, durable in log] == [
+        ("put_many", False),  # the results, not waiting for the disk
+        ("send_many", None),  # the replies
+        ("sync", None),  # the results on the disk
+        ("delete_batch", None),  # only then the requests gone
+        ("put_many", False),  # the dedup entries
+    ]
+    assert log[0][1] == log[2][1] == ["results/", "results/"]
+    assert len(inbox.receive(2)) == 2
+
+
+def test_a_result_a_power_cut_left_empty_is_answered_anew(
+    store: Parts, inbox: Inbox, classifier: Classifier, tmp_path: Path
+) -> None:
+    rid = _submit(store, TENCH)
+    # What a power cut between storing a result and its fsync may leave: the result's name
+    # with no content, and its request still queued, received once and never deleted.
+    (first,) = store.requests.receive(1, wait_s=0, visibility_s=5)
+    store.requests.change_visibility(first.receipt, 0)
+    store.blobs.put(f"results/{rid}.json", b"")
+    assert _worker(store, classifier, tmp_path).run_once(wait_s=1) == 1
+    (reply,) = inbox.receive(1)
+    replied = Result.from_json(reply)
+    assert (replied.label, replied.timings["attempt"]) == ("tench", 2)
+    stored = store.results.load_result(rid)
+    assert stored is not None and stored.label == "tench"  # the record stands again
+    assert store.requests.depth().backlog == 0

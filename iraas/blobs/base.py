@@ -82,6 +82,11 @@ class BlobStore(Protocol):
         those where no blob existed."""
         ...
 
+    def sync(self, keys: Sequence[str]) -> None:
+        """Make the blobs under `keys`, put with `durable=False`, durable now: no power cut
+        loses them after this returns. A key with no blob is no error."""
+        ...
+
 
 A = TypeVar("A")
 B = TypeVar("B")

@@ -78,6 +78,17 @@ class PostgresBlobStore:
                 conn.execute(f"UPDATE iraas_blobs SET modified = {NOW} WHERE key = ANY(%s)", (stale,))
         return written
 
+    def sync(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            check_key(key)
+        if not keys:
+            return
+        # A durable commit waits until the WAL is on disk up to its own record, so every
+        # asynchronous commit before it (the puts with durable=False) is on disk too. It needs a
+        # transaction id to write a commit record at all: txid_current() assigns one.
+        with self._conn(durable=True) as conn:
+            conn.execute("SELECT txid_current()")
+
     def exists(self, key: str) -> bool:
         check_key(key)
         with self._conn(durable=False) as conn:

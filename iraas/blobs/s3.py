@@ -85,3 +85,7 @@ class S3BlobStore:
 
     def put_many(self, items: Mapping[str, bytes], if_absent: bool = False, durable: bool = True) -> set[str]:
         return put_each(self, items, if_absent, durable)
+
+    def sync(self, keys: Sequence[str]) -> None:
+        for key in keys:  # nothing to do: S3 acknowledges a put only once it is stored durably
+            check_key(key)

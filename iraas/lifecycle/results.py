@@ -137,27 +137,41 @@ class Results:
         then what follows a final result (its webhook) set going."""
         return self.finish_many([(req, result)])[0]
 
-    def finish_many(self, done: Sequence[tuple[Request, Result]]) -> list[Result]:
-        """`finish` for a worker's batch, its results stored in one call."""
-        finals = self._publish([result for _, result in done])
+    def finish_many(self, done: Sequence[tuple[Request, Result]], durable: bool = True) -> list[Result]:
+        """`finish` for a worker's batch, its results stored in one call. `durable=False`: not
+        yet safe from a power cut until `flush`, which a worker calls after replying and
+        before deleting the requests (a power cut in between: they come again)."""
+        finals = self._publish([result for _, result in done], durable)
         for (req, _), (final, made) in zip(done, finals, strict=True):
             self.on_final(req, final, made)
         return [final for final, _ in finals]
 
-    def _publish(self, results: Sequence[Result]) -> list[tuple[Result, bool]]:
+    def flush(self, rids: Sequence[str]) -> None:
+        """The results of `rids`, stored with `durable=False`, made safe from a power cut."""
+        self.blobs.sync([_result_key(rid) for rid in dict.fromkeys(rids)])
+
+    def _publish(self, results: Sequence[Result], durable: bool = True) -> list[tuple[Result, bool]]:
         """Each result stored unless one exists, in one call: the one that stands, and whether
-        this call stored it (a request twice in a batch, a duplicated message: its first)."""
+        this call stored it (a request twice in a batch, a duplicated message: its first). A
+        stored result that cannot be read (a power cut left it empty) is replaced."""
         mine: dict[str, bytes] = {}
         for result in results:
             mine.setdefault(_result_key(result.id), result.encoded.encode())
-        written = self.blobs.put_many(mine, if_absent=True)
-        theirs = self.blobs.get_many([k for k in mine if k not in written])
+        written = self.blobs.put_many(mine, if_absent=True, durable=durable)
+        found = self.blobs.get_many([k for k in mine if k not in written])
+        theirs = {k: self._parsed(k, found.get(k)) for k in mine if k not in written}
+        broken = {k: mine[k] for k, result in theirs.items() if result is None}
+        if broken:
+            # Only after a power cut (or a hand that emptied the file): the request is still
+            # queued, so this redelivery is the one to answer it. Two redeliveries at once
+            # would each replace it, both answers valid.
+            written |= self.blobs.put_many(broken, durable=durable)
         standing: dict[str, Result] = {}
         out = []
         for result in results:
             key = _result_key(result.id)
             made = key in written and key not in standing
-            final = result if made else standing.get(key) or self._parsed(key, theirs.get(key)) or result
+            final = result if made else standing.get(key) or theirs.get(key) or result
             standing.setdefault(key, final)
             out.append((final, made))
         return out

@@ -150,7 +150,9 @@ async def capped(body: AsyncIterator[bytes], limit: int, read_timeout_s: float) 
     it = body.__aiter__()
     while True:
         try:
-            chunk = await asyncio.wait_for(it.__anext__(), read_timeout_s)
+            # asyncio.timeout, not wait_for: no task made for each of the body's chunks
+            async with asyncio.timeout(read_timeout_s):
+                chunk = await it.__anext__()
         except StopAsyncIteration:
             return
         except TimeoutError:

@@ -1,10 +1,11 @@
 """The app tier: take a batch of requests, classify it, store and send the results.
 
-Order matters for at-least-once delivery: results are written (first write wins) and replies
-handed over *before* the messages are deleted, so a worker dying anywhere loses nothing — the
-messages come back after the visibility timeout, and a redelivered request whose result exists
-is answered (and replied to) from it without inference. Only a redelivery can find a result:
-a first delivery goes straight to inference.
+Order matters for at-least-once delivery: results are written (first write wins), replies
+handed over, then the results made durable (fsync), and only then the messages deleted, so a
+worker dying anywhere, or the machine losing power, loses nothing — the messages come back after
+the visibility timeout, and a redelivered request whose result exists is answered (and replied
+to) from it without inference; one a power cut left unreadable is answered anew. Only a
+redelivery can find a result: a first delivery goes straight to inference.
 """
 
 from __future__ import annotations
@@ -215,6 +216,9 @@ class Worker:
         finally:
             self._held, self.current = [m.receipt for m in still], []
         kept = self._reply_all(jobs)
+        # The results were stored without waiting for the disk, so that the replies need not:
+        # made durable now, before any request is deleted (a power cut in between: it comes again).
+        self.results.flush([j.req.id for j in jobs if j.result is not None])
         done = [m.receipt for m in msgs if m.receipt not in kept]
         if done:
             queue.delete_batch(done)
@@ -310,12 +314,12 @@ class Worker:
         return Result.failure(req, code, reason, timings=timings or {}, worker=self.id)
 
     def _store(self, jobs: list[_Job]) -> None:
-        """The batch's results, in one call (one transaction on PostgreSQL, parallel fsyncs
-        elsewhere); a job whose request someone else finished first gets their result."""
+        """The batch's results, in one call (one statement on PostgreSQL); a job whose request
+        someone else finished first gets their result."""
         mine = [(j.req, j.result) for j in jobs if j.result is not None]
         assert len(mine) == len(jobs), "every job to store has its result"
         t0 = time.perf_counter()
-        finals = self.results.finish_many(mine)
+        finals = self.results.finish_many(mine, durable=False)  # flushed after the replies
         spent = time.perf_counter() - t0
         for job, (_, own), final in zip(jobs, mine, finals, strict=True):
             job.result = final
