@@ -1,6 +1,6 @@
 """What iraas itself costs a request, the model aside: against the plain baseline, both in process.
 
-    python benchmarks/overhead.py [--requests 500] [--rounds 5]
+    python benchmarks/overhead.py [--requests 500] [--rounds 5] [--concurrency 32]
 
 Both get a model that answers at once, so what is left is each server's own path: the baseline's
 route (`benchmarks/baseline.py`: multipart form, the thread pool, the JSON answer) against
@@ -9,8 +9,9 @@ in another process (claim, input read, result stored and fsynced, reply, delete,
 Requests go straight to each ASGI app, without HTTP (uvicorn is the same for both), one at a
 time, the two taking turns request by request. Printed: the median time of a request, the CPU
 it took (iraas: its web process and its worker; the baseline: its process; a process's CPU
-includes its idle threads' share), and the median of the paired differences; medians over
-rounds.
+includes its idle threads' share), and the median of the paired differences; then each app
+with `--concurrency` requests in flight: requests a second and CPU per request (what bounds
+throughput when the cores are full); medians over rounds.
 """
 
 from __future__ import annotations
@@ -131,16 +132,39 @@ async def _round(apps: dict[str, Any], n: int, first: int, worker: int) -> dict[
     return out
 
 
+async def _concurrent(app: Any, n: int, first: int, concurrency: int, worker: int) -> dict[str, float]:
+    """`n` requests with `concurrency` in flight: requests a second, and CPU per request (for
+    iraas, its worker's apart)."""
+    todo = iter(range(first, first + n))
+
+    async def client() -> None:
+        for i in todo:
+            await _call(app, _body(i))
+
+    c, w = _cpu_s(), _cpu_s(worker) if worker else 0.0
+    t = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    out = {f"c{concurrency}_per_s": n / (time.perf_counter() - t), f"c{concurrency}_cpu_ms": 1000 * (_cpu_s() - c) / n}
+    if worker:
+        out[f"c{concurrency}_worker_cpu_ms"] = 1000 * (_cpu_s(worker) - w) / n
+    return out
+
+
 def _work(settings: Settings) -> None:
     make_worker(build(settings), Instant(), settings, "overhead").run()
 
 
-async def _measure(iraas: Any, base: Any, worker: int, rounds: int, n: int) -> dict[str, list[dict[str, float]]]:
+async def _measure(iraas: Any, base: Any, worker: int, args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
     rows: dict[str, list[dict[str, float]]] = {"baseline": [], "iraas": []}
+    apps = {"baseline": base, "iraas": iraas}
+    n, c = args.requests, args.concurrency
     async with iraas.router.lifespan_context(iraas):
-        await _round({"baseline": base, "iraas": iraas}, 20, 10**9, worker)  # warm-up
-        for r in range(rounds):
-            got = await _round({"baseline": base, "iraas": iraas}, n, 2 * r * n, worker)
+        await _round(apps, 20, 10**9, worker)  # warm-up
+        for r in range(args.rounds):
+            got = await _round(apps, n, 4 * r * n, worker)
+            if c:
+                got["baseline"] |= await _concurrent(base, n, (4 * r + 2) * n, c, 0)
+                got["iraas"] |= await _concurrent(iraas, n, (4 * r + 3) * n, c, worker)
             for name, m in got.items():
                 rows[name].append(m)
             print(f"round {r + 1}: " + "; ".join(f"{k} {_line(v[-1])}" for k, v in rows.items()), flush=True)
@@ -155,6 +179,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=500, help="per round and app")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--concurrency", type=int, default=32, help="then as many in flight (0: not)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         settings = Settings(data_dir=Path(d))
@@ -164,11 +189,11 @@ def main() -> None:
         try:
             baseline._state["clf"] = Instant()  # type: ignore[assignment]
             app = make_app(settings, build(settings))
-            rows = asyncio.run(_measure(app, baseline.app, worker.pid or 0, args.rounds, args.requests))
+            rows = asyncio.run(_measure(app, baseline.app, worker.pid or 0, args))
         finally:
             worker.terminate()
             worker.join()
-    print(f"\nmedians over {args.rounds} rounds of {args.requests} requests each, one at a time, in turns, in process:")
+    print(f"\nmedians over {args.rounds} rounds of {args.requests} requests each, in process:")
     for name, ms in rows.items():
         print(f"  {name:<9} " + _line({k: statistics.median(m[k] for m in ms) for k in ms[0]}))
 

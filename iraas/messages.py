@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any, TypeVar
 
 VERSION = 1
@@ -104,7 +104,15 @@ class Result(_Json):
 
 
 def _fields(message: Any) -> dict[str, Any]:
-    return {f.name: getattr(message, f.name) for f in fields(message)}
+    cls: Any = type(message)
+    return {name: getattr(message, name) for name in _names(cls)}
+
+
+@cache
+def _names(cls: Any) -> tuple[str, ...]:
+    """A message class's field names (dataclasses.fields() builds them anew on every call:
+    several times an image, per message made or read)."""
+    return tuple(f.name for f in fields(cls))
 
 
 def _nested(value: Any) -> dict[str, Any]:
@@ -123,7 +131,7 @@ def _load(text: str | bytes, cls: type) -> dict[str, Any]:
         raw.setdefault("v", VERSION)
     if not isinstance(raw, dict) or raw.get("v") != VERSION:
         raise MessageError(f"not a version-{VERSION} {cls.__name__.lower()}")
-    known = {f.name for f in fields(cls)}
+    known = _names(cls)
     return {k: v for k, v in raw.items() if k in known}
 
 

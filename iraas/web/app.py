@@ -382,4 +382,4 @@ class _Observe(HttpMiddleware):
         finally:
             logs.current.reset(token)
             route = scope.get("route")
-            self.metrics.requests.labels(getattr(route, "path", "other"), str(status["code"])).inc()
+            self.metrics.labelled(self.metrics.requests, getattr(route, "path", "other"), str(status["code"])).inc()

@@ -10,6 +10,7 @@ the first. Plain ASGI, like the request-id middleware, for speed.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 from collections.abc import Iterable
@@ -33,6 +34,7 @@ HEADERS = [
 _NO_CSP = ("/docs", "/redoc")
 
 
+@functools.lru_cache(maxsize=1024)  # asked of the same few hosts on every request
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True

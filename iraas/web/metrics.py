@@ -7,6 +7,7 @@ webhook deliveries) comes from their published status at each scrape (`Shared`).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -99,6 +100,7 @@ class Metrics:
         self.workers = Gauge("iraas_workers", "Workers by state", ["state"], registry=r)
         self.shared = Shared()
         r.register(self.shared)
+        self._children: dict[tuple[Any, ...], Any] = {}
 
     def scraped(self, view: ClusterView) -> None:
         """Before a scrape: the gauges and the other processes' counters from `view`."""
@@ -114,7 +116,7 @@ class Metrics:
 
     def observe(self, result: Result) -> None:
         """One final answer (thread-safe: the reply thread calls it)."""
-        self.images.labels(result.status).inc()
+        self.labelled(self.images, result.status).inc()
         t = result.timings
         if "total" in t:
             self.latency.observe(t["total"])
@@ -125,4 +127,12 @@ class Metrics:
             self.batch.observe(t.get("batch", 1))
         for stage in STAGES:
             if stage in t:
-                self.stages.labels(stage).observe(t[stage])
+                self.labelled(self.stages, stage).observe(t[stage])
+
+    def labelled(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, kept: the client looks it up under a lock on every call."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -27,12 +28,15 @@ TEXT_FIELDS = ("callback_url", "deadline_s")
 
 class Spool:
     """One upload's bytes, hashed as they arrive: in memory up to `threshold`, then in an
-    anonymous temporary file (the stdlib's SpooledTemporaryFile does the rollover)."""
+    anonymous temporary file. (Not the stdlib's SpooledTemporaryFile: its every read and write
+    goes through a Python method, and the image checks read the header in dozens of pieces.)"""
 
     def __init__(self, threshold: int) -> None:
         self.size = 0
         self._sha = hashlib.sha256()
-        self._file = tempfile.SpooledTemporaryFile(max_size=threshold, prefix="iraas-upload-")  # noqa: SIM115
+        self._threshold = threshold
+        self._memory: io.BytesIO | None = io.BytesIO()  # None once on disk
+        self._file: IO[bytes] = self._memory
 
     @classmethod
     def of(cls, data: bytes, threshold: int = 1 << 20) -> Spool:
@@ -43,6 +47,11 @@ class Spool:
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
         self._sha.update(chunk)
+        if self._memory is not None and self.size > self._threshold:
+            disk = tempfile.TemporaryFile(prefix="iraas-upload-")  # noqa: SIM115 (closed by close())
+            disk.write(self._memory.getvalue())
+            self._memory.close()
+            self._file, self._memory = disk, None
         self._file.write(chunk)
 
     @property
