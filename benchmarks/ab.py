@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.versus import SAMPLE, interleaved  # noqa: E402
+from benchmarks.versus import SAMPLE, create_cost_us, interleaved  # noqa: E402
 from iraas.files import image_files  # noqa: E402
 from tests.pgserver import PgServer  # noqa: E402
 from tests.service import Service  # noqa: E402
@@ -44,6 +44,7 @@ def main() -> None:
             # `python -m` puts the working directory first on the path: from this tree's root,
             # the other service would import this tree's iraas, not the other one's
             os.chdir(tmp)
+            print(f"creating a file in {tmp} (TMPDIR): median {create_cost_us(tmp):.0f} µs", flush=True)
             try:
                 med = _run(args, files, tmp, pg)
             finally:

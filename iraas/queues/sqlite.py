@@ -138,7 +138,7 @@ class SqliteQueue:
         rows = [(uuid.uuid4().hex, self.name, body, now, now + delay_s) for body in bodies]
         with self._tx() as db:
             db.executemany("INSERT INTO messages (id, queue, body, sent_at, visible_at) VALUES (?,?,?,?,?)", rows)
-        self._waker.notify()
+        self._waker.notify(len(rows))
         return [r[0] for r in rows]
 
     # -- receiving --------------------------------------------------------------------------
@@ -160,7 +160,7 @@ class SqliteQueue:
 
     @contextmanager
     def wakeups(self) -> Iterator[Callable[[float], bool] | None]:
-        with self._waker.listening() as sock:
+        with self._waker.listening(watcher=True) as sock:
             yield lambda timeout: Waker.wait(sock, timeout)
 
     def _claim(self, n: int, visibility_s: int) -> list[Message]:
@@ -198,7 +198,7 @@ class SqliteQueue:
                 self._dlq.name,
                 self.max_receives,
             )
-            self._dlq._waker.notify()
+            self._dlq._waker.notify(moved)
         return out
 
     def _next_visible_in(self) -> float:
@@ -241,7 +241,7 @@ class SqliteQueue:
                 " WHERE queue = ? AND receipt = ?",
                 [(now, self.name, r) for r in receipts],
             )
-        self._waker.notify()
+        self._waker.notify(len(receipts))
 
     def writable(self) -> None:
         with self._tx():
