@@ -115,6 +115,23 @@ def test_sync_leaves_every_blob_as_it_was(factory: Factory) -> None:
         store.sync(["results/a.json", "../escape"])
 
 
+def test_link_names_a_blob_twice_and_the_first_name_wins(factory: Factory) -> None:
+    """A worker keeps each answer under its dedup key too: a second name for the stored result."""
+    store = factory()
+    store.put("results/a.json", b"answer a")
+    store.put("results/b.json", b"answer b")
+    pairs = {"dedup/m/x.json": "results/a.json", "dedup/m/none.json": "results/missing.json"}
+    assert store.link(pairs) == {"dedup/m/x.json"}
+    assert store.get("dedup/m/x.json") == b"answer a" and not store.exists("dedup/m/none.json")
+    assert store.link({"dedup/m/x.json": "results/b.json"}) == set()  # the first stands
+    assert store.get("dedup/m/x.json") == b"answer a"
+    store.delete("results/a.json")  # each name stands on its own
+    assert store.get("dedup/m/x.json") == b"answer a" and store.list("dedup/") == ["dedup/m/x.json"]
+    assert store.link({}) == set()
+    with pytest.raises(BadKey):
+        store.link({"../escape": "results/b.json"})
+
+
 def test_put_from_a_file_stores_the_rest_of_it(factory: Factory, tmp_path: Path) -> None:
     store = factory()
     spooled = tmp_path / "upload"

@@ -148,6 +148,7 @@ def test_the_same_image_is_answered_from_the_stored_answer_without_queueing(clie
         store, rid=rid, digest=digest, name="a.jpg", model="efficientnet-lite0", reply_to="", submitted_at=time.time()
     )
     answer = Result(id=rid, name="a.jpg", status="done", model="efficientnet-lite0", label="tench", confidence=0.8)
+    store.results.publish_result(answer)  # as a worker: the result stored, then remembered
     store.results.remember([(req, answer)])
     resp = client.post("/v1/recognitions", files=[("files", ("again.jpg", JPEG))])
     (entry,) = resp.json()

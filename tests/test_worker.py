@@ -361,10 +361,10 @@ class _NoDedup:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
 
-    def put_many(self, items: Any, if_absent: bool = False, durable: bool = True) -> set[str]:
-        if any(k.startswith("dedup/") for k in items):
+    def link(self, pairs: Any) -> set[str]:
+        if any(k.startswith("dedup/") for k in pairs):
             raise BlobError("dedup/ is read-only")
-        return set(self.inner.put_many(items, if_absent, durable))
+        return set(self.inner.link(pairs))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -408,7 +408,7 @@ def test_replies_do_not_wait_for_the_disk_and_no_request_is_deleted_before_its_r
     store: Parts, inbox: Inbox, classifier: Classifier, tmp_path: Path
 ) -> None:
     log: list[tuple[str, list[str], bool | None]] = []
-    store.results.blobs = _Recorder(store.results.blobs, log, {"put_many", "sync"})  # type: ignore[assignment]
+    store.results.blobs = _Recorder(store.results.blobs, log, {"put_many", "sync", "link"})  # type: ignore[assignment]
     _submit(store, TENCH)
     _submit(store, SHARK)
     worker = _worker(store, classifier, tmp_path)
@@ -420,7 +420,7 @@ def test_replies_do_not_wait_for_the_disk_and_no_request_is_deleted_before_its_r
         ("send_many", None),  # the replies
         ("sync", None),  # the results on the disk
         ("delete_batch", None),  # only then the requests gone
-        ("put_many", False),  # the dedup entries
+        ("link", None),  # the dedup entries: the results under a second name
     ]
     assert log[0][1] == log[2][1] == ["results/", "results/"]
     assert len(inbox.receive(2)) == 2
@@ -442,3 +442,13 @@ def test_a_result_a_power_cut_left_empty_is_answered_anew(
     stored = store.results.load_result(rid)
     assert stored is not None and stored.label == "tench"  # the record stands again
     assert store.requests.depth().backlog == 0
+
+
+def test_the_dedup_entry_is_the_stored_result_under_a_second_name(
+    store: Parts, classifier: Classifier, tmp_path: Path
+) -> None:
+    rid = _submit(store, TENCH)
+    assert _worker(store, classifier, tmp_path).run_once(wait_s=1) == 1
+    (entry,) = (tmp_path / "blobs" / "dedup").rglob("*.json")
+    result = tmp_path / "blobs" / "results" / f"{rid}.json"
+    assert entry.stat().st_ino == result.stat().st_ino  # one file, two names: no copy, no inode more

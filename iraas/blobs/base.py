@@ -82,6 +82,13 @@ class BlobStore(Protocol):
         those where no blob existed."""
         ...
 
+    def link(self, pairs: Mapping[str, str]) -> set[str]:
+        """For each `new: existing` pair, the blob under `existing` under `new` as well, unless
+        a blob is there (it stays, its age anew, as with `put(if_absent=True)`); the new keys
+        written. No copy where the store can (a hard link in a directory, one statement on
+        PostgreSQL); as durable as `durable=False`. An `existing` with no blob writes nothing."""
+        ...
+
     def sync(self, keys: Sequence[str]) -> None:
         """Make the blobs under `keys`, put with `durable=False`, durable now: no power cut
         loses them after this returns. A key with no blob is no error."""
@@ -125,3 +132,10 @@ def put_each(store: BlobStore, items: Mapping[str, bytes], if_absent: bool, dura
         return item[0], store.put(item[0], item[1], if_absent=if_absent, durable=durable)
 
     return {k for k, written in in_parallel(put, list(items.items())) if written}
+
+
+def link_each(store: BlobStore, pairs: Mapping[str, str]) -> set[str]:
+    """`link` for a store that can only copy: each existing blob read and put if absent."""
+    found = store.get_many(list(dict.fromkeys(pairs.values())))
+    copies = {new: found[old] for new, old in pairs.items() if old in found}
+    return store.put_many(copies, if_absent=True, durable=False) if copies else set()

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 from .base import BlobNotFound, check_key
+
+T = TypeVar("T")
 
 
 class DirectoryBlobStore:
@@ -65,14 +68,36 @@ class DirectoryBlobStore:
         picks the same name (and O_EXCL would refuse it if one did)."""
         tmp = f"{folder}/.tmp-{os.getpid()}-{_TOKEN}-{next(self._names)}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        return tmp, self._in(folder, lambda: os.open(tmp, flags, 0o644))
+
+    def _in(self, folder: str, make: Callable[[], T]) -> T:
+        """`make()` of something in `folder`, the folder made first if this process has not
+        seen it (and again if it was removed since)."""
         if folder not in self._folders:
             os.makedirs(folder, exist_ok=True)
             self._folders.add(folder)
         try:
-            return tmp, os.open(tmp, flags, 0o644)
-        except FileNotFoundError:  # the folder was removed since: make it again
+            return make()
+        except FileNotFoundError:
             os.makedirs(folder, exist_ok=True)
-            return tmp, os.open(tmp, flags, 0o644)
+            return make()
+
+    def link(self, pairs: Mapping[str, str]) -> set[str]:
+        written = set()
+        for new, old in pairs.items():
+            path, existing = self._file(new), self._file(old)
+            if not os.path.exists(existing):
+                continue
+            try:  # a second name for the same file: no data written, no inode made
+                self._in(path.rpartition("/")[0], functools.partial(os.link, existing, path))
+            except FileExistsError:
+                with contextlib.suppress(FileNotFoundError):
+                    os.utime(path)
+                continue
+            except FileNotFoundError:  # `existing` removed meanwhile: nothing to name
+                continue
+            written.add(new)
+        return written
 
     def get(self, key: str) -> bytes:
         try:

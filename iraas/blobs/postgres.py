@@ -78,6 +78,23 @@ class PostgresBlobStore:
                 conn.execute(f"UPDATE iraas_blobs SET modified = {NOW} WHERE key = ANY(%s)", (stale,))
         return written
 
+    def link(self, pairs: Mapping[str, str]) -> set[str]:
+        news, olds = [check_key(k) for k in pairs], [check_key(v) for v in pairs.values()]
+        if not news:
+            return set()
+        with self._conn(durable=False) as conn:  # the data copied inside the server, not sent
+            cur = conn.execute(
+                f"INSERT INTO iraas_blobs (key, data, modified) SELECT t.n, b.data, {NOW}"
+                " FROM unnest(%s::text[], %s::text[]) AS t(n, o) JOIN iraas_blobs b ON b.key = t.o"
+                " ON CONFLICT (key) DO NOTHING RETURNING key",
+                (news, olds),
+            )
+            written = {r[0] for r in cur.fetchall()}
+            if len(written) < len(news):  # as put: what existed is wanted again, its age starts anew
+                stale = [k for k in news if k not in written]
+                conn.execute(f"UPDATE iraas_blobs SET modified = {NOW} WHERE key = ANY(%s)", (stale,))
+        return written
+
     def sync(self, keys: Sequence[str]) -> None:
         for key in keys:
             check_key(key)

@@ -12,7 +12,7 @@ from typing import IO, Any
 from botocore.exceptions import ClientError
 
 from ..awsapi import denied, error_code, refused
-from .base import BlobDenied, BlobError, BlobNotFound, check_key, get_each, put_each
+from .base import BlobDenied, BlobError, BlobNotFound, check_key, get_each, link_each, put_each
 
 _LOST_RACE = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 
@@ -85,6 +85,9 @@ class S3BlobStore:
 
     def put_many(self, items: Mapping[str, bytes], if_absent: bool = False, durable: bool = True) -> set[str]:
         return put_each(self, items, if_absent, durable)
+
+    def link(self, pairs: Mapping[str, str]) -> set[str]:
+        return link_each(self, pairs)  # a conditional CopyObject is not on offer: a read and a put
 
     def sync(self, keys: Sequence[str]) -> None:
         for key in keys:  # nothing to do: S3 acknowledges a put only once it is stored durably

@@ -182,10 +182,11 @@ class Results:
         self.on_final(req, result, False)
 
     def remember(self, answers: Sequence[tuple[Request, Result]]) -> None:
-        """The answers for the same bytes later (an optimisation: after the replies)."""
-        entries = {req.dedup: res.encoded.encode() for req, res in answers if req.dedup and res.status == "done"}
-        if entries:
-            self.blobs.put_many(entries, if_absent=True, durable=False)
+        """The answers for the same bytes later (an optimisation: after the replies): each
+        stored result under its dedup key as well, without a copy where the store can."""
+        pairs = {req.dedup: _result_key(res.id) for req, res in answers if req.dedup and res.status == "done"}
+        if pairs:
+            self.blobs.link(pairs)
 
     def status(
         self,
