@@ -72,11 +72,7 @@ class PostgresBlobStore:
                 f"INSERT INTO iraas_blobs (key, data, modified) {rows} ON CONFLICT (key) DO NOTHING RETURNING key",
                 (keys, bodies),
             )
-            written = {r[0] for r in cur.fetchall()}
-            if len(written) < len(keys):  # as put: what existed is wanted again, its age starts anew
-                stale = [k for k in keys if k not in written]
-                conn.execute(f"UPDATE iraas_blobs SET modified = {NOW} WHERE key = ANY(%s)", (stale,))
-        return written
+            return _renewed(conn, keys, cur)
 
     def link(self, pairs: Mapping[str, str]) -> set[str]:
         news, olds = [check_key(k) for k in pairs], [check_key(v) for v in pairs.values()]
@@ -89,11 +85,7 @@ class PostgresBlobStore:
                 " ON CONFLICT (key) DO NOTHING RETURNING key",
                 (news, olds),
             )
-            written = {r[0] for r in cur.fetchall()}
-            if len(written) < len(news):  # as put: what existed is wanted again, its age starts anew
-                stale = [k for k in news if k not in written]
-                conn.execute(f"UPDATE iraas_blobs SET modified = {NOW} WHERE key = ANY(%s)", (stale,))
-        return written
+            return _renewed(conn, news, cur)
 
     def sync(self, keys: Sequence[str]) -> None:
         for key in keys:
@@ -136,3 +128,13 @@ def _after(prefix: str) -> str:
     """The smallest string greater than every string starting with `prefix` (a range scan on
     the primary key, not a LIKE that the collation may not index)."""
     return prefix + "\U0010ffff" if prefix else "\U0010ffff"
+
+
+def _renewed(conn: Any, keys: list[str], inserted: Any) -> set[str]:
+    """The keys an `INSERT … ON CONFLICT DO NOTHING RETURNING key` wrote; the others, which
+    existed, are wanted again: their age (what retention goes by) starts anew, as a put's."""
+    written = {r[0] for r in inserted.fetchall()}
+    if len(written) < len(keys):
+        stale = [k for k in keys if k not in written]
+        conn.execute(f"UPDATE iraas_blobs SET modified = {NOW} WHERE key = ANY(%s)", (stale,))
+    return written
