@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,17 +176,23 @@ async def _closed_loop(
 
 
 async def _open_loop(
-    plan: Plan, images: itertools.cycle[Path], record: Callable[[Path], object], t0: float, deadline: float
+    plan: Plan,
+    images: itertools.cycle[Path],
+    record: Callable[[Path], object],
+    t0: float,
+    deadline: float,
+    clock: Callable[[], float] = time.perf_counter,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
 ) -> None:
     span = plan.duration or plan.requests / plan.rate
     tasks: list[asyncio.Task[object]] = []
     slots = asyncio.Semaphore(plan.concurrency)  # a cap on requests in flight, not the pace
     next_at = t0
     for _ in range(plan.requests):
-        now = time.perf_counter()
+        now = clock()
         if next_at >= deadline or next_at - t0 >= span:
             break
-        await asyncio.sleep(max(next_at - now, 0))
+        await sleep(max(next_at - now, 0))
         await slots.acquire()
 
         async def go(image: Path) -> None:
