@@ -102,8 +102,8 @@ _pools_lock = threading.Lock()
 
 
 def in_parallel(fn: Callable[[A], B], args: Sequence[A]) -> list[B]:
-    """`fn` over `args` on a pool of this process (threads wait on fsyncs and HTTP with the GIL
-    free); a single one inline, since a pool trip costs more than it saves."""
+    """`fn` over `args` on a pool of this process, for calls that wait on the network (S3's
+    HTTP, with the GIL free); a single one inline, since a pool trip costs more than it saves."""
     if len(args) <= 1:
         return [fn(a) for a in args]
     with _pools_lock:  # a pool made before a fork() has no threads in the child: one per pid

@@ -29,9 +29,6 @@ class DirectoryBlobStore:
         self._folders: set[str] = set()  # made (or found) by this process: no mkdir per write
         self._names = itertools.count()
 
-    def _path(self, key: str) -> Path:
-        return Path(self._file(key))
-
     def _file(self, key: str) -> str:
         # check_key admits no "..", no absolute path and no empty segment, so the joined path
         # stays under the root without a resolve() (a realpath syscall per path component).
@@ -86,15 +83,13 @@ class DirectoryBlobStore:
         written = set()
         for new, old in pairs.items():
             path, existing = self._file(new), self._file(old)
-            if not os.path.exists(existing):
-                continue
             try:  # a second name for the same file: no data written, no inode made
                 self._in(path.rpartition("/")[0], functools.partial(os.link, existing, path))
             except FileExistsError:
                 with contextlib.suppress(FileNotFoundError):
                     os.utime(path)
                 continue
-            except FileNotFoundError:  # `existing` removed meanwhile: nothing to name
+            except FileNotFoundError:  # no blob under `existing` (never, or no longer): nothing to name
                 continue
             written.add(new)
         return written
@@ -107,11 +102,11 @@ class DirectoryBlobStore:
             raise BlobNotFound(key) from None
 
     def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        return os.path.isfile(self._file(key))
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-            self._path(key).unlink()
+            os.unlink(self._file(key))
 
     def expire(self, folder: str, before: float) -> int:
         removed = 0

@@ -67,9 +67,9 @@ class Waker:
             return
         if not names:
             return
-        watchers = [n for n in names if n[len(self.prefix) + 1] == "w"]
+        watchers = [n for n in names if self._watcher(n)]
         # "…-r<when>-…" sorts by when; a name without one (an older version's) sorts last
-        receivers = sorted((n for n in names if n[len(self.prefix) + 1] != "w"), reverse=True)
+        receivers = sorted((n for n in names if not self._watcher(n)), reverse=True)
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as out:
             out.setblocking(False)
             for name in watchers:
@@ -79,6 +79,9 @@ class Waker:
                 if woken >= count:
                     break
                 woken += self._send(out, name)
+
+    def _watcher(self, name: str) -> bool:
+        return name[len(self.prefix) + 1] == "w"  # "<prefix>-w-…"
 
     def _send(self, out: socket.socket, name: str) -> bool:
         """Whether the waiter at `name` will wake."""

@@ -218,7 +218,7 @@ class Worker:
         kept = self._reply_all(jobs)
         # The results were stored without waiting for the disk, so that the replies need not:
         # made durable now, before any request is deleted (a power cut in between: it comes again).
-        self.results.flush([j.req.id for j in jobs if j.result is not None])
+        self.results.flush([j.req.id for j in jobs])
         done = [m.receipt for m in msgs if m.receipt not in kept]
         if done:
             queue.delete_batch(done)
@@ -290,7 +290,7 @@ class Worker:
             return [ImageError.unexpected("the model failed on this image", exc, "recognition_failed")]
 
     def _fetch(self, jobs: list[_Job]) -> None:
-        """The batch's images, in one call (one statement on PostgreSQL, parallel reads elsewhere)."""
+        """The batch's images, in one call (one statement on PostgreSQL)."""
         t0 = time.perf_counter()
         inputs = self.results.load_inputs([j.req for j in jobs])
         spent = time.perf_counter() - t0
