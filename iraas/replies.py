@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from .pg import NOW, Database, DatabaseError, channel, close_quietly
 from .queues.base import QueueMissing
@@ -37,6 +37,16 @@ class Inbox(Protocol):
 
     def close(self) -> None:
         """Stop receiving; later sends to this inbox return False."""
+        ...
+
+
+@runtime_checkable
+class Pollable(Protocol):
+    """An inbox that an event loop can watch itself: a reply wakes the loop directly, not a
+    thread that then wakes the loop (a hand-over per reply saved)."""
+
+    def fileno(self) -> int:
+        """Readable when a reply has arrived; `receive(0)` then takes it without waiting."""
         ...
 
 
@@ -105,6 +115,9 @@ class SocketInbox:
             while len(out) < 1000:
                 out.append(self._sock.recv(_MAX_DATAGRAM).decode())
         return out
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
 
     def close(self) -> None:
         with contextlib.suppress(FileNotFoundError):

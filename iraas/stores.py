@@ -21,6 +21,8 @@ from urllib.parse import parse_qs, urlsplit
 from .blobs.base import BlobStore
 from .config import Settings
 from .duty import Duty, PostgresDuty, SoleDuty
+from .lifecycle.cluster import HEARTBEATS
+from .lifecycle.results import DEDUP, RESULTS
 from .pg import Database, redacted
 from .queues.base import Queue
 from .replies import Replies
@@ -38,6 +40,10 @@ class Stores:
     blobs: BlobStore
     replies: Replies
     duty: Duty  # the once-per-deployment duties: an advisory lock on PostgreSQL
+
+
+# The embedded store's small records, a row each in its record file, not a file each.
+RECORDS = (RESULTS, DEDUP, HEARTBEATS)
 
 
 def queue_url(settings: Settings) -> str:
@@ -131,9 +137,9 @@ def _blobs(settings: Settings, opened: _Opened, aws: Any) -> BlobStore:
     kind = scheme(url, BLOB_SCHEMES, "blob store")
     parts = urlsplit(url)
     if kind == "file":
-        from .blobs.local import DirectoryBlobStore
+        from .blobs.embedded import embedded_store
 
-        return DirectoryBlobStore(parts.path)
+        return embedded_store(parts.path, RECORDS)
     if kind == "s3":
         from .awsapi import client
         from .blobs.s3 import S3BlobStore

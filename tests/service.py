@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -13,6 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from iraas.blobs.base import BlobStore
+from iraas.config import Settings
+from iraas.stores import open_blobs
 
 
 def free_port() -> int:
@@ -83,13 +88,18 @@ class Service:
 
     def worker_pids(self) -> dict[str, int]:
         beats = {}
-        for f in (self.data_dir / "blobs" / "heartbeats").glob("*.json"):
+        for body in self.blobs.get_many(self.blobs.list("heartbeats/")).values():
             try:
-                beat = json.loads(f.read_text())
-            except (OSError, ValueError):
+                beat = json.loads(body)
+            except ValueError:
                 continue
             beats[beat["worker"]] = beat["pid"]
         return beats
+
+    @functools.cached_property
+    def blobs(self) -> BlobStore:
+        """The service's blob store, opened once (tests poll it every 10 ms)."""
+        return open_blobs(Settings(data_dir=self.data_dir))
 
     def wait_for(self, predicate: Any, timeout: float = 60, every: float = 0.2) -> Any:
         deadline = time.monotonic() + timeout

@@ -5,13 +5,17 @@ server standing in for MinIO, Ceph or R2)."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from iraas.blobs.base import BadKey, BlobNotFound, BlobStore
+from iraas.blobs.embedded import embedded_store
 from iraas.blobs.local import DirectoryBlobStore
+from iraas.blobs.sqlite import SqliteBlobStore
+from iraas.stores import RECORDS
 
 Factory = Callable[[], BlobStore]
 
@@ -41,11 +45,15 @@ def _pg_factory(url: str) -> Factory:
     return lambda: PostgresBlobStore(Database(url))
 
 
-@pytest.fixture(params=["directory", "postgres", "s3", "s3-url"])
+@pytest.fixture(params=["directory", "sqlite", "embedded", "postgres", "s3", "s3-url"])
 def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
     if request.param == "directory":
         root = tmp_path / "blobs"
         return lambda: DirectoryBlobStore(root)
+    if request.param == "sqlite":
+        return lambda: SqliteBlobStore(tmp_path / "blobs.db")
+    if request.param == "embedded":  # files, and the records in their SQLite file: as `iraas up` opens it
+        return lambda: embedded_store(tmp_path / "blobs", RECORDS)
     if request.param == "postgres":
         return _pg_factory(request.getfixturevalue("pg_url"))
     if request.param == "s3-url":
@@ -155,13 +163,28 @@ def test_list_by_prefix(factory: Factory) -> None:
     assert len(store.list()) == 6
 
 
-@pytest.mark.parametrize("key", ["", "/etc/passwd", "../x", "a/../../x", "a//b", "a/./b", "a\\b", "a b", ".tmp-x"])
+@pytest.mark.parametrize(
+    "key", ["", "/etc/passwd", "../x", "a/../../x", "a//b", "a/./b", "a\\b", "a b", ".tmp-x", ".records.db", "a/.b"]
+)
 def test_bad_keys_are_refused(factory: Factory, key: str) -> None:
     store = factory()
     with pytest.raises(BadKey):
         store.put(key, b"x")
     with pytest.raises(BadKey):
         store.get(key)
+
+
+def test_expire_removes_what_is_older_under_the_folder_only(factory: Factory, request: pytest.FixtureRequest) -> None:
+    store = factory()
+    for key in ("results/1.json", "results/2.json", "dedup/m/a.json", "inputs/ab"):
+        store.put(key, b"x")
+    if request.node.callspec.params["factory"].startswith("s3"):  # the bucket's lifecycle rules do it
+        assert store.expire("results/", time.time() + 3600) == 0 and len(store.list()) == 4
+        return
+    assert store.expire("results/", time.time() - 3600) == 0  # none is an hour old
+    assert store.expire("results/", time.time() + 3600) == 2  # both are older than an hour ahead
+    assert store.list() == ["dedup/m/a.json", "inputs/ab"]
+    assert store.expire("inputs/", time.time() + 3600) == 1 and store.list() == ["dedup/m/a.json"]
 
 
 def _racer(factory: Factory, key: str, data: bytes, start: object, out: object) -> None:
@@ -185,3 +208,18 @@ def test_conditional_put_race_between_processes(factory: Factory) -> None:
         winners = [data for data, won in outcomes if won]
         assert len(winners) == 1, outcomes
         assert factory().get(key) == winners[0]
+
+
+def test_records_an_earlier_release_kept_as_files_are_moved_into_the_record_file(tmp_path: Path) -> None:
+    """An upgrade keeps every result, dedup entry and heartbeat: read from the record file, the
+    files gone; the images stay files."""
+    root = tmp_path / "blobs"
+    before = DirectoryBlobStore(root)  # as earlier releases stored everything
+    kept = {"results/a.json": b"A", "dedup/m/x.json": b"X", "heartbeats/w1.json": b"W", "inputs/ab": b"img"}
+    before.put_many(kept)
+    store = embedded_store(root, RECORDS)
+    assert store.get_many(list(kept)) == kept and store.list() == sorted(kept)
+    assert sorted(
+        p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and "records" not in p.name
+    ) == ["inputs/ab"]
+    assert embedded_store(root, RECORDS).get("results/a.json") == b"A"  # opened again: nothing to move

@@ -57,9 +57,8 @@ def port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 def footprint(svc: Service) -> tuple[int, int, int]:
     """Stored inputs, stored results, messages in the queue file."""
-    blobs = svc.data_dir / "blobs"
-    inputs = len(list((blobs / "inputs").glob("*")))
-    results = len(list((blobs / "results").glob("*.json")))
+    inputs = len(list((svc.data_dir / "blobs" / "inputs").glob("*")))
+    results = len(svc.blobs.list("results/"))
     with sqlite3.connect(svc.data_dir / "queue.db", timeout=30) as db:
         (messages,) = db.execute("SELECT COUNT(*) FROM messages").fetchone()
     return inputs, results, messages

@@ -61,7 +61,7 @@ def _unanswered_in_flight(svc: Service) -> set[str]:
             (time.time(),),
         ).fetchall()
     ids = {json.loads(body)["id"] for (body,) in rows}
-    return {rid for rid in ids if not (svc.data_dir / "blobs" / "results" / f"{rid}.json").exists()}
+    return {rid for rid in ids if not svc.blobs.exists(f"results/{rid}.json")}
 
 
 def _kill_workers_holding_unanswered(svc: Service, killed: list[int]) -> set[str]:

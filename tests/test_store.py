@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -122,8 +124,10 @@ def test_retention_expires_inputs_results_and_dedup_but_keeps_enrolments(tmp_pat
     store.gallery.add_enrolment(old, b"one row")
     day = 86_400
     past = time.time() - 2 * day
-    for key in ("inputs/" + "a" * 64, f"results/{old}.json", f"gallery/enrolments/{old}.npz"):
+    for key in ("inputs/" + "a" * 64, f"gallery/enrolments/{old}.npz"):
         os.utime(tmp_path / "blobs" / key, (past, past))
+    with contextlib.closing(sqlite3.connect(tmp_path / "blobs" / ".records.db")) as db, db:  # results are rows
+        db.execute("UPDATE blobs SET modified = ? WHERE key = ?", (past, f"results/{old}.json"))
     assert store.results.expire(input_ttl_s=day, result_ttl_s=day) == 2
     assert not store.blobs.exists("inputs/" + "a" * 64) and store.blobs.exists("inputs/" + "b" * 64)
     assert store.results.load_result(old) is None and store.results.load_result(new) is not None

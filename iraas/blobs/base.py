@@ -36,9 +36,15 @@ class BadKey(BlobError, ValueError):
 def check_key(key: str) -> str:
     if len(key) > 512 or not _KEY.match(key) or any(part in (".", "..") for part in key.split("/")):
         raise BadKey(f"invalid blob key {key!r}: use relative a/b/c paths of letters, digits, '_.=-'")
-    if key.split("/")[-1].startswith(".tmp-"):
-        raise BadKey(f"invalid blob key {key!r}: names starting with .tmp- are reserved")
+    if any(part.startswith(".") for part in key.split("/")):
+        raise BadKey(f"invalid blob key {key!r}: names starting with '.' are the store's own")
     return key
+
+
+def key_range_end(prefix: str) -> str:
+    """The smallest string greater than every string starting with `prefix` (a range scan on
+    the primary key, not a LIKE that the collation may not index)."""
+    return prefix + "\U0010ffff" if prefix else "\U0010ffff"
 
 
 class BlobStore(Protocol):

@@ -110,8 +110,9 @@ class DirectoryBlobStore:
 
     def expire(self, folder: str, before: float) -> int:
         removed = 0
-        for dirpath, _dirs, files in os.walk(self.root / check_key(folder.rstrip("/"))):
-            for name in files:
+        for dirpath, dirs, files in os.walk(self.root / check_key(folder.rstrip("/"))):
+            dirs[:] = _keyed(dirs)
+            for name in _keyed(files):
                 path = os.path.join(dirpath, name)
                 with contextlib.suppress(FileNotFoundError):
                     if os.stat(path).st_mtime < before:
@@ -124,11 +125,12 @@ class DirectoryBlobStore:
         # Walk only the folder the prefix names ("heartbeats/" of 20,000 results reads one).
         folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         start = self.root / check_key(folder) if folder else self.root
-        for dirpath, _dirs, files in os.walk(start):
+        for dirpath, dirs, files in os.walk(start):
+            dirs[:] = _keyed(dirs)
             rel = Path(dirpath).relative_to(self.root).as_posix()
-            for name in files:
+            for name in _keyed(files):
                 key = name if rel == "." else f"{rel}/{name}"
-                if not name.startswith(".tmp-") and key.startswith(prefix):
+                if key.startswith(prefix):
                     keys.append(key)
         return sorted(keys)
 
@@ -156,6 +158,11 @@ class DirectoryBlobStore:
 # Tells this process's temporary names from those of another host's process with the same pid
 # (a shared directory); a forked child shares it, but not its parent's pid.
 _TOKEN = secrets.token_hex(4)
+
+
+def _keyed(names: list[str]) -> list[str]:
+    """The names that are keys: not the store's own (temporaries, the record file: "." first)."""
+    return [n for n in names if not n.startswith(".")]
 
 
 def _write(fd: int, data: bytes | IO[bytes]) -> None:

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 from ..pg import NOW, Database, DatabaseError
-from .base import BlobError, BlobNotFound, check_key
+from .base import BlobError, BlobNotFound, check_key, key_range_end
 
 
 class PostgresBlobStore:
@@ -111,7 +111,7 @@ class PostgresBlobStore:
     def list(self, prefix: str = "") -> list[str]:
         with self._conn(durable=False) as conn:
             rows = conn.execute(
-                "SELECT key FROM iraas_blobs WHERE key >= %s AND key < %s ORDER BY key", (prefix, _after(prefix))
+                "SELECT key FROM iraas_blobs WHERE key >= %s AND key < %s ORDER BY key", (prefix, key_range_end(prefix))
             ).fetchall()
         return [r[0] for r in rows]
 
@@ -119,15 +119,9 @@ class PostgresBlobStore:
         with self._conn() as conn:
             cur = conn.execute(
                 "DELETE FROM iraas_blobs WHERE key >= %s AND key < %s AND modified < %s",
-                (folder, _after(folder), before),
+                (folder, key_range_end(folder), before),
             )
             return int(cur.rowcount)
-
-
-def _after(prefix: str) -> str:
-    """The smallest string greater than every string starting with `prefix` (a range scan on
-    the primary key, not a LIKE that the collation may not index)."""
-    return prefix + "\U0010ffff" if prefix else "\U0010ffff"
 
 
 def _renewed(conn: Any, keys: list[str], inserted: Any) -> set[str]:

@@ -17,7 +17,7 @@ from ..blobs.base import BlobNotFound, BlobStore
 from ..messages import ClusterStatus, Heartbeat, MessageError
 
 log = logging.getLogger(__name__)
-_HEARTBEATS = "heartbeats/"
+HEARTBEATS = "heartbeats/"
 _STATUS = "cluster/status.json"
 
 
@@ -28,11 +28,11 @@ class Cluster:
         self._lock = threading.Lock()
 
     def write_heartbeat(self, beat: Heartbeat) -> None:
-        self.blobs.put(_HEARTBEATS + beat.worker + ".json", beat.to_json().encode(), durable=False)
+        self.blobs.put(HEARTBEATS + beat.worker + ".json", beat.to_json().encode(), durable=False)
 
     def heartbeats(self) -> dict[str, Heartbeat]:
         beats = {}
-        for key in self.blobs.list(_HEARTBEATS):
+        for key in self.blobs.list(HEARTBEATS):
             try:
                 beat = Heartbeat.from_json(self.blobs.get(key))
             except (BlobNotFound, MessageError, TypeError):
@@ -41,7 +41,7 @@ class Cluster:
         return beats
 
     def remove_heartbeat(self, worker: str) -> None:
-        self.blobs.delete(_HEARTBEATS + worker + ".json")
+        self.blobs.delete(HEARTBEATS + worker + ".json")
 
     def publish_status(self, status: ClusterStatus) -> None:
         self.blobs.put(_STATUS, status.to_json().encode(), durable=False)

@@ -32,8 +32,11 @@ FinalHook = Callable[[Request, Result, bool], None]
 _PROBE = "config/ready-probe"
 
 
+RESULTS, DEDUP = "results/", "dedup/"  # small records, one of each per image
+
+
 def _result_key(rid: str) -> str:
-    return f"results/{rid}.json"
+    return f"{RESULTS}{rid}.json"
 
 
 def _no_version(model: str) -> str:
@@ -215,13 +218,13 @@ class Results:
         after `input_ttl_s`, results and dedup entries after `result_ttl_s`."""
         now = self.clock()
         removed = self.blobs.expire("inputs/", now - input_ttl_s)
-        for folder in ("results/", "dedup/"):
+        for folder in (RESULTS, DEDUP):
             removed += self.blobs.expire(folder, now - result_ttl_s)
         return removed
 
 
 def _dedup_key(model: str, version: str, digest: str) -> str:
-    return f"dedup/{model}-{version}/{digest}.json" if version else f"dedup/{model}/{digest}.json"
+    return f"{DEDUP}{model}-{version}/{digest}.json" if version else f"{DEDUP}{model}/{digest}.json"
 
 
 def reply(replies: Replies, to: str, result: Result) -> bool:

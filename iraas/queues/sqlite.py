@@ -1,24 +1,20 @@
 """The embedded queue: one SQLite file shared by every process of the service.
 
-WAL mode, every operation one short transaction (claims take the write lock up front with
-BEGIN IMMEDIATE), so a process killed at any point leaves each message either sent or not,
-claimed or not: nothing half-done. synchronous=NORMAL survives any process crash; only a
-power loss may drop the last commits. Busy and locked errors are retried, never surfaced.
+Every operation is one short transaction (sqlitedb.py: WAL, the write lock taken up front), so a
+process killed at any point leaves each message either sent or not, claimed or not: nothing
+half-done. Any process crash is survived; only a power loss may drop the last commits.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import random
-import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..sqlitedb import LOCK_TIMEOUT_S, SqliteFile
 from .base import (
     Depth,
     Message,
@@ -45,7 +41,6 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, visible_at);
 CREATE INDEX IF NOT EXISTS messages_receipt ON messages (receipt);
 """
-_LOCK_TIMEOUT_S = 120.0
 
 
 class SqliteQueue:
@@ -64,7 +59,7 @@ class SqliteQueue:
         max_receives: int | None = None,
         clock: Callable[[], float] = time.time,
         poll_s: float = 0.5,
-        lock_timeout_s: float = _LOCK_TIMEOUT_S,
+        lock_timeout_s: float = LOCK_TIMEOUT_S,
     ) -> None:
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
@@ -72,56 +67,17 @@ class SqliteQueue:
         self.max_receives = max_receives
         self._clock = clock
         self._poll_s = poll_s
-        self._lock = threading.Lock()
-        self._conn_pid = -1
-        self._db: sqlite3.Connection | None = None
+        self._db = SqliteFile(self.path, _SCHEMA, QueueError, lock_timeout_s)
         self._waker = Waker(self.path, name)
         self._dlq = (
             SqliteQueue(path, f"{name}-dlq", clock=clock, poll_s=poll_s, lock_timeout_s=lock_timeout_s)
             if max_receives
             else None
         )
-        self._connect()
 
     @property
     def dead_letter(self) -> SqliteQueue | None:
         return self._dlq
-
-    # -- connection and transactions --------------------------------------------------------
-
-    def _connect(self) -> sqlite3.Connection:
-        # A connection must not cross fork(): reopen in a child process.
-        if self._db is None or self._conn_pid != os.getpid():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=self.lock_timeout_s, isolation_level=None, check_same_thread=False)
-            self._retry(lambda: db.execute("PRAGMA journal_mode=WAL"))
-            db.execute("PRAGMA synchronous=NORMAL")
-            self._retry(lambda: db.executescript(_SCHEMA))
-            self._db, self._conn_pid = db, os.getpid()
-        return self._db
-
-    def _retry(self, fn: Callable[[], object]) -> None:
-        deadline = time.monotonic() + self.lock_timeout_s
-        while True:
-            try:
-                fn()
-                return
-            except sqlite3.OperationalError as exc:
-                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
-                    raise QueueError(f"SQLite queue error: {exc}") from exc
-                time.sleep(random.uniform(0.001, 0.01))
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            db = self._connect()
-            self._retry(lambda: db.execute("BEGIN IMMEDIATE"))
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            self._retry(lambda: db.execute("COMMIT"))
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -136,7 +92,7 @@ class SqliteQueue:
     def _insert(self, bodies: Sequence[str], delay_s: int) -> list[str]:
         now = self._clock()
         rows = [(uuid.uuid4().hex, self.name, body, now, now + delay_s) for body in bodies]
-        with self._tx() as db:
+        with self._db.tx() as db:
             db.executemany("INSERT INTO messages (id, queue, body, sent_at, visible_at) VALUES (?,?,?,?,?)", rows)
         self._waker.notify(len(rows))
         return [r[0] for r in rows]
@@ -167,7 +123,7 @@ class SqliteQueue:
         now = self._clock()
         out: list[Message] = []
         moved = 0
-        with self._tx() as db:
+        with self._db.tx() as db:
             while len(out) < n:
                 rows = db.execute(
                     "SELECT id, body, receive_count, sent_at FROM messages"
@@ -203,10 +159,8 @@ class SqliteQueue:
 
     def _next_visible_in(self) -> float:
         """Seconds until the earliest hidden message becomes visible again (inf if none)."""
-        with self._lock:
-            row = (
-                self._connect().execute("SELECT MIN(visible_at) FROM messages WHERE queue = ?", (self.name,)).fetchone()
-            )
+        with self._db.read() as db:
+            row = db.execute("SELECT MIN(visible_at) FROM messages WHERE queue = ?", (self.name,)).fetchone()
         return float("inf") if row[0] is None else max(row[0] - self._clock(), 0.0)
 
     # -- acknowledging ----------------------------------------------------------------------
@@ -216,12 +170,12 @@ class SqliteQueue:
 
     def delete_batch(self, receipts: Sequence[str]) -> None:
         check_receipts(receipts)
-        with self._tx() as db:
+        with self._db.tx() as db:
             db.executemany("DELETE FROM messages WHERE queue = ? AND receipt = ?", [(self.name, r) for r in receipts])
 
     def change_visibility(self, receipt: str, visibility_s: int) -> bool:
         check_visibility(visibility_s)
-        with self._tx() as db:
+        with self._db.tx() as db:
             cur = db.execute(
                 "UPDATE messages SET visible_at = ? WHERE queue = ? AND receipt = ?",
                 (self._clock() + visibility_s, self.name, receipt),
@@ -234,7 +188,7 @@ class SqliteQueue:
     def release(self, receipts: Sequence[str]) -> None:
         check_receipts(receipts)
         now = self._clock()
-        with self._tx() as db:
+        with self._db.tx() as db:
             # A fresh receipt-less state: the old receipts can no longer delete or extend it.
             db.executemany(
                 "UPDATE messages SET visible_at = ?, receipt = NULL, receive_count = MAX(receive_count - 1, 0)"
@@ -244,34 +198,27 @@ class SqliteQueue:
         self._waker.notify(len(receipts))
 
     def writable(self) -> None:
-        with self._tx():
+        with self._db.tx():
             pass  # BEGIN IMMEDIATE takes the write lock: a held lock fails after lock_timeout_s
 
     # -- inspecting -------------------------------------------------------------------------
 
     def depth(self) -> Depth:
-        with self._lock:
-            row = (
-                self._connect()
-                .execute(
-                    "SELECT COALESCE(SUM(visible_at <= :now), 0),"
-                    " COALESCE(SUM(visible_at > :now AND receive_count > 0), 0),"
-                    " COALESCE(SUM(visible_at > :now AND receive_count = 0), 0),"
-                    " MIN(sent_at)"
-                    " FROM messages WHERE queue = :q",
-                    {"now": self._clock(), "q": self.name},
-                )
-                .fetchone()
-            )
+        with self._db.read() as db:
+            row = db.execute(
+                "SELECT COALESCE(SUM(visible_at <= :now), 0),"
+                " COALESCE(SUM(visible_at > :now AND receive_count > 0), 0),"
+                " COALESCE(SUM(visible_at > :now AND receive_count = 0), 0),"
+                " MIN(sent_at)"
+                " FROM messages WHERE queue = :q",
+                {"now": self._clock(), "q": self.name},
+            ).fetchone()
         oldest = max(self._clock() - row[3], 0.0) if row[3] is not None else 0.0
         return Depth(int(row[0]), int(row[1]), int(row[2]), round(oldest, 3))
 
     def purge(self) -> None:
-        with self._tx() as db:
+        with self._db.tx() as db:
             db.execute("DELETE FROM messages WHERE queue = ?", (self.name,))
 
     def close(self) -> None:
-        with self._lock:
-            if self._db is not None and self._conn_pid == os.getpid():
-                self._db.close()
-            self._db = None
+        self._db.close()

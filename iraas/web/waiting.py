@@ -1,6 +1,8 @@
 """One reply inbox per web process, and the futures of the requests that wait on it.
 
-A thread receives replies and resolves futures on the event loop. There is no polling of the
+The event loop reads an inbox it can watch (the embedded socket: a reply wakes the loop, with
+no thread between); a thread receives from any other (PostgreSQL, SQS) and resolves futures on
+the event loop. There is no polling of the
 store for waiting requests: a worker deletes a request only after its reply was handed over,
 so a reply lost to a worker's death comes again with the redelivery (after the visibility
 timeout), answered from the stored result; dead letters are answered by the controller. A reply
@@ -18,7 +20,7 @@ import uuid
 from collections.abc import Callable
 
 from ..messages import MessageError, Result
-from ..replies import Replies
+from ..replies import Pollable, Replies
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +48,30 @@ class ReplyWaiter:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Call on `loop`'s thread."""
         self._loop = loop
+        if isinstance(self.inbox, Pollable):
+            loop.add_reader(self.inbox.fileno(), self._on_readable)
+            return
         self._thread = threading.Thread(target=self._run, daemon=True, name="replies")
         self._thread.start()
 
     def stop(self) -> None:
+        """Call on the loop's thread."""
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
+        elif self._loop is not None and isinstance(self.inbox, Pollable):
+            self._loop.remove_reader(self.inbox.fileno())
         self.inbox.close()
+
+    def _on_readable(self) -> None:
+        try:
+            bodies = self.inbox.receive(0)
+        except Exception:  # a socket of our own: nothing here should fail, but keep the loop
+            log.exception("reply loop error")
+            return
+        _settle(self._replied(bodies))
 
     def expect(self, request_id: str) -> asyncio.Future[Result]:
         """Call on the event loop, before the request is sent."""
