@@ -223,3 +223,13 @@ def test_records_an_earlier_release_kept_as_files_are_moved_into_the_record_file
         p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and "records" not in p.name
     ) == ["inputs/ab"]
     assert embedded_store(root, RECORDS).get("results/a.json") == b"A"  # opened again: nothing to move
+
+
+def test_expire_removes_the_temporaries_a_killed_writer_left(tmp_path: Path) -> None:
+    root = tmp_path / "blobs"
+    store = embedded_store(root, RECORDS)
+    store.put("inputs/ab", b"img")
+    left = root / "inputs" / ".tmp-123-abcd-0"  # a put killed between its write and its link
+    left.write_bytes(b"half")
+    assert store.expire("inputs/", time.time() - 3600) == 0 and left.exists()
+    assert store.expire("inputs/", time.time() + 3600) == 2 and not left.exists()

@@ -112,7 +112,8 @@ class DirectoryBlobStore:
         removed = 0
         for dirpath, dirs, files in os.walk(self.root / check_key(folder.rstrip("/"))):
             dirs[:] = _keyed(dirs)
-            for name in _keyed(files):
+            # and the temporaries a process killed mid-write left behind
+            for name in _keyed(files) + [n for n in files if n.startswith(".tmp-")]:
                 path = os.path.join(dirpath, name)
                 with contextlib.suppress(FileNotFoundError):
                     if os.stat(path).st_mtime < before:
