@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 LOCK_TIMEOUT_S = 120.0
+_READER_CACHE_KIB = 256
 
 
 class SqliteFile:
@@ -59,7 +60,11 @@ class SqliteFile:
         if mine is None or mine[0] != os.getpid():
             with self._lock:
                 self._connect()  # the schema made before the first read
-                mine = self._readers.db = (os.getpid(), self._open())
+                db = self._open()
+                # A small page cache: a web process has tens of threads, each its reader, and
+                # the operating system caches the file for all of them.
+                db.execute(f"PRAGMA cache_size=-{_READER_CACHE_KIB}")
+                mine = self._readers.db = (os.getpid(), db)
         return mine[1]
 
     def _retry(self, fn: Callable[[], object]) -> None:

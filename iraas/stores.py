@@ -21,7 +21,8 @@ from urllib.parse import parse_qs, urlsplit
 from .blobs.base import BlobStore
 from .config import Settings
 from .duty import Duty, PostgresDuty, SoleDuty
-from .lifecycle.cluster import HEARTBEATS
+from .lifecycle.callbacks import CALLBACKS
+from .lifecycle.cluster import CLUSTER, HEARTBEATS
 from .lifecycle.results import DEDUP, RESULTS
 from .pg import Database, redacted
 from .queues.base import Queue
@@ -42,8 +43,9 @@ class Stores:
     duty: Duty  # the once-per-deployment duties: an advisory lock on PostgreSQL
 
 
-# The embedded store's small records, a row each in its record file, not a file each.
-RECORDS = (RESULTS, DEDUP, HEARTBEATS)
+# The embedded store's small records, written per image or per second: a row each in its
+# record file, not a file each (docs/queues.md).
+RECORDS = (RESULTS, DEDUP, HEARTBEATS, CLUSTER, CALLBACKS)
 
 
 def queue_url(settings: Settings) -> str:

@@ -1,6 +1,7 @@
-"""The embedded blob store: images as files in a directory, the small records made per image
-(results, dedup entries, heartbeats) as rows of a SQLite file inside it, `<root>/.records.db`
-(a name no key can take). A row costs a fraction of a file: no inode, no directory entry."""
+"""The embedded blob store: images as files in a directory, the small records written per
+image or per second (results, dedup entries, heartbeats, the cluster status) as rows of a
+SQLite file inside it, `<root>/.records.db` (a name no key can take). A row costs a fraction
+of a file: no inode, no directory entry."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from ..messages import CallbackState, Delivery, MessageError, Request, Result
 from ..queues.base import Queue
 
 log = logging.getLogger(__name__)
-_CALLBACKS = "callbacks/"
+CALLBACKS = "callbacks/"  # a delivery record per request with a webhook
 _STATS = "cluster/webhooks.json"
 
 
@@ -61,17 +61,17 @@ class Callbacks:
         )
         self.deliveries.send(job.to_json())
         pending = CallbackState(status="pending").to_json().encode()
-        self.blobs.put(f"{_CALLBACKS}{req.id}.json", pending, if_absent=True, durable=False)
+        self.blobs.put(f"{CALLBACKS}{req.id}.json", pending, if_absent=True, durable=False)
 
     def state(self, rid: str) -> CallbackState | None:
         """A webhook's delivery so far, None before any."""
         try:
-            return CallbackState.from_json(self.blobs.get(f"{_CALLBACKS}{rid}.json"))
+            return CallbackState.from_json(self.blobs.get(f"{CALLBACKS}{rid}.json"))
         except (BlobNotFound, MessageError, TypeError):
             return None
 
     def record(self, rid: str, state: CallbackState) -> None:
-        self.blobs.put(f"{_CALLBACKS}{rid}.json", state.to_json().encode(), durable=False)
+        self.blobs.put(f"{CALLBACKS}{rid}.json", state.to_json().encode(), durable=False)
 
     def publish_stats(self, stats: dict[str, Any]) -> None:
         self.blobs.put(_STATS, json.dumps(stats).encode(), durable=False)
@@ -88,4 +88,4 @@ class Callbacks:
         return stats
 
     def expire(self, ttl_s: float) -> int:
-        return self.blobs.expire(_CALLBACKS, self.clock() - ttl_s)
+        return self.blobs.expire(CALLBACKS, self.clock() - ttl_s)

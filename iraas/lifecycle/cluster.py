@@ -18,7 +18,8 @@ from ..messages import ClusterStatus, Heartbeat, MessageError
 
 log = logging.getLogger(__name__)
 HEARTBEATS = "heartbeats/"
-_STATUS = "cluster/status.json"
+CLUSTER = "cluster/"  # rewritten every controller tick
+_STATUS = CLUSTER + "status.json"
 
 
 class Cluster:
