@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from iraas.blobs.postgres import PostgresBlobStore
 from iraas.model.classifier import Classifier
 from iraas.pg import Database
 from iraas.queues.postgres import PostgresQueue
@@ -106,7 +107,12 @@ def test_sigterm_finishes_the_batch_hands_back_the_rest_and_exits_0(
         web.wait_for(lambda: "now does the deployment's duties" in pods.log("duties"), timeout=60)
         ids = _submit(web.url, pods.key)
         first = [pods.worker(f"job{i}") for i in (1, 2)]
-        web.wait_for(lambda: queue.depth().in_flight > 0, timeout=120, every=0.01)
+        # Stopped once a result is stored and requests are held: whether a stop meets a worker
+        # mid-batch (it finishes it) or in its long poll (it hands back what it just claimed),
+        # at least one request is done. Held alone was a guess: both workers could be stopped
+        # between their claim and their first image, and hand everything back.
+        results = PostgresBlobStore(db)
+        web.wait_for(lambda: queue.depth().in_flight > 0 and results.list("results/"), timeout=120, every=0.01)
         for proc in first:  # KEDA scaled in, or the node is drained
             proc.send_signal(signal.SIGTERM)
         assert [proc.wait(timeout=GRACE_S) for proc in first] == [0, 0]
