@@ -6,12 +6,15 @@ of waiting, and a send never blocks for long."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 
 import pytest
 
+from iraas.messages import Result
 from iraas.replies import Replies, SocketReplies
+from iraas.web.waiting import ReplyWaiter
 
 # Sockets and PostgreSQL keep the order replies were sent in; SQS standard queues need not.
 ORDERED = {"socket", "postgres"}
@@ -111,3 +114,24 @@ def test_after_its_inbox_closed_a_send_does_not_wait_or_fail(channel: tuple[str,
     # deleted (its name could not be made again for 60 s; inbox names are never reused, and
     # `iraas aws destroy` deletes them), so the send is accepted and never read.
     assert replies.send("web3", "{}") is (kind not in TELLS_CLOSED)
+
+
+def test_the_web_tiers_event_loop_reads_a_socket_inbox_itself(tmp_path: Path) -> None:
+    """A reply on the embedded socket wakes the event loop directly: no thread receives it first
+    (a hand-over per reply, ~50 µs, saved); the waiting request gets its result."""
+    replies = SocketReplies(tmp_path)
+    waiter = ReplyWaiter(replies)
+
+    async def wait_for_reply() -> Result:
+        waiter.start(asyncio.get_running_loop())
+        try:
+            fut = waiter.expect("r1")
+            result = Result(id="r1", name="a.jpg", status="done", model="m", label="x")
+            assert replies.send(waiter.name, result.to_json())
+            assert not [t for t in threading.enumerate() if t.name == "replies"]
+            return await fut
+        finally:
+            waiter.stop()
+
+    assert asyncio.run(wait_for_reply()).label == "x"
+    assert replies.send(waiter.name, "{}") is False  # stopped: the inbox is gone

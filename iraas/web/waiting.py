@@ -2,13 +2,13 @@
 
 The event loop reads an inbox it can watch (the embedded socket: a reply wakes the loop, with
 no thread between); a thread receives from any other (PostgreSQL, SQS) and resolves futures on
-the event loop. There is no polling of the
-store for waiting requests: a worker deletes a request only after its reply was handed over,
-so a reply lost to a worker's death comes again with the redelivery (after the visibility
-timeout), answered from the stored result; dead letters are answered by the controller. A reply
-lost on the way (the inbox's connection broke: on PostgreSQL a NOTIFY reaches only a session
-listening when it is sent) is looked up once the inbox receives again: the stored results of
-every request still waiting, read after the inbox listens anew, so none can fall in between.
+the event loop. There is no polling of the store for waiting requests: a worker deletes a
+request only after its reply was handed over, so a reply lost to a worker's death comes again
+with the redelivery (after the visibility timeout), answered from the stored result; dead
+letters are answered by the controller. A reply lost on the way (the inbox's connection broke:
+on PostgreSQL a NOTIFY reaches only a session listening when it is sent) is looked up once the
+inbox receives again: the stored results of every request still waiting, read after the inbox
+listens anew, so none can fall in between.
 """
 
 from __future__ import annotations
