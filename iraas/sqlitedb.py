@@ -34,8 +34,9 @@ class SqliteFile:
         self._db: sqlite3.Connection | None = None
         # Reads: a connection per thread, so that readers wait on no lock (in WAL mode they wait
         # on nobody): the web tier's lookups from 32 threads queued ~20 ms behind one connection.
+        # Held by the thread alone: a thread pool retires idle threads, and their connections
+        # must close with them (a list of them all would keep every one open).
         self._readers = threading.local()
-        self._opened: list[tuple[int, sqlite3.Connection]] = []  # by the process that opened it
         with self._lock:
             self._connect()
 
@@ -52,20 +53,19 @@ class SqliteFile:
         db = sqlite3.connect(self.path, timeout=self.lock_timeout_s, isolation_level=None, check_same_thread=False)
         self._retry(lambda: db.execute("PRAGMA journal_mode=WAL"))
         db.execute("PRAGMA synchronous=NORMAL")
-        self._opened.append((os.getpid(), db))
         return db
 
     def _reader(self) -> sqlite3.Connection:
-        mine: tuple[int, sqlite3.Connection] | None = getattr(self._readers, "db", None)
-        if mine is None or mine[0] != os.getpid():
+        mine: _Reader | None = getattr(self._readers, "reader", None)
+        if mine is None or mine.pid != os.getpid():
             with self._lock:
                 self._connect()  # the schema made before the first read
                 db = self._open()
-                # A small page cache: a web process has tens of threads, each its reader, and
-                # the operating system caches the file for all of them.
-                db.execute(f"PRAGMA cache_size=-{_READER_CACHE_KIB}")
-                mine = self._readers.db = (os.getpid(), db)
-        return mine[1]
+            # A small page cache: a web process has tens of threads, each its reader, and the
+            # operating system caches the file for all of them.
+            db.execute(f"PRAGMA cache_size=-{_READER_CACHE_KIB}")
+            mine = self._readers.reader = _Reader(db)
+        return mine.db
 
     def _retry(self, fn: Callable[[], object]) -> None:
         deadline = time.monotonic() + self.lock_timeout_s
@@ -110,15 +110,29 @@ class SqliteFile:
             raise self.error(f"SQLite error in {self.path.name}: {exc}") from exc
 
     def close(self) -> None:
-        """Closes this process's connections (a child's copies of its parent's are left)."""
+        """Closes this process's writing connection (a child's copy of its parent's is left);
+        the reading ones close as their threads end, or now for those whose threads ended."""
         with self._lock:
-            for pid, db in self._opened:
-                if pid == os.getpid():
-                    db.close()
-            self._opened, self._db = [], None
-            self._readers = threading.local()
+            if self._db is not None and self._conn_pid == os.getpid():
+                self._db.close()
+            self._db, self._readers = None, threading.local()
 
 
 def _rollback(db: sqlite3.Connection) -> None:
     if db.in_transaction:  # (an I/O error or a full disk may have rolled it back already)
         db.execute("ROLLBACK")
+
+
+class _Reader:
+    """A thread's reading connection, closed when the thread ends (its thread-local goes): a
+    connection is kept alive by a reference cycle of its own (its statement cache), so only
+    the garbage collector would close it otherwise, at some later time."""
+
+    __slots__ = ("db", "pid")
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db, self.pid = db, os.getpid()
+
+    def __del__(self) -> None:
+        if self.pid == os.getpid():  # (a forked child's copy is its parent's to close)
+            self.db.close()

@@ -4,7 +4,10 @@ server standing in for MinIO, Ceph or R2)."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
+import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -233,3 +236,25 @@ def test_expire_removes_the_temporaries_a_killed_writer_left(tmp_path: Path) -> 
     left.write_bytes(b"half")
     assert store.expire("inputs/", time.time() - 3600) == 0 and left.exists()
     assert store.expire("inputs/", time.time() + 3600) == 2 and not left.exists()
+
+
+def test_reading_threads_that_end_leave_no_connection_open(tmp_path: Path) -> None:
+    """The web tier reads from a thread pool that retires idle threads: the SQLite connection
+    each opened must not outlive it (file descriptors would pile up for as long as it runs)."""
+    store = SqliteBlobStore(tmp_path / "blobs.db")
+    store.put("results/a.json", b"A")
+
+    def open_files() -> int:  # this process's descriptors of the database file
+        names = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(FileNotFoundError):  # (the listing's own, closed by now)
+                names.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return sum(name.endswith("blobs.db") for name in names)
+
+    for _ in range(20):
+        reader = threading.Thread(target=store.get, args=("results/a.json",))
+        reader.start()
+        reader.join()
+    # The writing connection's, and at most the last reader's: a thread's locals are cleared
+    # just after join() returns. Before the fix: 21.
+    assert open_files() <= 2
