@@ -196,17 +196,20 @@ def test_a_poison_image_fails_alone_and_its_batch_mates_are_answered(tmp_path: P
 def test_results_survive_a_restart_and_ctrl_c_leaves_no_workers(tmp_path: Path) -> None:
     data = tmp_path / "data"
     svc = Service(data, max_workers=2).start()
-    resp = httpx.post(
-        svc.url + "/v1/recognitions",
-        params={"wait": "false"},
-        files={"files": (PHOTOS[0].name, PHOTOS[0].read_bytes())},
-        timeout=60,
-    )
-    location = resp.json()[0]["location"]
-    svc.wait_for(lambda: httpx.get(svc.url + location).json()["status"] == "done")
-    pids = list(svc.worker_pids().values())
-    assert pids
-    assert svc.stop() == 0
+    try:  # a failed check must not leave the service running after the test
+        resp = httpx.post(
+            svc.url + "/v1/recognitions",
+            params={"wait": "false"},
+            files={"files": (PHOTOS[0].name, PHOTOS[0].read_bytes())},
+            timeout=60,
+        )
+        location = resp.json()[0]["location"]
+        svc.wait_for(lambda: httpx.get(svc.url + location).json()["status"] == "done")
+        pids = list(svc.worker_pids().values())
+        assert pids
+    finally:
+        code = svc.stop()
+    assert code == 0
     assert not any(alive(p) for p in pids)  # Ctrl-C stopped every worker process
     again = Service(data, max_workers=2).start()
     try:
