@@ -56,7 +56,7 @@ class SqliteFile:
         return db
 
     def _reader(self) -> sqlite3.Connection:
-        mine: _Reader | None = getattr(self._readers, "reader", None)
+        mine: _ThreadConnection | None = getattr(self._readers, "reader", None)
         if mine is None or mine.pid != os.getpid():
             with self._lock:
                 self._connect()  # the schema made before the first read
@@ -64,8 +64,11 @@ class SqliteFile:
             # A small page cache: a web process has tens of threads, each its reader, and the
             # operating system caches the file for all of them.
             db.execute(f"PRAGMA cache_size=-{_READER_CACHE_KIB}")
-            mine = self._readers.reader = _Reader(db)
+            mine = self._readers.reader = _ThreadConnection(db)
         return mine.db
+
+    def _failed(self, exc: sqlite3.Error) -> Exception:
+        return self.error(f"SQLite error in {self.path.name}: {exc}")
 
     def _retry(self, fn: Callable[[], object]) -> None:
         deadline = time.monotonic() + self.lock_timeout_s
@@ -75,7 +78,7 @@ class SqliteFile:
                 return
             except sqlite3.OperationalError as exc:
                 if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
-                    raise self.error(f"SQLite error in {self.path.name}: {exc}") from exc
+                    raise self._failed(exc) from exc
                 time.sleep(random.uniform(0.001, 0.01))
 
     @contextmanager
@@ -92,7 +95,7 @@ class SqliteFile:
                     yield db
                 except sqlite3.Error as exc:
                     _rollback(db)
-                    raise self.error(f"SQLite error in {self.path.name}: {exc}") from exc
+                    raise self._failed(exc) from exc
                 except BaseException:
                     _rollback(db)
                     raise
@@ -107,7 +110,7 @@ class SqliteFile:
         try:
             yield self._reader()
         except sqlite3.Error as exc:
-            raise self.error(f"SQLite error in {self.path.name}: {exc}") from exc
+            raise self._failed(exc) from exc
 
     def close(self) -> None:
         """Closes this process's writing connection (a child's copy of its parent's is left);
@@ -123,7 +126,7 @@ def _rollback(db: sqlite3.Connection) -> None:
         db.execute("ROLLBACK")
 
 
-class _Reader:
+class _ThreadConnection:
     """A thread's reading connection, closed when the thread ends (its thread-local goes): a
     connection is kept alive by a reference cycle of its own (its statement cache), so only
     the garbage collector would close it otherwise, at some later time."""

@@ -18,6 +18,7 @@ class RoutedBlobStore:
         self.default, self.folders = default, dict(folders)
 
     def store(self, key: str) -> BlobStore:
+        """The store of `key`'s folder (which checks the key, as every store does)."""
         return next((s for f, s in self.folders.items() if key.startswith(f)), self.default)
 
     def _stores(self) -> list[BlobStore]:
@@ -36,7 +37,7 @@ class RoutedBlobStore:
         return list(groups.values())
 
     def put(self, key: str, data: bytes | IO[bytes], if_absent: bool = False, durable: bool = True) -> bool:
-        return self.store(check_key(key)).put(key, data, if_absent=if_absent, durable=durable)
+        return self.store(key).put(key, data, if_absent=if_absent, durable=durable)
 
     def put_many(self, items: Mapping[str, bytes], if_absent: bool = False, durable: bool = True) -> set[str]:
         written: set[str] = set()
@@ -45,7 +46,7 @@ class RoutedBlobStore:
         return written
 
     def get(self, key: str) -> bytes:
-        return self.store(check_key(key)).get(key)
+        return self.store(key).get(key)
 
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         found: dict[str, bytes] = {}
@@ -54,10 +55,10 @@ class RoutedBlobStore:
         return found
 
     def exists(self, key: str) -> bool:
-        return self.store(check_key(key)).exists(key)
+        return self.store(key).exists(key)
 
     def delete(self, key: str) -> None:
-        self.store(check_key(key)).delete(key)
+        self.store(key).delete(key)
 
     def link(self, pairs: Mapping[str, str]) -> set[str]:
         written: set[str] = set()
