@@ -77,20 +77,24 @@ def _reference_pixels(img: Image.Image, resize: int, crop: int) -> np.ndarray:  
 
 
 def test_preprocessing_is_the_reference_pipeline(classifier: Classifier, imagenet_rows: list[dict[str, str]]) -> None:
-    spec, exact, ours_right, ref_right = classifier.spec, 0, 0, 0
+    spec, close, same_top, ours_right, ref_right = classifier.spec, 0, 0, 0, 0
     for row in imagenet_rows:
         data = (IMAGENET / "images" / row["filename"]).read_bytes()
         full = Image.open(io.BytesIO(data)).convert("RGB")  # as torchvision's ImageFolder loads it
         ref = _reference_pixels(full, spec.resize, spec.input_size)
         ours = crop_to_input(decode(data, min_side=spec.resize), spec)
-        if min(full.size) < 2 * spec.resize:  # no JPEG draft scaling: every pixel the same
-            assert np.array_equal(ours, ref), row["filename"]
-            exact += 1
+        if min(full.size) < 2 * spec.resize:  # no JPEG draft scaling: no pixel over 1 level off
+            assert np.abs(ours.astype(np.int16) - ref).max() <= 1, row["filename"]
+            close += 1
         want = int(row["class_index"])
-        ours_right += int(classifier.logits(to_tensor(ours[None], spec)).argmax()) == want
-        ref_right += int(classifier.logits(to_tensor(ref[None], spec)).argmax()) == want
-    assert exact >= 450
-    assert ours_right == ref_right  # drafted large JPEGs too: the same top-1 as the reference
+        ours_top = int(classifier.logits(to_tensor(ours[None], spec)).argmax())
+        ref_top = int(classifier.logits(to_tensor(ref[None], spec)).argmax())
+        same_top += ours_top == ref_top
+        ours_right += ours_top == want
+        ref_right += ref_top == want
+    assert close >= 450
+    assert same_top == len(imagenet_rows)  # drafted large JPEGs too: every answer the reference's
+    assert ours_right == ref_right
 
 
 def test_onnx_is_built_once_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -56,8 +56,14 @@ class StageTimes:
 def crop_to_input(img: Image.Image, spec: ModelSpec) -> np.ndarray[Any, Any]:
     """The reference preprocessing (torchvision's `Resize(resize)` + `CenterCrop(input_size)`
     on a PIL image): the short side to `spec.resize` with PIL's antialiased bilinear, the long
-    side truncated as torchvision does, then the centre square. A one-pass box resize to the
-    crop looks equivalent but is not, and cost 1.2 points of top-1 on held-out photos."""
+    side truncated as torchvision does, then the centre square.
+
+    Only the centre square is computed: PIL resizes the crop's region of the picture (`box`)
+    at the same scale, its filter still reading the pixels around the region, so nothing of
+    the resize is thrown away (40 % less time on the held-out photos). The box's corners are
+    fractions, so a pixel can round 1 level off the full resize: on the 500 held-out photos
+    none is further, and no answer differs (tests/test_model.py). Resizing the whole picture
+    straight to the crop's size looks the same but is not: it cost 1.2 points of top-1."""
     size = spec.input_size
     if spec.resize == 0:
         return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
@@ -65,10 +71,12 @@ def crop_to_input(img: Image.Image, spec: ModelSpec) -> np.ndarray[Any, Any]:
     short, long = (w, h) if w <= h else (h, w)
     other = int(spec.resize * long / short)
     new = (spec.resize, other) if w <= h else (other, spec.resize)
-    if new != (w, h):
-        img = img.resize(new, Image.Resampling.BILINEAR)
     top, left = round((new[1] - size) / 2.0), round((new[0] - size) / 2.0)
-    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    if new == (w, h):
+        return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    sx, sy = w / new[0], h / new[1]
+    box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+    return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, box=box), dtype=np.uint8)
 
 
 def to_tensor(batch: np.ndarray[Any, Any], spec: ModelSpec) -> np.ndarray[Any, Any]:
