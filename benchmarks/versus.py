@@ -1,6 +1,6 @@
 """iraas against a plain FastAPI server without a queue, side by side in one run.
 
-    python benchmarks/versus.py [--rounds 3] [--requests 500] [--paired 150] [--with-key] [--with-bf16]
+    python benchmarks/versus.py [--rounds 3] [--requests 500] [--paired 150] [--one-thread] [--with-key] [--with-bf16]
 
 `--paired N`: after the rounds, N requests each one at a time, the servers taking turns request
 by request (default 150): the latency difference measured so, pair by pair, is not moved by
@@ -11,7 +11,9 @@ always-on workers (`iraas up --min-workers 2 --max-workers 2`), the baseline as
 `uvicorn benchmarks.baseline:app --workers 2`. Rounds are interleaved (baseline, iraas,
 baseline, iraas, ...) and every request is byte-distinct (a unique trailer after the image),
 so no cache answers one. Printed: medians over the rounds and the ratios iraas / baseline.
-`--with-key` adds a third server, iraas with an API key required (quotas set out of reach), to
+`--one-thread` adds iraas with `--idle-threads 1`: every image on its worker's one thread, as the
+baseline runs it, even while the other core is idle (iraas's default borrows it). `--with-key`
+adds a third server, iraas with an API key required (quotas set out of reach), to
 measure what checking a key and counting its quota costs. `--with-bf16` adds iraas with its
 workers on OpenVINO in bf16 (`--runtime openvino --precision bf16`), against iraas in fp32.
 """
@@ -189,6 +191,11 @@ def paired_one_at_a_time(servers: dict[str, tuple[str, str]], files: list[Path],
     first = next(iter(servers))
     out = {f"{name} p50_ms": 1000 * statistics.median(v) for name, v in lat.items()}
     out |= {f"{name} model_ms": 1000 * statistics.median(v) for name, v in model.items()}
+    # what each server's way adds to its model, request by request (the model's own speed aside)
+    out |= {
+        f"{name} beyond model_ms": 1000 * statistics.median(a - m for a, m in zip(lat[name], model[name], strict=True))
+        for name in servers
+    }
     for name in list(servers)[1:]:
         out[f"{name} - {first} ms"] = 1000 * statistics.median(
             a - b for a, b in zip(lat[name], lat[first], strict=True)
@@ -238,6 +245,9 @@ def main() -> None:
     ap.add_argument("--with-key", action="store_true", help="also iraas with an API key required")
     ap.add_argument("--with-bf16", action="store_true", help="also iraas on OpenVINO bf16")
     ap.add_argument("--paired", type=int, default=150, help="requests each, one at a time, in turns")
+    ap.add_argument(
+        "--one-thread", action="store_true", help="also iraas with --idle-threads 1 (an image never on idle cores)"
+    )
     args = ap.parse_args()
     files = image_files([SAMPLE])
     ceiling = run_bench(None, files, batch=8, procs=2).images_per_s
@@ -251,6 +261,8 @@ def main() -> None:
             limits = ["--requests-per-s", "1000000", "--images-per-s", "1000000", "--images-per-day", "1000000000"]
             key = create_key(tmp / "iraas-key", "bench", "recognize", *limits)
             svcs["iraas+key"] = (Service(tmp / "iraas-key", min_workers=2, max_workers=2), key)
+        if args.one_thread:
+            svcs["iraas 1 thread"] = (Service(tmp / "iraas-1", min_workers=2, max_workers=2, idle_threads=1), "")
         if args.with_bf16:
             bf16 = {"runtime": "openvino", "precision": "bf16"}
             svcs["iraas bf16"] = (Service(tmp / "iraas-bf16", min_workers=2, max_workers=2, **bf16), "")
@@ -287,11 +299,13 @@ def _report(rows: dict[str, list[dict[str, float]]], ceiling: float) -> None:
         print("\nwith an API key required, as a ratio of iraas without (medians):")
         for key in ("c32", "c100", "p50_ms", "cpu_ms"):
             print(f"  {key:<8} {i[key]:>9.1f} → {k[key]:>9.1f}   x{k[key] / i[key]:.3f}")
-    if "iraas bf16" in med:
-        f = med["iraas bf16"]
-        print("\niraas with its workers on OpenVINO bf16, as a ratio of iraas in fp32 (medians):")
-        for key in ("c32", "c100", "p50_ms", "cpu_ms", "rss_mb"):
-            print(f"  {key:<8} {i[key]:>9.1f} → {f[key]:>9.1f}   x{f[key] / i[key]:.3f}")
+    others = (("iraas 1 thread", "with --idle-threads 1"), ("iraas bf16", "with its workers on OpenVINO bf16"))
+    for name, what in others:
+        if name in med:
+            f = med[name]
+            print(f"\niraas {what}, as a ratio of iraas (medians):")
+            for key in ("c32", "c100", "p50_ms", "cpu_ms", "rss_mb"):
+                print(f"  {key:<8} {i[key]:>9.1f} → {f[key]:>9.1f}   x{f[key] / i[key]:.3f}")
     print(f"\nmedians over {len(rows['iraas'])} interleaved rounds      baseline      iraas    iraas/baseline")
     for key, label in (
         ("c32", "throughput c=32 (img/s)"),

@@ -105,6 +105,7 @@ def controller(settings: Settings, with_fleet: bool = True) -> None:
 def worker(settings: Settings, worker_id: str | None = None, parent: int | None = None) -> None:
     """One worker until SIGTERM (or idle for `worker_max_idle_s`); `parent`: a process whose
     end ends this one too (`iraas up`'s fleet, or its template)."""
+    from .model.cores import idle_threads, usable_cores
     from .model.recognizer import BlobGallery, load_recognizer
 
     # A stop while the model loads (a pod scaled in as it starts) ends the worker cleanly, exit
@@ -112,7 +113,13 @@ def worker(settings: Settings, worker_id: str | None = None, parent: int | None 
     early = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: early.set())
     signal.signal(signal.SIGINT, lambda *_: early.set())
-    log.info("worker starting (model %s)", settings.model)
+    wide = idle_threads(settings.idle_threads, usable_cores())
+    log.info(
+        "worker starting (model %s on %d thread(s), %d while as many cores are free)",
+        settings.model,
+        settings.threads,
+        max(wide, settings.threads),
+    )
     parts = build(settings)
     recognizer = load_recognizer(
         settings.model,
@@ -122,6 +129,7 @@ def worker(settings: Settings, worker_id: str | None = None, parent: int | None 
         threshold=settings.face_threshold,
         runtime=settings.runtime,
         precision=settings.precision,
+        idle_threads=wide,
     )
     wid = worker_id or (_instance_id() if settings.backend == "aws" else None)
     w = make_worker(parts, recognizer, settings, wid)

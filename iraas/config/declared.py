@@ -235,6 +235,13 @@ class Settings:
         0.0, "extra wait for a fuller batch once one request arrived (default 0)", {WORKER, CONTROLLER}
     )
     threads: int = setting(1, "model threads per worker process (default 1)", {WORKER, CONTROLLER})
+    idle_threads: int = setting(
+        0,
+        "model threads for an image while that many cores are free, as when requests come one at a "
+        "time (default 0: the cores the worker may use, within its container's CPU limit, up to 4; "
+        "1: never more than --threads); classifier models",
+        {WORKER, CONTROLLER},
+    )
     runtime: str = setting(
         "",
         "where the model runs: onnxruntime (default, the exact reference) or openvino (pip install "

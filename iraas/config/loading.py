@@ -90,6 +90,8 @@ def _check(settings: Settings) -> None:
     secret_keys(settings.webhook_secret)
     if settings.webhook_concurrency < 1 or settings.webhook_backoff_s <= 0:
         raise ValueError("need webhook_concurrency >= 1 and webhook_backoff_s > 0")
+    if settings.threads < 1 or settings.idle_threads < 0:
+        raise ValueError("need threads >= 1 and idle_threads >= 0 (0: every core the worker may use)")
 
 
 def _either(options: tuple[str, ...]) -> str:

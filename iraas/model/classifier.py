@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -11,7 +12,8 @@ import numpy as np
 from PIL import Image
 
 from ..imaging import DEFAULT_LIMITS, ImageError, ImageLimits, decode
-from .runtime import choose, open_runtime
+from .cores import Adaptive, usable_cores
+from .runtime import Runtime, choose, open_runtime
 from .spec import ModelSpec, SpecError
 
 
@@ -102,8 +104,10 @@ def _softmax(logits: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
 
 class Classifier:
     """The model on one runtime (iraas/model/runtime.py); `threads` intra-op threads (1 per
-    worker process by default, so N worker processes use N cores without oversubscription).
-    `runtime`, `precision`: "" for the spec's (or the defaults: onnxruntime, fp32)."""
+    worker process by default, so N worker processes use N cores without oversubscription), and
+    `idle_threads` for an image while that many cores are free (iraas/model/cores.py; not above
+    `threads`: never). `runtime`, `precision`: "" for the spec's (or the defaults: onnxruntime,
+    fp32)."""
 
     def __init__(
         self,
@@ -113,11 +117,15 @@ class Classifier:
         runtime: str = "",
         precision: str = "",
         capabilities: Callable[[], list[str]] | None = None,
+        idle_threads: int = 0,
     ) -> None:
         self.spec = spec
         self.limits = limits
         self.choice = choose(runtime or spec.runtime, precision or spec.precision, spec.quantized)
-        self._runtime = open_runtime(spec.onnx_path, self.choice, threads, capabilities)
+        self._runtime: Runtime = open_runtime(spec.onnx_path, self.choice, threads, capabilities)
+        if idle_threads > threads:
+            wide = functools.partial(open_runtime, spec.onnx_path, self.choice, idle_threads, capabilities, spin=False)
+            self._runtime = Adaptive(self._runtime, wide, (threads, idle_threads), usable_cores())
         self.times = StageTimes()
 
     @property

@@ -69,8 +69,11 @@ def load_recognizer(
     threshold: float = 0.0,
     runtime: str = "",
     precision: str = "",
+    idle_threads: int = 0,
 ) -> Recognizer:
-    """`runtime`, `precision`: "" for the model's own (iraas/model/runtime.py)."""
+    """`runtime`, `precision`: "" for the model's own (iraas/model/runtime.py). `idle_threads`:
+    a classifier's threads for an image while that many cores are free (iraas/model/cores.py;
+    the faces model runs on `threads`)."""
     if model == FACES:
         if gallery is None:
             raise SpecError("the faces model needs a gallery (--gallery DIR or FILE)")
@@ -81,7 +84,14 @@ def load_recognizer(
         return f.FaceRecognizer(embedder, gallery, threshold, limits)  # type: ignore[no-any-return]
     from .builtin import resolve_model
 
-    return Classifier(resolve_model(model), threads=threads, limits=limits, runtime=runtime, precision=precision)
+    return Classifier(
+        resolve_model(model),
+        threads=threads,
+        limits=limits,
+        runtime=runtime,
+        precision=precision,
+        idle_threads=idle_threads,
+    )
 
 
 def gallery_from_path(path: str | Path) -> object:

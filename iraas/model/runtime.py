@@ -64,24 +64,32 @@ def choose(runtime: str, precision: str, quantized: bool) -> Choice:
 
 
 def open_runtime(
-    onnx_path: Path, choice: Choice, threads: int = 1, capabilities: Callable[[], list[str]] | None = None
+    onnx_path: Path,
+    choice: Choice,
+    threads: int = 1,
+    capabilities: Callable[[], list[str]] | None = None,
+    spin: bool = True,
 ) -> Runtime:
-    """`capabilities`: what the CPU computes natively, as OpenVINO names it (default: asks it)."""
+    """`capabilities`: what the CPU computes natively, as OpenVINO names it (default: asks it).
+    `spin`: onnxruntime's threads spin between operations (lower latency, more CPU); off for a
+    session that only borrows idle cores (iraas/model/cores.py)."""
     if choice.runtime == "openvino":
         return OpenVino(onnx_path, choice.precision, threads, capabilities)
-    return OnnxRuntime(onnx_path, choice.precision, threads)
+    return OnnxRuntime(onnx_path, choice.precision, threads, spin)
 
 
 class OnnxRuntime:
     name = "onnxruntime"
 
-    def __init__(self, onnx_path: Path, precision: str, threads: int) -> None:
+    def __init__(self, onnx_path: Path, precision: str, threads: int, spin: bool = True) -> None:
         import onnxruntime as ort
 
         self.precision = precision
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        if not spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
