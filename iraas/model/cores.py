@@ -87,7 +87,7 @@ class Adaptive:
         self._narrow: Runtime = narrow
         self._wide: Runtime | None = None
         self._threads, self._cores, self._running = threads, cores, running
-        self.wide_runs = 0  # images run on the wide session (for tests and logs)
+        self.wide_runs = 0  # images run on the wide session (what the tests observe)
         self.opened = threading.Event()  # set once the wide session is there, or failed
         # Not a daemon: a process that ends while the session is being made waits for it (~0.05-0.25
         # s), as a runtime's C++ threads torn down mid-construction abort the process instead.
@@ -98,7 +98,9 @@ class Adaptive:
             self._wide = open_wide()
         except Exception:
             narrow, wide = self._threads
-            log.warning("the model's session on %d threads could not be opened: every image on %d", wide, narrow)
+            log.warning(
+                "the model's session on %d threads could not be opened: every image on %d", wide, narrow, exc_info=True
+            )
         finally:
             self.opened.set()
 
