@@ -15,6 +15,7 @@ from . import logs
 from .config import Settings
 from .faces.gallery import publish_if_given
 from .fleet.base import Fleet
+from .messages import FACES
 from .parts import Parts, build, make_app, make_controller, make_deliverer, make_fleet, make_worker
 from .pg import redacted
 from .stores import blobs_url, queue_url
@@ -113,7 +114,8 @@ def worker(settings: Settings, worker_id: str | None = None, parent: int | None 
     early = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: early.set())
     signal.signal(signal.SIGINT, lambda *_: early.set())
-    wide = idle_threads(settings.idle_threads, usable_cores())
+    # (the faces model runs on `threads` only)
+    wide = idle_threads(settings.idle_threads, usable_cores()) if settings.model != FACES else settings.threads
     log.info(
         "worker starting (model %s on %d thread(s), %d while as many cores are free)",
         settings.model,
