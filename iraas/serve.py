@@ -106,7 +106,6 @@ def controller(settings: Settings, with_fleet: bool = True) -> None:
 def worker(settings: Settings, worker_id: str | None = None, parent: int | None = None) -> None:
     """One worker until SIGTERM (or idle for `worker_max_idle_s`); `parent`: a process whose
     end ends this one too (`iraas up`'s fleet, or its template)."""
-    from .model.cores import idle_threads, usable_cores
     from .model.recognizer import BlobGallery, load_recognizer
 
     # A stop while the model loads (a pod scaled in as it starts) ends the worker cleanly, exit
@@ -114,13 +113,12 @@ def worker(settings: Settings, worker_id: str | None = None, parent: int | None 
     early = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: early.set())
     signal.signal(signal.SIGINT, lambda *_: early.set())
-    # (the faces model runs on `threads` only)
-    wide = idle_threads(settings.idle_threads, usable_cores()) if settings.model != FACES else settings.threads
+    wide = _idle_threads(settings)
     log.info(
         "worker starting (model %s on %d thread(s), %d while as many cores are free)",
         settings.model,
         settings.threads,
-        max(wide, settings.threads),
+        wide,
     )
     parts = build(settings)
     recognizer = load_recognizer(
@@ -145,6 +143,16 @@ def worker(settings: Settings, worker_id: str | None = None, parent: int | None 
         threading.Thread(target=_orphan_watch, args=(parent, w.stop), daemon=True).start()
     log.info("worker %s ready (model %s)", w.id, recognizer.spec.name)
     w.run(max_idle_s=settings.worker_max_idle_s)
+
+
+def _idle_threads(settings: Settings) -> int:
+    """The model's threads for an image while the cores are free (the faces model runs on
+    `threads` only)."""
+    from .model.cores import idle_threads, usable_cores
+
+    if settings.model == FACES:
+        return settings.threads
+    return max(idle_threads(settings.idle_threads, usable_cores()), settings.threads)
 
 
 def _instance_id() -> str | None:
