@@ -120,7 +120,7 @@ def test_a_classifier_with_idle_threads_answers_as_one_without() -> None:
     datas = [p.read_bytes() for p in PHOTOS[:12]]
     plain = Classifier(spec).classify(datas)
     wide = Classifier(spec, idle_threads=2)
-    wide._runtime.opened.wait(timeout=60)  # type: ignore[attr-defined]
+    assert wide.adaptive is not None and wide.adaptive.opened.wait(timeout=60)
     assert wide.classify(datas) == plain
 
 

@@ -14,6 +14,7 @@ import pytest
 from iraas.blobs.base import BlobError
 from iraas.config import Settings
 from iraas.messages import Request, Result
+from iraas.model.builtin import resolve_model
 from iraas.model.classifier import Classifier
 from iraas.parts import Parts, assemble, build, make_worker
 from iraas.replies import Inbox
@@ -353,6 +354,26 @@ def test_heartbeats_carry_the_workers_cpu_and_rate(store: Parts, classifier: Cla
     beat = store.cluster.heartbeats()["w-test"]
     assert beat.rate > 0 and beat.cpu is not None and 0 < beat.cpu <= 1
     assert beat.rate == round(w.meter.rate, 2)  # what the controller reads is what the worker measured
+
+
+def test_images_on_lent_cores_leave_the_rate_unmeasured(store: Parts, tmp_path: Path) -> None:
+    """A worker's rate sizes the fleet under load (the `wait` rule): an image that ran on idle
+    cores lent to it ran faster than it will then, so its batch is not measured."""
+    load = {"running": 1}  # only this worker runs: the other core is free
+    clf = Classifier(resolve_model(None), idle_threads=2, running=lambda: load["running"])
+    assert clf.adaptive is not None and clf.adaptive.opened.wait(timeout=60)
+    w = _worker(store, clf, tmp_path)
+    _submit(store, TENCH, reply_to="")
+    while not w.run_once(wait_s=1):
+        pass
+    assert clf.times.borrowed == 1
+    assert w.meter.read()[1] == 0.0  # not measured
+    load["running"] = 2  # the other core is taken now
+    _submit(store, SHARK, reply_to="")
+    while not w.run_once(wait_s=1):
+        pass
+    assert clf.times.borrowed == 1
+    assert w.meter.read()[1] > 0  # measured on the worker's own thread
 
 
 class _NoDedup:

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from ..imaging import DEFAULT_LIMITS, ImageError, ImageLimits, decode
-from .cores import Adaptive, usable_cores
+from .cores import Adaptive, runnable, usable_cores
 from .runtime import Runtime, choose, open_runtime
 from .spec import ModelSpec, SpecError
 
@@ -46,6 +46,7 @@ class StageTimes:
     inference: float = 0.0
     images: int = 0
     batches: int = 0
+    borrowed: int = 0  # images run on idle cores lent to them (iraas/model/cores.py)
 
     def add(self, other: StageTimes) -> None:
         self.decode += other.decode
@@ -53,6 +54,7 @@ class StageTimes:
         self.inference += other.inference
         self.images += other.images
         self.batches += other.batches
+        self.borrowed += other.borrowed
 
 
 def crop_to_input(img: Image.Image, spec: ModelSpec) -> np.ndarray[Any, Any]:
@@ -118,14 +120,18 @@ class Classifier:
         precision: str = "",
         capabilities: Callable[[], list[str]] | None = None,
         idle_threads: int = 0,
+        running: Callable[[], int | None] = runnable,
     ) -> None:
+        """`running`: the machine's runnable threads now (idle threads go by it)."""
         self.spec = spec
         self.limits = limits
         self.choice = choose(runtime or spec.runtime, precision or spec.precision, spec.quantized)
         self._runtime: Runtime = open_runtime(spec.onnx_path, self.choice, threads, capabilities)
+        self.adaptive: Adaptive | None = None
         if idle_threads > threads:
             wide = functools.partial(open_runtime, spec.onnx_path, self.choice, idle_threads, capabilities, spin=False)
-            self._runtime = Adaptive(self._runtime, wide, (threads, idle_threads), usable_cores())
+            self.adaptive = Adaptive(self._runtime, wide, (threads, idle_threads), usable_cores(), running)
+            self._runtime = self.adaptive
         self.times = StageTimes()
 
     @property
@@ -148,6 +154,7 @@ class Classifier:
     def classify(self, images: Sequence[bytes], top_k: int = 5) -> list[Prediction | ImageError]:
         """Classify a batch; a bad image gives its ImageError in its place, the rest still run."""
         t0 = time.perf_counter()
+        lent = self.adaptive.wide_runs if self.adaptive else 0
         results: list[Prediction | ImageError] = []
         pixels: list[np.ndarray[Any, Any]] = []
         t_decode = t_prep = 0.0
@@ -177,7 +184,12 @@ class Classifier:
             t_prep += t2 - t1
             tops = iter(self._top(probs, top_k))
             results = [next(tops) if isinstance(r, Prediction) else r for r in results]
-        self.times.add(StageTimes(decode=t_decode, preprocess=t_prep, inference=t_infer, images=len(images), batches=1))
+        borrowed = self.adaptive.wide_runs - lent if self.adaptive else 0
+        self.times.add(
+            StageTimes(
+                decode=t_decode, preprocess=t_prep, inference=t_infer, images=len(images), batches=1, borrowed=borrowed
+            )
+        )
         return results
 
     def predict(self, images: Sequence[bytes], top_k: int = 5) -> list[Prediction]:

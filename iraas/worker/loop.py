@@ -211,8 +211,9 @@ class Worker:
         self.state, self.current = "busy", [j.req.id for j in jobs]
         self._held = [m.receipt for m in msgs + still]
         t0 = time.monotonic()
+        borrowed = 0
         try:
-            self._process(jobs)
+            borrowed = self._process(jobs)
         finally:
             self._held, self.current = [m.receipt for m in still], []
         kept = self._reply_all(jobs)
@@ -222,7 +223,8 @@ class Worker:
         done = [m.receipt for m in msgs if m.receipt not in kept]
         if done:
             queue.delete_batch(done)
-        self.meter.worked(len(jobs), time.monotonic() - t0)
+        if not borrowed:  # idle cores lent to an image: faster than under load, which is what sizing needs
+            self.meter.worked(len(jobs), time.monotonic() - t0)
         # After the replies and the delete (an optimisation, off the client's way), in this
         # thread: a hand-over to another costs CPU the model could use, for a write not fsynced.
         self._remember(jobs)
@@ -240,7 +242,8 @@ class Worker:
 
     # -- one batch --------------------------------------------------------------------------
 
-    def _process(self, jobs: list[_Job]) -> None:
+    def _process(self, jobs: list[_Job]) -> int:
+        """Each job's result, stored; how many images ran on idle cores lent to them."""
         todo = []
         for job in jobs:
             if job.msg.receive_count > 1:  # a redelivery: another worker may have finished it
@@ -273,6 +276,7 @@ class Worker:
             if job.result is None:
                 job.result = self._failure(job.req, "input_missing", "the uploaded image is no longer stored")
         self._store(todo)
+        return self.recognizer.times.borrowed - before.borrowed
 
     def _classify(self, images: list[bytes]) -> list[Prediction | ImageError]:
         """The recognizer's answers; if it raises for the batch, each image alone, so that the
