@@ -201,7 +201,6 @@ class Worker:
     def _handle(self, msgs: list[Message], received_at: float, still: list[Message]) -> None:
         """One group: infer, store, reply, delete. `still`: messages held for after it (kept
         hidden meanwhile, like the group's own)."""
-        queue = self.requests
         jobs = self._parse(msgs)
         self._received_at = received_at
         if self.protection is not None:
@@ -211,7 +210,6 @@ class Worker:
         self.state, self.current = "busy", [j.req.id for j in jobs]
         self._held = [m.receipt for m in msgs + still]
         t0 = time.monotonic()
-        borrowed = 0
         try:
             borrowed = self._process(jobs)
         finally:
@@ -222,7 +220,7 @@ class Worker:
         self.results.flush([j.req.id for j in jobs])
         done = [m.receipt for m in msgs if m.receipt not in kept]
         if done:
-            queue.delete_batch(done)
+            self.requests.delete_batch(done)
         if not borrowed:  # idle cores lent to an image: faster than under load, which is what sizing needs
             self.meter.worked(len(jobs), time.monotonic() - t0)
         # After the replies and the delete (an optimisation, off the client's way), in this
