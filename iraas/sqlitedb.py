@@ -113,8 +113,8 @@ class SqliteFile:
             raise self._failed(exc) from exc
 
     def close(self) -> None:
-        """Closes this process's writing connection (a child's copy of its parent's is left);
-        the reading ones close as their threads end, or now for those whose threads ended."""
+        """Closes this process's connections (a child's copies of its parent's are left): the
+        writing one, and every thread's reading one with the thread-locals that hold them."""
         with self._lock:
             if self._db is not None and self._conn_pid == os.getpid():
                 self._db.close()

@@ -119,9 +119,10 @@ def test_a_classifier_with_idle_threads_answers_as_one_without() -> None:
     spec = resolve_model(None)
     datas = [p.read_bytes() for p in PHOTOS[:12]]
     plain = Classifier(spec).classify(datas)
-    wide = Classifier(spec, idle_threads=2)
+    wide = Classifier(spec, idle_threads=2, running=lambda: 1)  # the other core free for each image
     assert wide.adaptive is not None and wide.adaptive.opened.wait(timeout=60)
     assert wide.classify(datas) == plain
+    assert wide.times.borrowed == len(datas)  # every image ran on both cores
 
 
 def test_idle_threads_below_zero_are_refused() -> None:

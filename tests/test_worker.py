@@ -75,6 +75,19 @@ def test_classifies_stores_replies_and_deletes(
     assert cached is not None and (cached.label, cached.cached) == ("tench", True)
 
 
+def test_a_request_whose_image_is_gone_is_answered_input_missing(
+    store: Parts, inbox: Inbox, classifier: Classifier, tmp_path: Path
+) -> None:
+    rid = _submit(store, SHARK)
+    store.blobs.delete(f"inputs/{hashlib.sha256(SHARK).hexdigest()}")  # expired before a worker took it
+    assert _worker(store, classifier, tmp_path).run_once(wait_s=1) == 1
+    stored = store.results.load_result(rid)
+    assert stored is not None and (stored.status, stored.error, stored.worker) == ("failed", "input_missing", "w-test")
+    (reply,) = inbox.receive(1)
+    assert Result.from_json(reply).error == "input_missing"  # the waiting client is answered, not left waiting
+    assert store.requests.depth().backlog == 0
+
+
 def test_redelivered_request_is_answered_from_the_stored_result(
     store: Parts, inbox: Inbox, classifier: Classifier, tmp_path: Path
 ) -> None:

@@ -272,7 +272,8 @@ class Worker:
             job.result, job.version = self._result(job, outcome, spent, len(runnable)), version
         for job in live:
             if job.result is None:
-                job.result = self._failure(job.req, "input_missing", "the uploaded image is no longer stored")
+                gone = "the uploaded image is no longer stored"
+                job.result = Result.failure(job.req, "input_missing", gone, timings={}, worker=self.id)
         self._store(todo)
         return self.recognizer.times.borrowed - before.borrowed
 
@@ -311,9 +312,6 @@ class Worker:
             "attempt": job.msg.receive_count,  # above 1: redelivered (a worker died or stalled)
         }
         return answers.recognised(req, outcome, timings, self.id)
-
-    def _failure(self, req: Request, code: str, reason: str, timings: dict[str, float] | None = None) -> Result:
-        return Result.failure(req, code, reason, timings=timings or {}, worker=self.id)
 
     def _store(self, jobs: list[_Job]) -> None:
         """The batch's results, in one call (one statement on PostgreSQL); a job whose request
