@@ -14,7 +14,6 @@ only for one too large for a payload).
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import time
 import uuid
@@ -25,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .pg import NOW, Database, DatabaseError, channel, close_quietly
 from .queues.base import QueueMissing
-from .sockets import bound, readable, socket_dir
+from .sockets import bound, readable, remove_if_empty, socket_dir, unbind
 
 
 class Inbox(Protocol):
@@ -120,9 +119,8 @@ class SocketInbox:
         return self._sock.fileno()
 
     def close(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._path)
-        self._sock.close()
+        unbind(self._sock, Path(self._path))
+        remove_if_empty(Path(self._path).parent)
 
 
 # -- AWS: one SQS queue per web process ------------------------------------------------------

@@ -11,6 +11,8 @@ import socket
 import tempfile
 from pathlib import Path
 
+_BIND_TRIES = 10
+
 
 def socket_dir(kind: str, anchor: Path) -> Path:
     """The directory of `kind`'s sockets for `anchor` (a data directory, a queue file): under
@@ -22,19 +24,44 @@ def socket_dir(kind: str, anchor: Path) -> Path:
 def bound(path: Path, receive_buffer: int = 0) -> socket.socket:
     """A non-blocking datagram socket bound at `path` (its directory made private), replacing a
     file left there by a process that died."""
-    path.parent.mkdir(mode=0o700, exist_ok=True)
+    for _ in range(_BIND_TRIES):
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.bind(str(path))
+        except FileNotFoundError:  # another process removed the directory, empty, since mkdir
+            sock.close()
+            continue
+        except OSError:
+            sock.close()
+            raise
+        try:
+            if receive_buffer:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    raise FileNotFoundError(f"cannot bind {path}: its directory keeps disappearing")
+
+
+def unbind(sock: socket.socket, path: Path) -> None:
+    """Close `sock` and remove its file."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        sock.bind(str(path))
-        if receive_buffer:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    sock.close()
+
+
+def remove_if_empty(folder: Path) -> None:
+    """Remove a socket directory its last user is done with. Every data directory and queue
+    file has its own, in the temp directory, so a process that leaves them (a test suite makes
+    thousands) litters it. A directory still in use is not empty, and a process that binds
+    just as it goes makes it again (`bound`)."""
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def readable(sock: socket.socket, timeout_s: float) -> bool:

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,14 @@ MakeQueue = Callable[..., Queue]
 @pytest.fixture(params=["sqlite", "postgres", "sqs"])
 def make_queue(request: pytest.FixtureRequest, tmp_path: Path) -> MakeQueue:
     if request.param == "sqlite":
-        return lambda name="q", **kw: SqliteQueue(tmp_path / "queue.db", name, **kw)
+        made: list[SqliteQueue] = []
+        request.addfinalizer(lambda: [q.close() for q in made])  # (and their sockets' directory)
+
+        def sqlite(name: str = "q", **kw: Any) -> SqliteQueue:
+            made.append(SqliteQueue(tmp_path / "queue.db", name, **kw))
+            return made[-1]
+
+        return sqlite
     if request.param == "postgres":
         from iraas.pg import Database
         from iraas.queues.postgres import PostgresQueue

@@ -10,9 +10,14 @@ import contextlib
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from iraas.queues.sqlite import SqliteQueue
 from iraas.queues.wake import Waker
+from iraas.replies import SocketReplies
+from iraas.sockets import bound, remove_if_empty
 
 
 def _woken(sock: socket.socket) -> bool:
@@ -73,3 +78,47 @@ def test_a_send_to_the_queue_wakes_one_of_two_waiting_receivers(tmp_path: Path) 
         assert (_woken(older), _woken(newer)) == (False, True)
         q.send_batch(["a", "b"])
         assert (_woken(older), _woken(newer)) == (True, True)
+    q.close()
+
+
+def test_the_sockets_directory_goes_with_its_last_user(tmp_path: Path) -> None:
+    """Each queue file and data directory has a directory of sockets in the temp directory: the
+    last process to close its queue or inbox there removes it, and none leaves it while another
+    is still in it."""
+    first, second = SqliteQueue(tmp_path / "q.db", "requests"), SqliteQueue(tmp_path / "q.db", "requests")
+    waker = Waker(tmp_path / "q.db", "requests")
+    with _receivers(waker, 1) as (receiver,):
+        first.close()  # a receiver of the second is still waiting there
+        assert waker.dir.is_dir()
+        second.send("hello")
+        assert _woken(receiver)
+    second.close()
+    assert not waker.dir.exists()
+
+    replies = SocketReplies(tmp_path / "data")
+    one, two = replies.inbox("web1"), replies.inbox("web2")
+    one.close()
+    assert replies.send("web2", "still here") and two.receive(0) == ["still here"]
+    two.close()
+    assert not replies.dir.exists()
+
+
+def test_a_socket_is_bound_after_its_directory_was_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Removed (empty) by another process between this one's mkdir and bind: made again, and
+    the socket bound, not an error."""
+    folder = tmp_path / "sockets"
+    make = Path.mkdir
+    made = []
+
+    def mkdir_then_removed(self: Path, *args: Any, **kw: Any) -> None:
+        make(self, *args, **kw)
+        made.append(self)
+        if len(made) == 1:
+            remove_if_empty(self)  # the other process, closing its queue just then
+
+    monkeypatch.setattr(Path, "mkdir", mkdir_then_removed)
+    sock = bound(folder / "inbox")
+    try:
+        assert made == [folder, folder] and (folder / "inbox").is_socket()
+    finally:
+        sock.close()

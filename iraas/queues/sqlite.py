@@ -221,4 +221,7 @@ class SqliteQueue:
             db.execute("DELETE FROM messages WHERE queue = ?", (self.name,))
 
     def close(self) -> None:
+        if self._dlq is not None:
+            self._dlq.close()
         self._db.close()
+        self._waker.close()

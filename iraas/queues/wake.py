@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..sockets import bound, readable, socket_dir
+from ..sockets import bound, readable, remove_if_empty, socket_dir
 
 _counter = itertools.count()
 
@@ -50,6 +50,11 @@ class Waker:
             sock.close()
             if unused:  # meant for a message this receiver did not take: for the next one
                 self.notify(unused)
+
+    def close(self) -> None:
+        """This process is done with the queue: its sockets' directory goes if no other
+        process's socket is in it (not after each wait: making it again costs an inode)."""
+        remove_if_empty(self.dir)
 
     @staticmethod
     def wait(sock: socket.socket, timeout: float) -> bool:
