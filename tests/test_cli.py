@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from iraas.config.loading import MOST_PER_RECEIVE
+from iraas.queues.base import MAX_BATCH
+
 from .conftest import IMAGENET
 
 IMAGES = IMAGENET / "images"
@@ -63,3 +66,11 @@ def test_scaling_settings_that_cannot_work_refuse_to_start(tmp_path: Path) -> No
     assert negative.returncode == 2 and "target_wait_s >= 0" in negative.stderr
     shown = _iraas("up", "--help")
     assert "--target-wait-s" in shown.stdout and "--cpu-high" in shown.stdout
+
+
+def test_a_batch_no_queue_call_can_take_refuses_to_start(tmp_path: Path) -> None:
+    """Past what one receive takes, every receive of the worker would be refused: it would retry
+    forever without answering anything."""
+    too_big = _iraas("up", "--data-dir", str(tmp_path), "--batch-size", str(MAX_BATCH + 1))
+    assert too_big.returncode == 2 and f"1 <= batch_size <= {MAX_BATCH}" in too_big.stderr
+    assert MOST_PER_RECEIVE == MAX_BATCH  # the settings' copy of the queues' limit

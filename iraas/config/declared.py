@@ -229,7 +229,7 @@ class Settings:
     )
     # worker
     batch_size: int = setting(
-        4, "most requests per inference call (default 4: as fast per image as 8, less memory)", {WORKER, CONTROLLER}
+        4, "most requests a worker takes at once, 1-10 (default 4: as fast per image as 8)", {WORKER, CONTROLLER}
     )
     batch_wait_s: float = setting(
         0.0, "extra wait for a fuller batch once one request arrived (default 0)", {WORKER, CONTROLLER}

@@ -92,6 +92,13 @@ def _check(settings: Settings) -> None:
         raise ValueError("need webhook_concurrency >= 1 and webhook_backoff_s > 0")
     if settings.threads < 1 or settings.idle_threads < 0:
         raise ValueError("need threads >= 1 and idle_threads >= 0 (0: every core the worker may use)")
+    if not 1 <= settings.batch_size <= MOST_PER_RECEIVE:  # else its every receive is refused
+        raise ValueError(f"need 1 <= batch_size <= {MOST_PER_RECEIVE} (the most messages one receive takes)")
+
+
+# The most messages a queue call carries: SQS's limit, which every backend keeps
+# (queues/base.py's MAX_BATCH, a layer above this one; a test holds them equal).
+MOST_PER_RECEIVE = 10
 
 
 def _either(options: tuple[str, ...]) -> str:
