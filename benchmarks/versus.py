@@ -10,7 +10,9 @@ Both serve the same ONNX model with the same preprocessing in 2 model processes:
 always-on workers (`iraas up --min-workers 2 --max-workers 2`), the baseline as
 `uvicorn benchmarks.baseline:app --workers 2`. Rounds are interleaved (baseline, iraas,
 baseline, iraas, ...) and every request is byte-distinct (a unique trailer after the image),
-so no cache answers one. Printed: medians over the rounds and the ratios iraas / baseline.
+so no cache answers one. Printed: medians over the rounds and the ratios iraas / baseline, and
+how much of iraas's CPU an image is its own process's (the web tier and the controller: the
+rest is its workers').
 `--one-thread` adds iraas with `--idle-threads 1`: every image on its worker's one thread, as the
 baseline runs it, even while the other core is idle (iraas's default borrows it). `--with-key`
 adds a third server, iraas with an API key required (quotas set out of reach), to
@@ -113,6 +115,13 @@ def _cpu_s(root: int) -> float:
     return total
 
 
+def _own_cpu_s(pid: int) -> float:
+    """CPU seconds of `pid` alone: of iraas, its web tier and controller (the models run in its
+    workers, below it); of the baseline, uvicorn's supervisor (its workers do everything)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss_mb(pids: list[int]) -> float:
     kb = 0
     for pid in pids:
@@ -140,13 +149,14 @@ def _measure(url: str, root: int, files: list[Path], n: int, tmp: Path, key: str
     auth = {"Authorization": f"Bearer {key}"} if key else {}
     for c in (32, 100):
         batch = _distinct(files, n, tmp / f"c{c}-{next(_unique)}")
-        before, db_before = _cpu_s(root), _cpu_s(db) if db else 0.0
+        before, own, db_before = _cpu_s(root), _own_cpu_s(root), _cpu_s(db) if db else 0.0
         report = asyncio.run(run(Plan(url, batch, {}, requests=n, concurrency=c, api="v1", key=key)))
         s = report.summary()
         assert s["answered"] == n, s
         out[f"c{c}"] = float(s["throughput_per_s"])  # type: ignore[arg-type]
         if c == 32:
             out["cpu_ms"] = 1000 * (_cpu_s(root) - before) / n
+            out["root_cpu_ms"] = 1000 * (_own_cpu_s(root) - own) / n
             if db:
                 out["db_cpu_ms"] = 1000 * (_cpu_s(db) - db_before) / n
     single = _distinct(files, 50, tmp / f"one-{next(_unique)}")
@@ -315,6 +325,7 @@ def _report(rows: dict[str, list[dict[str, float]]], ceiling: float) -> None:
         ("rss_mb", "RSS, all server processes (MB)"),
     ):
         print(f"{label:<36} {b[key]:>9.1f} {i[key]:>10.1f} {i[key] / b[key]:>12.2f}")
+    print(f"  of which iraas's web tier and controller (its own process): {i['root_cpu_ms']:.1f} ms")
     print(
         f"throughput ÷ ceiling: baseline {b['c32'] / ceiling:.2f} / {b['c100'] / ceiling:.2f}, "
         f"iraas {i['c32'] / ceiling:.2f} / {i['c100'] / ceiling:.2f}"
