@@ -8,11 +8,14 @@ this machine's speed wandering between phases.
 
 Both serve the same ONNX model with the same preprocessing in 2 model processes: iraas with 2
 always-on workers (`iraas up --min-workers 2 --max-workers 2`), the baseline as
-`uvicorn benchmarks.baseline:app --workers 2`. Rounds are interleaved (baseline, iraas,
-baseline, iraas, ...) and every request is byte-distinct (a unique trailer after the image),
-so no cache answers one. Printed: medians over the rounds and the ratios iraas / baseline, and
-how much of iraas's CPU an image is its own process's (the web tier and the controller: the
-rest is its workers').
+`uvicorn benchmarks.baseline:app --workers 2`. Rounds are interleaved (baseline, iraas, then
+iraas, baseline, ...: who goes first alternates) and every request is byte-distinct (a unique
+trailer after the image), so no cache answers one. Besides the ratio of the medians, each
+round's own ratio: this machine's speed wanders by more than the servers differ (the same
+server has read 82 and 158 img/s in one run), and a round's two runs meet the same speed.
+Printed: medians over the rounds and the ratios iraas / baseline, each round's ratio, and how
+much of iraas's CPU an image is its own process's (the web tier and the controller: the rest
+is its workers').
 `--one-thread` adds iraas with `--idle-threads 1`: every image on its worker's one thread, as the
 baseline runs it, even while the other core is idle (iraas's default borrows it). `--with-key`
 adds a third server, iraas with an API key required (quotas set out of reach), to
@@ -285,7 +288,8 @@ def main() -> None:
             svcs["iraas"][0].wait_for(base.ready, timeout=60)
             rows: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
             for r in range(args.rounds):
-                for name, (url, pid, key) in servers.items():
+                order = list(servers.items())
+                for name, (url, pid, key) in order[::-1] if r % 2 else order:  # who goes first alternates
                     m = _measure(url, pid, files, args.requests, tmp, key)
                     rows[name].append(m)
                     print(f"round {r + 1} {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in m.items()), flush=True)
@@ -326,6 +330,10 @@ def _report(rows: dict[str, list[dict[str, float]]], ceiling: float) -> None:
     ):
         print(f"{label:<36} {b[key]:>9.1f} {i[key]:>10.1f} {i[key] / b[key]:>12.2f}")
     print(f"  of which iraas's web tier and controller (its own process): {i['root_cpu_ms']:.1f} ms")
+    for key in ("c32", "c100"):  # each round's pair met the same machine: its ratio wanders less
+        ratios = sorted(m[key] / n[key] for m, n in zip(rows["iraas"], rows["baseline"], strict=True))
+        spread = f"{ratios[0]:.2f}-{ratios[-1]:.2f}"
+        print(f"iraas/baseline round by round, {key}: median {statistics.median(ratios):.2f} ({spread})")
     print(
         f"throughput ÷ ceiling: baseline {b['c32'] / ceiling:.2f} / {b['c100'] / ceiling:.2f}, "
         f"iraas {i['c32'] / ceiling:.2f} / {i['c100'] / ceiling:.2f}"
