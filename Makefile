@@ -67,6 +67,8 @@ bench: install-test
 	$(BIN)/python benchmarks/service.py --plot docs/spike.png
 	$(BIN)/python benchmarks/versus.py
 	$(BIN)/python benchmarks/trips.py
+	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/ledger.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info tests/iam/node_modules
