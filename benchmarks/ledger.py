@@ -28,7 +28,9 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -58,16 +60,6 @@ class _Unhashed:
 
 
 @contextlib.contextmanager
-def _without(owner: Any, name: str, stand_in: Any) -> Iterator[None]:
-    kept = getattr(owner, name)
-    setattr(owner, name, stand_in)
-    try:
-        yield
-    finally:
-        setattr(owner, name, kept)
-
-
-@contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     logging.disable(logging.INFO)
     try:
@@ -76,14 +68,14 @@ def _quiet() -> Iterator[None]:
         logging.disable(logging.NOTSET)
 
 
-STEPS: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
+STEPS: dict[str, Callable[[], contextlib.AbstractContextManager[Any]]] = {
     "everything": contextlib.nullcontext,
-    "the upload's SHA-256": lambda: _without(upload, "hashlib", type("hashlib", (), {"sha256": _Unhashed})),
-    "the image header checks": lambda: _without(WebService, "check_all", lambda self, items: None),
-    "the dedup look-up": lambda: _without(Results, "answer_from_cache", lambda self, req: None),
-    "the input's file": lambda: _without(Results, "put_input", lambda self, data, digest: None),
+    "the upload's SHA-256": lambda: mock.patch.object(upload, "hashlib", SimpleNamespace(sha256=_Unhashed)),
+    "the image header checks": lambda: mock.patch.object(WebService, "check_all", lambda self, items: None),
+    "the dedup look-up": lambda: mock.patch.object(Results, "answer_from_cache", lambda self, req: None),
+    "the input's file": lambda: mock.patch.object(Results, "put_input", lambda self, data, digest: None),
     "the log line": _quiet,
-    "the metrics": lambda: _without(Metrics, "observe", lambda self, result: None),
+    "the metrics": lambda: mock.patch.object(Metrics, "observe", lambda self, result: None),
 }
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import os
 import statistics
@@ -110,19 +111,18 @@ def _cpu_s(root: int) -> float:
     per connection, a fleet a process per worker, and either may end during a run."""
     total = 0.0
     for pid in _tree(root):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+        with contextlib.suppress(OSError):  # ended meanwhile
+            total += _own_cpu_s(pid, reaped=True)
     return total
 
 
-def _own_cpu_s(pid: int) -> float:
-    """CPU seconds of `pid` alone: of iraas, its web tier and controller (the models run in its
-    workers, below it); of the baseline, uvicorn's supervisor (its workers do everything)."""
+def _own_cpu_s(pid: int, reaped: bool = False) -> float:
+    """CPU seconds of `pid` alone (`reaped`: with its children that have ended). Of iraas: its
+    web tier and controller (the models run in its workers, below it); of the baseline,
+    uvicorn's supervisor (its workers do everything)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    times = fields[11:15] if reaped else fields[11:13]  # utime stime [cutime cstime]
+    return sum(int(f) for f in times) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_mb(pids: list[int]) -> float:

@@ -14,6 +14,7 @@ only for one too large for a payload).
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import time
 import uuid
@@ -24,7 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .pg import NOW, Database, DatabaseError, channel, close_quietly
 from .queues.base import QueueMissing
-from .sockets import bound, readable, remove_if_empty, socket_dir, unbind
+from .sockets import bound, readable, remove_if_empty, socket_dir
 
 
 class Inbox(Protocol):
@@ -119,7 +120,9 @@ class SocketInbox:
         return self._sock.fileno()
 
     def close(self) -> None:
-        unbind(self._sock, Path(self._path))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path)
+        self._sock.close()
         remove_if_empty(Path(self._path).parent)
 
 

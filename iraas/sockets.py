@@ -31,28 +31,17 @@ def bound(path: Path, receive_buffer: int = 0) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             sock.bind(str(path))
+            if receive_buffer:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            sock.setblocking(False)
         except FileNotFoundError:  # another process removed the directory, empty, since mkdir
             sock.close()
             continue
         except OSError:
             sock.close()
             raise
-        try:
-            if receive_buffer:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
         return sock
     raise FileNotFoundError(f"cannot bind {path}: its directory keeps disappearing")
-
-
-def unbind(sock: socket.socket, path: Path) -> None:
-    """Close `sock` and remove its file."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    sock.close()
 
 
 def remove_if_empty(folder: Path) -> None:
