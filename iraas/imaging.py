@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import io
 import math
-import warnings
 from dataclasses import dataclass
 from typing import IO
 
 import numpy as np
 import simplejpeg  # type: ignore[import-untyped]
 from PIL import Image, ImageOps, UnidentifiedImageError, features
+
+# Every image's size is checked against the deployment's own limits (`ImageLimits`, settings)
+# from its header, before any pixel is decoded. Pillow's process-wide check (a warning past
+# ~89 M pixels, an error past ~179 M) would refuse images within an operator's higher
+# `max_pixels`, and making its warning an error needs `warnings.catch_warnings`, which swaps a
+# process-wide filter list: not safe from the web tier's many threads.
+Image.MAX_IMAGE_PIXELS = None
 
 # Formats Pillow may try. Everything else (EPS runs Ghostscript, FITS, PSD, ...) is refused.
 _BASE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
@@ -90,11 +96,7 @@ def _open(data: bytes | IO[bytes], limits: ImageLimits) -> Image.Image:
         raise ImageError("empty", "the file is empty")
     f.seek(-len(head), io.SEEK_CUR)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(f, formats=ALLOWED_FORMATS)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError("too_many_pixels", f"image has more than {limits.max_pixels} pixels") from None
+        img = Image.open(f, formats=ALLOWED_FORMATS)
     except UnidentifiedImageError:
         other = _detect_other(head)
         if other:

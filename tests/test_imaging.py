@@ -62,6 +62,17 @@ def test_pixel_limit_is_a_parameter() -> None:
     assert info.value.code == "too_many_pixels"
 
 
+# Pillow's own default limit warns past 89,478,485 pixels and refuses past twice that.
+@pytest.mark.parametrize("side", [9_500, 14_000])
+def test_an_operators_higher_pixel_limit_is_the_limit(side: int) -> None:
+    roomy = ImageLimits(max_pixels=200_000_000, max_side=20_000)
+    info = inspect(png_bomb(side), roomy)
+    assert (info.format, info.width, info.height) == ("PNG", side, side)
+    with pytest.raises(ImageError) as refused:
+        inspect(png_bomb(side), ImageLimits(max_pixels=side * side - 1, max_side=20_000))
+    assert refused.value.reason == f"image is {side}x{side}, more than {side * side - 1} pixels"
+
+
 def test_format_comes_from_content_not_name() -> None:
     png = encode(Image.new("RGB", (10, 10), (0, 255, 0)), "PNG")
     assert inspect(png).format == "PNG"  # whatever the client called it
