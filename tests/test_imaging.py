@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from iraas.imaging import ImageError, ImageLimits, decode, inspect
+from iraas.imaging import ImageError, ImageInfo, ImageLimits, decode, inspect
 
 from .conftest import IMAGENET
 from .images import encode, png_bomb
@@ -60,6 +60,24 @@ def test_pixel_limit_is_a_parameter() -> None:
     with pytest.raises(ImageError) as info:
         decode(data, limits=ImageLimits(max_pixels=9_999))
     assert info.value.code == "too_many_pixels"
+
+
+def _with_comments(jpeg: bytes, n: int) -> bytes:
+    """`jpeg` with `n` comment segments of 60 KiB after its start: its frame header moves back."""
+    comment = b"\xff\xfe" + (60 * 1024 + 2).to_bytes(2, "big") + b"x" * 60 * 1024
+    return jpeg[:2] + comment * n + jpeg[2:]
+
+
+@pytest.mark.parametrize("comments", [0, 2])  # the frame header within the first 64 KiB, and past it
+def test_a_jpegs_header_reads_as_pillow_reads_it(comments: int) -> None:
+    for path in sorted((IMAGENET / "images").glob("*.JPEG"))[:20]:
+        data = _with_comments(path.read_bytes(), comments)
+        with Image.open(io.BytesIO(data)) as img:
+            assert inspect(data) == ImageInfo("JPEG", img.width, img.height)
+        assert inspect(io.BytesIO(data)) == inspect(data)
+    with pytest.raises(ImageError) as info:  # a start and no frame: Pillow's answer, as before
+        inspect(A_JPEG[:2] + b"\xff\xdb" + bytes(40))
+    assert info.value.code == "not_an_image"
 
 
 # Pillow's own default limit warns past 89,478,485 pixels and refuses past twice that.
