@@ -21,6 +21,13 @@ baseline runs it, even while the other core is idle (iraas's default borrows it)
 adds a third server, iraas with an API key required (quotas set out of reach), to
 measure what checking a key and counting its quota costs. `--with-bf16` adds iraas with its
 workers on OpenVINO in bf16 (`--runtime openvino --precision bf16`), against iraas in fp32.
+`--tiers-apart`: the model processes on the last core, everything else on the others (iraas's
+web tier and controller, and this load client): a web tier on hosts of its own, as iraas is
+deployed beyond one machine, with one core for the models of each server. The baseline has no
+tier apart from its models, so the whole of it is on the model core. One model process each
+(two on one core take turns mid-image, each evicting the other's model from the caches), and
+iraas's on one thread (`--idle-threads 1`): its workers are pinned after they start, so they
+would take both cores for their own.
 """
 
 from __future__ import annotations
@@ -52,11 +59,12 @@ _unique = itertools.count()
 
 
 class Baseline:
-    def __init__(self, log: Path) -> None:
+    def __init__(self, log: Path, workers: int = 2) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log, "ab")  # noqa: SIM115
-        cmd = [sys.executable, "-m", "uvicorn", "benchmarks.baseline:app", "--workers", "2", "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "uvicorn", "benchmarks.baseline:app", "--workers", str(workers)]
+        cmd += ["--port", str(self.port)]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
 
     def ready(self) -> bool:
@@ -123,6 +131,27 @@ def _own_cpu_s(pid: int, reaped: bool = False) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     times = fields[11:15] if reaped else fields[11:13]  # utime stime [cutime cstime]
     return sum(int(f) for f in times) / os.sysconf("SC_CLK_TCK")
+
+
+def _pin(pid: int, cores: set[int]) -> None:
+    """Every thread of `pid` on `cores` (threads and processes it starts later inherit it)."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(task), cores)
+
+
+def tiers_apart(servers: dict[str, int]) -> tuple[set[int], set[int]]:
+    """The last core for the models of every server (name → root process), the others for the
+    rest, this process (the load client) too; (the rest's cores, the models' core)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        raise SystemExit("--tiers-apart needs 2 cores or more")
+    rest, models = set(cores[:-1]), {cores[-1]}
+    _pin(os.getpid(), rest)
+    for name, root in servers.items():
+        for pid in _tree(root):  # the baseline's supervisor idles: all of it with its models
+            _pin(pid, rest if pid == root and name != "baseline" else models)
+    return rest, models
 
 
 def _rss_mb(pids: list[int]) -> float:
@@ -261,6 +290,7 @@ def main() -> None:
     ap.add_argument(
         "--one-thread", action="store_true", help="also iraas with --idle-threads 1 (an image never on idle cores)"
     )
+    ap.add_argument("--tiers-apart", action="store_true", help="the models on the last core, the rest on the others")
     args = ap.parse_args()
     files = image_files([SAMPLE])
     ceiling = run_bench(None, files, batch=8, procs=2).images_per_s
@@ -268,24 +298,31 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         print(f"creating a file in {tmp} (TMPDIR): median {create_cost_us(tmp):.0f} µs", flush=True)
-        base = Baseline(tmp / "baseline.log")
-        svcs = {"iraas": (Service(tmp / "iraas", min_workers=2, max_workers=2), "")}
+        procs = 1 if args.tiers_apart else 2  # model processes of each server
+        base = Baseline(tmp / "baseline.log", procs)
+        fleet: dict[str, object] = {"min_workers": procs, "max_workers": procs}
+        if args.tiers_apart:  # pinned after they start, the workers would count 2 cores their own
+            fleet["idle_threads"] = 1
+        svcs = {"iraas": (Service(tmp / "iraas", **fleet), "")}
         if args.with_key:
             limits = ["--requests-per-s", "1000000", "--images-per-s", "1000000", "--images-per-day", "1000000000"]
             key = create_key(tmp / "iraas-key", "bench", "recognize", *limits)
-            svcs["iraas+key"] = (Service(tmp / "iraas-key", min_workers=2, max_workers=2), key)
+            svcs["iraas+key"] = (Service(tmp / "iraas-key", **fleet), key)
         if args.one_thread:
-            svcs["iraas 1 thread"] = (Service(tmp / "iraas-1", min_workers=2, max_workers=2, idle_threads=1), "")
+            svcs["iraas 1 thread"] = (Service(tmp / "iraas-1", **(fleet | {"idle_threads": 1})), "")
         if args.with_bf16:
             bf16 = {"runtime": "openvino", "precision": "bf16"}
-            svcs["iraas bf16"] = (Service(tmp / "iraas-bf16", min_workers=2, max_workers=2, **bf16), "")
+            svcs["iraas bf16"] = (Service(tmp / "iraas-bf16", **bf16, **fleet), "")
         try:
             servers = {"baseline": (base.url, base.proc.pid, "")}
             for name, (svc, key) in svcs.items():
-                svc.start().wait_for(lambda s=svc: len(s.worker_pids()) == 2, timeout=60)
+                svc.start().wait_for(lambda s=svc: len(s.worker_pids()) == procs, timeout=60)
                 assert svc.proc is not None
                 servers[name] = (svc.url, svc.proc.pid, key)
             svcs["iraas"][0].wait_for(base.ready, timeout=60)
+            if args.tiers_apart:
+                rest, models = tiers_apart({name: pid for name, (_, pid, _) in servers.items()})
+                print(f"tiers apart: the models on core {sorted(models)}, the rest on {sorted(rest)}", flush=True)
             rows: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
             for r in range(args.rounds):
                 order = list(servers.items())
