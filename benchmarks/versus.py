@@ -21,6 +21,8 @@ baseline runs it, even while the other core is idle (iraas's default borrows it)
 adds a third server, iraas with an API key required (quotas set out of reach), to
 measure what checking a key and counting its quota costs. `--with-bf16` adds iraas with its
 workers on OpenVINO in bf16 (`--runtime openvino --precision bf16`), against iraas in fp32.
+`--twin` adds a second iraas, the same in every way: how far two equal servers read apart on
+this machine in the same run (its round-by-round ratio is printed beside iraas / baseline).
 `--tiers-apart`: the model processes on the last core, everything else on the others (iraas's
 web tier and controller, and this load client): a web tier on hosts of its own, as iraas is
 deployed beyond one machine, with one core for the models of each server. The baseline has no
@@ -208,8 +210,10 @@ def _measure(url: str, root: int, files: list[Path], n: int, tmp: Path, key: str
 def paired_one_at_a_time(servers: dict[str, tuple[str, str]], files: list[Path], n: int, tmp: Path) -> dict[str, float]:
     """One request at a time, taking turns between the servers request by request (name → (url,
     key)): this machine's speed wanders over seconds, so latencies measured in separate phases
-    differ by more than the servers do; taken in turns, each pair meets the same speed. The
-    median latency of each, and of each server's difference from the first, request by request."""
+    differ by more than the servers do; taken in turns, each pair meets the same speed. Who
+    goes first rotates request by request: a request that follows another server's meets the
+    caches as that one left them. The median latency of each, and of each server's difference
+    from the first, request by request."""
     single = _distinct(files, n + 10, tmp / f"paired-{next(_unique)}")
     lat: dict[str, list[float]] = {name: [] for name in servers}
     model: dict[str, list[float]] = {name: [] for name in servers}  # decode + inference, as reported
@@ -218,8 +222,10 @@ def paired_one_at_a_time(servers: dict[str, tuple[str, str]], files: list[Path],
         for name, (_, key) in servers.items()
     }
     try:
+        names = list(servers)
         for i, f in enumerate(single):
-            for name, (url, _) in servers.items():
+            for name in names[i % len(names) :] + names[: i % len(names)]:  # who goes first rotates
+                url = servers[name][0]
                 t = time.perf_counter()
                 r = clients[name].post(url + "/v1/recognitions", files={"files": (f.name, f.read_bytes())}, timeout=60)
                 assert r.status_code == 200 and r.json()[0]["status"] == "done", r.text
@@ -290,6 +296,7 @@ def main() -> None:
     ap.add_argument(
         "--one-thread", action="store_true", help="also iraas with --idle-threads 1 (an image never on idle cores)"
     )
+    ap.add_argument("--twin", action="store_true", help="also a second iraas, the same: the machine's noise")
     ap.add_argument("--tiers-apart", action="store_true", help="the models on the last core, the rest on the others")
     args = ap.parse_args()
     files = image_files([SAMPLE])
@@ -308,6 +315,8 @@ def main() -> None:
             limits = ["--requests-per-s", "1000000", "--images-per-s", "1000000", "--images-per-day", "1000000000"]
             key = create_key(tmp / "iraas-key", "bench", "recognize", *limits)
             svcs["iraas+key"] = (Service(tmp / "iraas-key", **fleet), key)
+        if args.twin:
+            svcs["iraas twin"] = (Service(tmp / "iraas-twin", **fleet), "")
         if args.one_thread:
             svcs["iraas 1 thread"] = (Service(tmp / "iraas-1", **(fleet | {"idle_threads": 1})), "")
         if args.with_bf16:
@@ -367,10 +376,11 @@ def _report(rows: dict[str, list[dict[str, float]]], ceiling: float) -> None:
     ):
         print(f"{label:<36} {b[key]:>9.1f} {i[key]:>10.1f} {i[key] / b[key]:>12.2f}")
     print(f"  of which iraas's web tier and controller (its own process): {i['root_cpu_ms']:.1f} ms")
-    for key in ("c32", "c100"):  # each round's pair met the same machine: its ratio wanders less
-        ratios = sorted(m[key] / n[key] for m, n in zip(rows["iraas"], rows["baseline"], strict=True))
+    pairs = [("iraas", "baseline")] + ([("iraas twin", "iraas")] if "iraas twin" in rows else [])
+    for (top, bottom), key in itertools.product(pairs, ("c32", "c100")):  # a round's pair met one machine
+        ratios = sorted(m[key] / n[key] for m, n in zip(rows[top], rows[bottom], strict=True))
         spread = f"{ratios[0]:.2f}-{ratios[-1]:.2f}"
-        print(f"iraas/baseline round by round, {key}: median {statistics.median(ratios):.2f} ({spread})")
+        print(f"{top}/{bottom} round by round, {key}: median {statistics.median(ratios):.2f} ({spread})")
     print(
         f"throughput ÷ ceiling: baseline {b['c32'] / ceiling:.2f} / {b['c100'] / ceiling:.2f}, "
         f"iraas {i['c32'] / ceiling:.2f} / {i['c100'] / ceiling:.2f}"
