@@ -142,17 +142,19 @@ def _pin(pid: int, cores: set[int]) -> None:
             os.sched_setaffinity(int(task), cores)
 
 
-def tiers_apart(servers: dict[str, int]) -> tuple[set[int], set[int]]:
-    """The last core for the models of every server (name → root process), the others for the
-    rest, this process (the load client) too; (the rest's cores, the models' core)."""
+def tiers_apart(apart: list[int], whole: list[int]) -> tuple[set[int], set[int]]:
+    """The last core for the models, the others for the rest, this process (the load client)
+    too. Of each server in `apart` (root processes), the root (the web tier, the controller)
+    goes with the rest and the processes below it with the models; each of `whole` goes to the
+    model core entire. Returns (the rest's cores, the models' core)."""
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
         raise SystemExit("--tiers-apart needs 2 cores or more")
     rest, models = set(cores[:-1]), {cores[-1]}
     _pin(os.getpid(), rest)
-    for name, root in servers.items():
-        for pid in _tree(root):  # the baseline's supervisor idles: all of it with its models
-            _pin(pid, rest if pid == root and name != "baseline" else models)
+    for root in apart + whole:
+        for pid in _tree(root):
+            _pin(pid, rest if pid == root and root in apart else models)
     return rest, models
 
 
@@ -330,7 +332,8 @@ def main() -> None:
                 servers[name] = (svc.url, svc.proc.pid, key)
             svcs["iraas"][0].wait_for(base.ready, timeout=60)
             if args.tiers_apart:
-                rest, models = tiers_apart({name: pid for name, (_, pid, _) in servers.items()})
+                iraas = [pid for name, (_, pid, _) in servers.items() if name in svcs]
+                rest, models = tiers_apart(iraas, [base.proc.pid])
                 print(f"tiers apart: the models on core {sorted(models)}, the rest on {sorted(rest)}", flush=True)
             rows: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
             for r in range(args.rounds):

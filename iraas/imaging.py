@@ -124,19 +124,21 @@ _JPEG_HEAD = 64 * 1024  # a JPEG's frame header comes within this but for rare l
 
 
 def _jpeg_size(data: bytes | IO[bytes]) -> tuple[int, int] | None:
-    """A JPEG's width and height, read by libjpeg-turbo from its first bytes (5 µs, against 60
-    for Pillow's parser in Python; the web tier inspects every upload). None for any other
-    file, or a JPEG it cannot read so: Pillow then decides, and names what is wrong."""
+    """A JPEG's width and height, read by libjpeg-turbo from its first bytes (`inspect` takes
+    ~12 µs so, ~60 through Pillow's parser in Python; the web tier inspects every upload). None
+    for any other file, or a JPEG it cannot read so: Pillow then decides, and names what is
+    wrong."""
     f = io.BytesIO(data) if isinstance(data, bytes) else data
     start = f.tell()
-    head = f.read(_JPEG_HEAD)
-    f.seek(start)
-    if not head.startswith(b"\xff\xd8\xff"):
-        return None
     try:
-        height, width, _, _ = simplejpeg.decode_jpeg_header(head)
+        if f.read(3) != b"\xff\xd8\xff":  # not a JPEG: nothing more read
+            return None
+        f.seek(start)
+        height, width, _, _ = simplejpeg.decode_jpeg_header(f.read(_JPEG_HEAD))
     except ValueError:
         return None
+    finally:
+        f.seek(start)
     return int(width), int(height)
 
 
