@@ -51,6 +51,17 @@ MIGRATIONS: list[str] = [
     """,
 ]
 _MIGRATE_LOCK = 0x1AA5_0001  # an advisory lock id of our own
+# Every session iraas opens. A session whose client is cut off, or stopped, inside a transaction
+# would keep its row locks (every receiver skips a locked message: it would never be answered)
+# until the server's TCP gave up, two hours by the kernel's default; an idle one would keep its
+# connection slot as long. iraas's transactions never wait on anything but the database, so ten
+# seconds idle inside one means its client is gone; keepalives on both sides notice a silent
+# peer within ~11 s (the duties' lock session, duty.py, within ~5).
+_SESSION = (
+    "-c idle_in_transaction_session_timeout=10s -c tcp_keepalives_idle=5"
+    " -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 -c tcp_user_timeout=10000"
+)
+_CLIENT = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
 NOW = "extract(epoch from now())"  # the database server's clock, in epoch seconds
 
 
@@ -100,14 +111,9 @@ class Database:
     def _open(self, durable: bool) -> Any:
         from psycopg_pool import ConnectionPool
 
-        # Not durable: commits return before the server's WAL is flushed, so a crash of the
-        # database server (not of any iraas process) may undo the last ~0.6 s of them.
-        kwargs: dict[str, Any] = {"autocommit": True}
-        if not durable:
-            kwargs["options"] = "-c synchronous_commit=off"
         pool = ConnectionPool(
             self.url,
-            kwargs=kwargs,
+            kwargs={"autocommit": True, **self.session(durable)},
             min_size=self.min_size,
             max_size=self.max_size,
             timeout=self.timeout_s,
@@ -138,12 +144,23 @@ class Database:
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise DatabaseError(f"database {self.shown}: {_why(exc)}") from None
 
+    def session(self, durable: bool = True) -> dict[str, Any]:
+        """What every connection adds to the URL's parameters: `_SESSION`, the client's
+        keepalives, and for `durable=False` commits that return before the server's WAL is
+        flushed (a crash of the database server, not of any iraas process, may undo the last
+        ~0.6 s of them). Options the URL gives (`?options=-c …`) are kept, after ours."""
+        from psycopg.conninfo import conninfo_to_dict
+
+        given = str(conninfo_to_dict(self.url).get("options") or "")
+        ours = _SESSION + ("" if durable else " -c synchronous_commit=off")
+        return {**_CLIENT, "options": f"{ours} {given}".strip()}
+
     def dedicated(self, durable: bool = True) -> Any:
         """A connection of its own, outside the pools (a listener kept for a process's life)."""
         psycopg = _psycopg()
-        options = {} if durable else {"options": "-c synchronous_commit=off"}
         try:
-            return psycopg.connect(self.url, autocommit=True, connect_timeout=max(int(self.timeout_s), 2), **options)
+            timeout = max(int(self.timeout_s), 2)
+            return psycopg.connect(self.url, autocommit=True, connect_timeout=timeout, **self.session(durable))
         except psycopg.OperationalError as exc:
             raise DatabaseError(f"database {self.shown}: {_why(exc)}") from None
 
@@ -152,7 +169,8 @@ class Database:
         not the pool's: a wrong URL or a server away is said at start in libpq's own words."""
         psycopg = _psycopg()
         try:
-            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=max(int(self.timeout_s), 2))
+            timeout = max(int(self.timeout_s), 2)
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=timeout, **self.session())
         except psycopg.OperationalError as exc:
             raise DatabaseError(f"cannot connect to {self.shown}: {_why(exc)}") from None
         with conn, conn.transaction():

@@ -278,3 +278,50 @@ def test_postgresql_restarted_under_load_refuses_with_503_loses_nothing_and_reco
         assert r.json()["error"] in ("store_unavailable", "overloaded") and r.json()["request_id"]
         assert PASSWORD not in r.text
     assert {_final(dep, "web2", rid)["status"] for rid in accepted} == {"done"}
+
+
+# What a process does on a connection of iraas's: holds a row lock in a transaction (as a
+# statement cut off between its BEGIN and COMMIT would) and keeps another session idle.
+_HOLD = """
+import sys, time
+from iraas.pg import Database
+db = Database(sys.argv[1])
+listener = db.dedicated()
+with db.connection() as conn, conn.transaction():
+    conn.execute("UPDATE iraas_messages SET body = body WHERE queue = %s", (sys.argv[2],))
+    print("locked", flush=True)
+    time.sleep(3600)
+"""
+
+
+def test_a_host_cut_off_inside_a_transaction_frees_its_locks_and_its_sessions(dep: Deployment) -> None:
+    from iraas.queues.postgres import PostgresQueue
+
+    db = Database(dep.url)
+    queue = PostgresQueue(db, "cut-in-transaction")
+    address = dep.lan.add("tx")
+    log = dep.root / "tx.log"
+    holder = None
+    try:
+        queue.send("held")
+        holder = dep.lan.run("tx", [sys.executable, "-c", _HOLD, dep.url, queue.name], log)
+        _until(lambda: "locked" in log.read_text(), "the message's row locked on the host")
+        assert queue.receive(1) == []  # locked: every receiver skips it
+
+        def sessions() -> int:
+            with db.connection() as conn:
+                sql = "SELECT count(*) FROM pg_stat_activity WHERE client_addr = %s"
+                row = conn.execute(sql, (address,)).fetchone()
+            return int(row[0]) if row else 0
+
+        assert sessions() == 2
+        dep.lan.cut("tx")
+        _until(lambda: [m.body for m in queue.receive(1, visibility_s=60)] == ["held"], "the message claimed")
+        _until(lambda: sessions() == 0, "the cut-off host's sessions ended")
+    finally:
+        dep.lan.mend("tx")  # its sessions, if still open, end with the process
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+        queue.purge()
+        db.close()

@@ -127,6 +127,23 @@ def test_a_receive_takes_at_most_what_it_asks_for_whatever_plan_the_server_picks
     db.close()
 
 
+def test_every_session_keeps_the_urls_options_and_cannot_hold_locks_idle(pg_url: str) -> None:
+    """An operator's `?options=` (a statement timeout, a search path) holds on every connection
+    iraas opens, beside the settings that end a session idle inside a transaction."""
+    db = Database(pg_url + "?options=-c%20statement_timeout%3D4321")
+    settings = "SELECT current_setting('statement_timeout'), current_setting('idle_in_transaction_session_timeout')"
+    try:
+        for durable in (True, False):
+            with db.connection(durable) as conn:
+                assert conn.execute(settings).fetchone() == ("4321ms", "10s")
+                assert conn.execute("SHOW synchronous_commit").fetchone() == ("on" if durable else "off",)
+            listener = db.dedicated(durable)
+            assert listener.execute(settings).fetchone() == ("4321ms", "10s")
+            listener.close()
+    finally:
+        db.close()
+
+
 def test_libpq_finds_the_password_in_a_passfile(tmp_path: Path, pg_server: PgServer, pg_url: str) -> None:
     passfile = tmp_path / "pgpass"
     passfile.write_text(f"127.0.0.1:{pg_server.port}:*:{USER}:{PASSWORD}\n")

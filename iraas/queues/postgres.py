@@ -71,6 +71,26 @@ WITH sent AS (
 )
 SELECT count(*), pg_notify(%(channel)s, '') FROM sent
 """
+# A change of visibility and a release are one statement each too, never a transaction of
+# several: a worker cut off between its BEGIN and COMMIT would leave the row locked, and every
+# receiver skips a locked row (pg.py also ends such a session within seconds).
+_CHANGE_VISIBILITY = f"""
+WITH changed AS (
+    UPDATE iraas_messages SET visible_at = {NOW} + %(vis)s WHERE queue = %(q)s AND receipt = %(r)s
+    RETURNING 1
+), woken AS (
+    SELECT pg_notify(%(channel)s, '') FROM (SELECT 1) one WHERE %(vis)s = 0 AND EXISTS (SELECT 1 FROM changed)
+)
+SELECT (SELECT count(*) FROM changed), (SELECT count(*) FROM woken)
+"""
+_RELEASE = f"""
+WITH released AS (
+    UPDATE iraas_messages SET visible_at = {NOW}, receipt = NULL, receive_count = GREATEST(receive_count - 1, 0)
+    WHERE queue = %s AND receipt = ANY(%s)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM released), pg_notify(%s, '')
+"""
 _NO_LIMIT = 2**31 - 1
 
 
@@ -182,26 +202,16 @@ class PostgresQueue:
         check_visibility(visibility_s)
         if not _uuid(receipt):
             return False
-        with self._conn(durable=False) as conn, conn.transaction():
-            cur = conn.execute(
-                f"UPDATE iraas_messages SET visible_at = {NOW} + %s WHERE queue = %s AND receipt = %s",
-                (visibility_s, self.name, _uuid(receipt)),
-            )
-            changed = bool(cur.rowcount == 1)
-            if changed and visibility_s == 0:
-                conn.execute("SELECT pg_notify(%s, '')", (self._channel,))
-        return changed
+        params = {"q": self.name, "r": _uuid(receipt), "vis": visibility_s, "channel": self._channel}
+        with self._conn(durable=False) as conn:
+            row = conn.execute(_CHANGE_VISIBILITY, params).fetchone()
+        return bool(row and row[0] == 1)
 
     def release(self, receipts: Sequence[str]) -> None:
         check_receipts(receipts)
-        with self._conn(durable=False) as conn, conn.transaction():
-            # A fresh receipt-less state: the old receipts can no longer delete or extend it.
-            conn.execute(
-                f"UPDATE iraas_messages SET visible_at = {NOW}, receipt = NULL,"
-                " receive_count = GREATEST(receive_count - 1, 0) WHERE queue = %s AND receipt = ANY(%s)",
-                (self.name, [_uuid(r) for r in receipts if _uuid(r)]),
-            )
-            conn.execute("SELECT pg_notify(%s, '')", (self._channel,))
+        # A fresh receipt-less state: the old receipts can no longer delete or extend it.
+        with self._conn(durable=False) as conn:
+            conn.execute(_RELEASE, (self.name, [_uuid(r) for r in receipts if _uuid(r)], self._channel))
 
     def writable(self) -> None:
         with self._conn() as conn:
