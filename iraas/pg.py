@@ -56,12 +56,19 @@ _MIGRATE_LOCK = 0x1AA5_0001  # an advisory lock id of our own
 # until the server's TCP gave up, two hours by the kernel's default; an idle one would keep its
 # connection slot as long. iraas's transactions never wait on anything but the database, so ten
 # seconds idle inside one means its client is gone; keepalives on both sides notice a silent
-# peer within ~11 s (the duties' lock session, duty.py, within ~5).
+# peer within ~11 s (the duties' lock session, duty.py, within ~5), and data left unacknowledged
+# for 10 s ends a connection on either side, where TCP alone would retry for ~15 minutes.
 _SESSION = (
     "-c idle_in_transaction_session_timeout=10s -c tcp_keepalives_idle=5"
     " -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 -c tcp_user_timeout=10000"
 )
-_CLIENT = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
+_CLIENT = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10000,
+}
 NOW = "extract(epoch from now())"  # the database server's clock, in epoch seconds
 
 

@@ -325,3 +325,44 @@ def test_a_host_cut_off_inside_a_transaction_frees_its_locks_and_its_sessions(de
             holder.wait()
         queue.purge()
         db.close()
+
+
+# A process of iraas's that asks the database once told to (a file appears), says how the question
+# ended, and asks again each second until answered (as workers and controllers retry).
+_ASK = """
+import os, sys, time
+from iraas.pg import Database, DatabaseError
+db = Database(sys.argv[1])
+with db.connection() as conn:
+    conn.execute("SELECT 1")
+print("connected", flush=True)
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.05)
+while True:
+    try:
+        with db.connection() as conn:
+            conn.execute("SELECT 1")
+        print("answered", flush=True)
+        break
+    except DatabaseError as exc:
+        print("refused:", exc, flush=True)
+        time.sleep(1)
+"""
+
+
+def test_a_host_cut_off_mid_question_is_refused_in_seconds_and_recovers_when_mended(dep: Deployment) -> None:
+    dep.lan.add("ask")
+    log, go = dep.root / "ask.log", dep.root / "ask.go"
+    asker = dep.lan.run("ask", [sys.executable, "-c", _ASK, dep.url, str(go)], log)
+    try:
+        _until(lambda: "connected" in log.read_text(), "the host connected")
+        dep.lan.cut("ask")
+        go.touch()
+        # Its question unacknowledged: without a user timeout, TCP would retry for ~15 minutes.
+        _until(lambda: "refused:" in log.read_text(), "the question refused")
+        dep.lan.mend("ask")
+        _until(lambda: "answered" in log.read_text(), "answered once mended")
+    finally:
+        dep.lan.mend("ask")
+        asker.kill()
+        asker.wait()
