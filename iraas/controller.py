@@ -9,6 +9,7 @@ saw and did through the store, for `/v1/cluster` and status queries.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -277,9 +278,17 @@ class Controller:
             return 0
         handled = 0
         while msgs := dlq.receive(10, wait_s=0, visibility_s=60):
-            for m in msgs:
-                self._give_up(m.body)
-                handled += 1
+            try:
+                for m in msgs:
+                    self._give_up(m.body)
+                    handled += 1
+            except Exception:
+                # Back for the next tick, not after the 60 s: a store away for a moment (a pool's
+                # connection broken by a database restart, replaced by then) must not hold the
+                # answer a client waits for. Any given up already are given up again: first wins.
+                with contextlib.suppress(Exception):
+                    dlq.release([m.receipt for m in msgs])
+                raise
             dlq.delete_batch([m.receipt for m in msgs])
         return handled
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,6 +123,34 @@ def test_dead_letter_does_not_overwrite_a_late_success(setup: tuple[Parts, FakeF
     b.requests.dead_letter.send(_request(rid))
     ctl.tick()
     assert b.results.load_result(rid) == done
+
+
+def test_a_dead_letter_whose_answer_cannot_be_stored_is_tried_again_at_the_next_tick(
+    setup: tuple[Parts, FakeFleet, Clock, Controller], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store away for a moment (on PostgreSQL: a pool's connection broken by a restart, which
+    the pool replaces) must not hold the client's answer for the dead letters' 60 s."""
+    from iraas.blobs.base import BlobError
+
+    b, _, _, ctl = setup
+    rid = "e" * 32
+    assert b.requests.dead_letter is not None
+    b.requests.dead_letter.send(_request(rid))
+    blobs, tries = ctl.results.blobs, []
+    real = blobs.put_many
+
+    def once_away(*args: Any, **kwargs: Any) -> Any:
+        tries.append(1)
+        if len(tries) == 1:
+            raise BlobError("database: server closed the connection unexpectedly")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(blobs, "put_many", once_away)
+    with pytest.raises(BlobError):
+        ctl.tick()
+    ctl.tick()
+    result = b.results.load_result(rid)
+    assert result is not None and result.error == "gave_up"
 
 
 def test_status_is_published_with_decisions(setup: tuple[Parts, FakeFleet, Clock, Controller]) -> None:
