@@ -120,7 +120,7 @@ class Database:
 
         pool = ConnectionPool(
             self.url,
-            kwargs={"autocommit": True, **self.session(durable)},
+            kwargs={"autocommit": True, **self._session(durable)},
             min_size=self.min_size,
             max_size=self.max_size,
             timeout=self.timeout_s,
@@ -151,7 +151,7 @@ class Database:
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise DatabaseError(f"database {self.shown}: {_why(exc)}") from None
 
-    def session(self, durable: bool = True) -> dict[str, Any]:
+    def _session(self, durable: bool = True) -> dict[str, Any]:
         """What every connection adds to the URL's parameters: `_SESSION`, the client's
         keepalives, and for `durable=False` commits that return before the server's WAL is
         flushed (a crash of the database server, not of any iraas process, may undo the last
@@ -167,7 +167,7 @@ class Database:
         psycopg = _psycopg()
         try:
             timeout = max(int(self.timeout_s), 2)
-            return psycopg.connect(self.url, autocommit=True, connect_timeout=timeout, **self.session(durable))
+            return psycopg.connect(self.url, autocommit=True, connect_timeout=timeout, **self._session(durable))
         except psycopg.OperationalError as exc:
             raise DatabaseError(f"database {self.shown}: {_why(exc)}") from None
 
@@ -177,7 +177,7 @@ class Database:
         psycopg = _psycopg()
         try:
             timeout = max(int(self.timeout_s), 2)
-            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=timeout, **self.session())
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=timeout, **self._session())
         except psycopg.OperationalError as exc:
             raise DatabaseError(f"cannot connect to {self.shown}: {_why(exc)}") from None
         with conn, conn.transaction():
