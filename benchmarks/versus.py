@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -135,6 +136,20 @@ def _own_cpu_s(pid: int, reaped: bool = False) -> float:
     return sum(int(f) for f in times) / os.sysconf("SC_CLK_TCK")
 
 
+def _machine_cpu_s() -> tuple[float, float]:
+    """(busy, idle) CPU seconds of the whole machine so far, all cores (/proc/stat: busy is
+    user, nice, system, irq and softirq; idle includes iowait)."""
+    user, nice, system, idle, iowait, irq, softirq = (int(f) for f in Path("/proc/stat").read_text().split()[1:8])
+    hz = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / hz, (idle + iowait) / hz
+
+
+def _client_cpu_s() -> float:
+    """CPU seconds of this process (the load client runs in it), all its threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _pin(pid: int, cores: set[int]) -> None:
     """Every thread of `pid` on `cores` (threads and processes it starts later inherit it)."""
     for task in os.listdir(f"/proc/{pid}/task"):
@@ -186,6 +201,7 @@ def _measure(url: str, root: int, files: list[Path], n: int, tmp: Path, key: str
     for c in (32, 100):
         batch = _distinct(files, n, tmp / f"c{c}-{next(_unique)}")
         before, own, db_before = _cpu_s(root), _own_cpu_s(root), _cpu_s(db) if db else 0.0
+        machine, client_s = _machine_cpu_s(), _client_cpu_s()
         report = asyncio.run(run(Plan(url, batch, {}, requests=n, concurrency=c, api="v1", key=key)))
         s = report.summary()
         assert s["answered"] == n, s
@@ -193,6 +209,10 @@ def _measure(url: str, root: int, files: list[Path], n: int, tmp: Path, key: str
         if c == 32:
             out["cpu_ms"] = 1000 * (_cpu_s(root) - before) / n
             out["root_cpu_ms"] = 1000 * (_own_cpu_s(root) - own) / n
+            (busy, idle), (busy0, idle0) = _machine_cpu_s(), machine
+            out["machine_cpu_ms"] = 1000 * (busy - busy0) / n
+            out["idle_pct"] = 100 * (idle - idle0) / (busy - busy0 + idle - idle0)
+            out["client_cpu_ms"] = 1000 * (_client_cpu_s() - client_s) / n
             if db:
                 out["db_cpu_ms"] = 1000 * (_cpu_s(db) - db_before) / n
     single = _distinct(files, 50, tmp / f"one-{next(_unique)}")
@@ -379,6 +399,16 @@ def _report(rows: dict[str, list[dict[str, float]]], ceiling: float) -> None:
     ):
         print(f"{label:<36} {b[key]:>9.1f} {i[key]:>10.1f} {i[key] / b[key]:>12.2f}")
     print(f"  of which iraas's web tier and controller (its own process): {i['root_cpu_ms']:.1f} ms")
+    # Co-located, throughput is the busy cores over the machine's CPU an image: what the
+    # servers take, the load client's share, and the rest (the kernel's threads, idle servers)
+    for key, label in (
+        ("machine_cpu_ms", "machine CPU per image, c=32 (ms)"),
+        ("client_cpu_ms", "  of it the load client (ms)"),
+        ("idle_pct", "cores idle meanwhile (%)"),
+    ):
+        print(f"{label:<36} {b[key]:>9.1f} {i[key]:>10.1f} {i[key] / b[key]:>12.2f}")
+    rest = {name: m["machine_cpu_ms"] - m["cpu_ms"] - m["client_cpu_ms"] for name, m in (("b", b), ("i", i))}
+    print(f"  of it neither server nor client: baseline {rest['b']:.2f} ms, iraas {rest['i']:.2f} ms")
     pairs = [("iraas", "baseline")] + ([("iraas twin", "iraas")] if "iraas twin" in rows else [])
     for (top, bottom), key in itertools.product(pairs, ("c32", "c100")):  # a round's pair met one machine
         ratios = sorted(m[key] / n[key] for m, n in zip(rows[top], rows[bottom], strict=True))
