@@ -1,6 +1,6 @@
 """What iraas's durable path costs an image by itself: no HTTP, no framework, no model.
 
-    python benchmarks/durable.py [--images 2000] [--groups 1 4]
+    python benchmarks/durable.py [--images 2000] [--groups 1 4] [--durability process|power]
 
 The calls an image makes that a plain server without a queue does not, on the embedded
 backends (SQLite queue and record files, the directory store), one after the other in one
@@ -12,7 +12,8 @@ queue transaction). Printed: CPU (user and system, this process) an image, by st
 creating a file costs in the data directory's folder (on this machine it has read from 7 to
 500 µs by hour: the intake makes one per image). The process hops, wake-ups and HTTP around
 these calls are measured by `overhead.py` and `versus.py`; this is the part no web stack can
-remove without giving up what iraas promises (an accepted image survives any process's crash).
+remove without giving up what iraas promises (an accepted image survives a power cut: the input
+and the queue's commit fsynced; `--durability process`: any process's crash, not a power cut).
 """
 
 from __future__ import annotations
@@ -81,10 +82,10 @@ def one_group(web: Parts, worker: Parts, inbox: Inbox, settings: Settings, first
         got += s.run("reply read", lambda: inbox.receive(1.0))
 
 
-def measure(images: int, size: int) -> tuple[dict[str, float], float]:
+def measure(images: int, size: int, durability: str) -> tuple[dict[str, float], float]:
     """µs of CPU an image by step, and what creating a file in the data folder costs (µs)."""
     with tempfile.TemporaryDirectory() as d:
-        settings = Settings(data_dir=Path(d))
+        settings = Settings(data_dir=Path(d), durability=durability)
         web, worker = build(settings), build(settings)  # as two processes hold them
         inbox = web.replies.inbox("durable")
         steps = Steps()
@@ -113,8 +114,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--groups", type=int, nargs="+", default=[1, 4], help="images per request and claim")
+    ap.add_argument("--durability", choices=("process", "power"), default=Settings().durability)
     args = ap.parse_args()
-    rows = {size: measure(args.images, size) for size in args.groups}
+    rows = {size: measure(args.images, size, args.durability) for size in args.groups}
     print(f"{'µs of CPU an image':<36}" + "".join(f"{f'group of {g}':>12}" for g in rows))
     for step in next(iter(rows.values()))[0]:
         print(f"{step:<36}" + "".join(f"{r[step]:>12.1f}" for r, _ in rows.values()))

@@ -112,9 +112,10 @@ def assemble(
     deliveries: Queue | None = None,
     duty: Duty | None = None,
     clock: Callable[[], float] = time.time,
+    durable_inputs: bool = False,
 ) -> Parts:
     """The lifecycle's parts over these backends: the results' final hook queues webhooks, and
-    the gallery's version keys the faces model's answers."""
+    the gallery's version keys the faces model's answers. `durable_inputs`: see Results."""
     ids = RequestIds(blobs, clock)
     callbacks = Callbacks(deliveries=deliveries, blobs=blobs, clock=clock)
     gallery = GalleryStore(blobs, clock)
@@ -125,6 +126,7 @@ def assemble(
         clock=clock,
         on_final=callbacks.on_final,
         model_version=gallery.model_version,
+        durable_inputs=durable_inputs,
     )
     cluster = Cluster(blobs)
     return Parts(requests, deliveries, blobs, replies, ids, results, callbacks, cluster, gallery, duty or SoleDuty())
@@ -139,6 +141,7 @@ def build(settings: Settings) -> Parts:
         replies=stores.replies,
         deliveries=stores.deliveries,
         duty=stores.duty,
+        durable_inputs=settings.durability == "power",
     )
 
 

@@ -74,3 +74,8 @@ def test_a_batch_no_queue_call_can_take_refuses_to_start(tmp_path: Path) -> None
     too_big = _iraas("up", "--data-dir", str(tmp_path), "--batch-size", str(MAX_BATCH + 1))
     assert too_big.returncode == 2 and f"1 <= batch_size <= {MAX_BATCH}" in too_big.stderr
     assert MOST_PER_RECEIVE == MAX_BATCH  # the settings' copy of the queues' limit
+
+
+def test_a_durability_it_does_not_know_refuses_to_start(tmp_path: Path) -> None:
+    refused = _iraas("up", "--data-dir", str(tmp_path), "--durability", "disk")
+    assert refused.returncode == 2 and "durability must be process or power" in refused.stderr

@@ -42,7 +42,8 @@ class DirectoryBlobStore:
 
     def _put(self, items: Mapping[str, bytes | IO[bytes]], if_absent: bool, durable: bool) -> set[str]:
         """Each item to a temporary file, then (`durable`) each fsynced, then each put in place
-        (atomic: a reader sees the old blob or the whole new one, never a part)."""
+        (atomic: a reader sees the old blob or the whole new one, never a part), then (`durable`)
+        each folder fsynced: a new name is on disk only once its directory is."""
         staged: list[tuple[str, str, str, int]] = []  # key, path, temporary path, open fd
         try:
             for key, data in items.items():
@@ -53,12 +54,16 @@ class DirectoryBlobStore:
             if durable:
                 for *_, fd in staged:
                     os.fsync(fd)
-            return {key for key, path, tmp, _ in staged if _place(tmp, path, if_absent)}
+            placed = {key for key, path, tmp, _ in staged if _place(tmp, path, if_absent)}
         finally:
             for _, _, tmp, fd in staged:
                 os.close(fd)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
+        if durable:
+            for folder in {path.rpartition("/")[0] for _, path, _, _ in staged}:
+                _sync_folder(folder)
+        return placed
 
     def _temporary(self, folder: str) -> tuple[str, int]:
         """A new file in `folder` (made if missing), named so that no other process or thread
@@ -172,6 +177,14 @@ def _write(fd: int, data: bytes | IO[bytes]) -> None:
         view = memoryview(chunk)
         while view:
             view = view[os.write(fd, view) :]
+
+
+def _sync_folder(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _place(tmp: str, path: str, if_absent: bool) -> bool:

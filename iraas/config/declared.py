@@ -156,6 +156,14 @@ class Settings:
     store_timeout_s: float = setting(
         5.0, "a locked queue file refuses new work (503) after this, seconds (default 5)", {WEB, WORKER, CONTROLLER}
     )
+    durability: str = setting(
+        "power",
+        "what an accepted image survives on the embedded store: power (a power cut or a kernel crash"
+        " too: the intake waits for the disk before it answers; the default) or process (any process's"
+        " crash, kill -9 included: a power cut may lose the last moments' uploads). PostgreSQL and AWS:"
+        " power, either way",
+        {WEB},
+    )
     min_free_bytes: int = setting(
         256 * 1024 * 1024, "below this free on the data disk: not ready, uploads 507 (default 256 MiB)", {WEB}
     )

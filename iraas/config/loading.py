@@ -77,6 +77,7 @@ def _check(settings: Settings) -> None:
         ("auth", AUTH_MODES),
         ("backend", BACKENDS),
         ("course_reply", COURSE_REPLIES),
+        ("durability", DURABILITIES),
         ("role", ROLES),
         ("scaler", SCALERS),
     )
@@ -108,6 +109,7 @@ def _either(options: tuple[str, ...]) -> str:
 AUTH_MODES = ("auto", "required", "off")
 SCALERS = ("controller", "external")
 BACKENDS = ("embedded", "aws")
+DURABILITIES = ("process", "power")
 COURSE_REPLIES = ("name:label", "label")
 # The service's own routes: a course path may not shadow them.
 _RESERVED = ("/v1/", "/static/", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/redoc")

@@ -61,21 +61,25 @@ class Results:
         clock: Callable[[], float] = time.time,
         on_final: FinalHook = _nothing_more,
         model_version: Callable[[str], str] = _no_version,
+        durable_inputs: bool = False,
     ) -> None:
         """`model_version(model)`: the part of a model's identity that changes while it serves
-        (the face gallery's version), so that a dedup answer is never one of another version."""
+        (the face gallery's version), so that a dedup answer is never one of another version.
+        `durable_inputs`: an input is on disk before `put_input` returns (the `durability`
+        setting's "power"; the queue's sends are made durable by the queue itself)."""
         self.requests, self.blobs, self.ids, self.clock = requests, blobs, ids, clock
+        self.durable_inputs = durable_inputs
         self.on_final, self.model_version = on_final, model_version
         self._sender = GroupSender(requests)
 
     # -- intake (web tier) -------------------------------------------------------------------
 
     def put_input(self, data: bytes | IO[bytes], digest: str) -> None:
-        """Store the image bytes (whose SHA-256 is `digest`) once, whoever sends them. Not
-        fsynced, like the queue's own commits (SQLite synchronous=NORMAL): both survive any
-        process crash; a power cut may cost the last moments, and a request that outlives its
-        input is answered `failed: input_missing`, never lost."""
-        self.blobs.put(f"inputs/{digest}", data, if_absent=True, durable=False)
+        """Store the image bytes (whose SHA-256 is `digest`) once, whoever sends them: with
+        `durable_inputs`, fsynced; else, like a queue's commits that do not wait for the disk
+        (SQLite synchronous=NORMAL), it survives any process crash, and a power cut may cost the
+        last moments (a request that outlives its input is answered `failed: input_missing`)."""
+        self.blobs.put(f"inputs/{digest}", data, if_absent=True, durable=self.durable_inputs)
 
     def request(self, draft: Request, digest: str) -> Request:
         """`draft` (every field the web knows) with its input key, model version and dedup key."""

@@ -2,7 +2,8 @@
 
 Every operation is one short transaction (sqlitedb.py: WAL, the write lock taken up front), so a
 process killed at any point leaves each message either sent or not, claimed or not: nothing
-half-done. Any process crash is survived; only a power loss may drop the last commits.
+half-done. Any process crash is survived; a power loss may drop the last commits, except sends
+made with `durable_sends` (their commit waits for the disk).
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ class SqliteQueue:
 
     `max_receives` turns on redrive to the queue named `<name>-dlq` in the same file.
     `clock` is wall time (messages are shared between processes); `poll_s` bounds how long a
-    long poll sleeps between checks when no wake-up arrives.
+    long poll sleeps between checks when no wake-up arrives. A send survives any process's
+    crash; `durable_sends`: a power cut too (its commit waits for the disk, and concurrent
+    senders share it through the group commit of `queues/group.py`).
     """
 
     def __init__(
@@ -60,8 +63,10 @@ class SqliteQueue:
         clock: Callable[[], float] = time.time,
         poll_s: float = 0.5,
         lock_timeout_s: float = LOCK_TIMEOUT_S,
+        durable_sends: bool = False,
     ) -> None:
         self.path = Path(path)
+        self.durable_sends = durable_sends
         self.lock_timeout_s = lock_timeout_s
         self.name = name
         self.max_receives = max_receives
@@ -92,7 +97,7 @@ class SqliteQueue:
     def _insert(self, bodies: Sequence[str], delay_s: int) -> list[str]:
         now = self._clock()
         rows = [(uuid.uuid4().hex, self.name, body, now, now + delay_s) for body in bodies]
-        with self._db.tx() as db:
+        with self._db.tx(durable=self.durable_sends) as db:
             db.executemany("INSERT INTO messages (id, queue, body, sent_at, visible_at) VALUES (?,?,?,?,?)", rows)
         self._waker.notify(len(rows))
         return [r[0] for r in rows]
