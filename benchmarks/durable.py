@@ -12,8 +12,8 @@ queue transaction). Printed: CPU (user and system, this process) an image, by st
 creating a file costs in the data directory's folder (on this machine it has read from 7 to
 500 µs by hour: the intake makes one per image). The process hops, wake-ups and HTTP around
 these calls are measured by `overhead.py` and `versus.py`; this is the part no web stack can
-remove without giving up what iraas promises (an accepted image survives a power cut: the input
-and the queue's commit fsynced; `--durability process`: any process's crash, not a power cut).
+remove without giving up what iraas promises (an accepted image survives any process's crash;
+with `--durability power`, a power cut too: the input and the queue's commit fsynced).
 """
 
 from __future__ import annotations

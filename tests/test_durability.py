@@ -1,9 +1,9 @@
 """What an accepted image survives on the embedded store: the `durability` setting.
 
 A power cut cannot be made here, but what it would undo can be seen: the page cache's dirty
-pages of a file (Linux's `cachestat`) are what a power cut loses. With `durability=power` (the
-default) the web tier answers an upload only once its input and its queue entry have none; with
-`process` (any process's crash, which the fault tests prove) they are still in memory.
+pages of a file (Linux's `cachestat`) are what a power cut loses. With `durability=power` the
+web tier answers an upload only once its input and its queue entry have none; with `process`
+(the default: any process's crash, which the fault tests prove) they are still in memory.
 """
 
 from __future__ import annotations

@@ -157,11 +157,11 @@ class Settings:
         5.0, "a locked queue file refuses new work (503) after this, seconds (default 5)", {WEB, WORKER, CONTROLLER}
     )
     durability: str = setting(
-        "power",
-        "what an accepted image survives on the embedded store: power (a power cut or a kernel crash"
-        " too: the intake waits for the disk before it answers; the default) or process (any process's"
-        " crash, kill -9 included: a power cut may lose the last moments' uploads). PostgreSQL and AWS:"
-        " power, either way",
+        "process",
+        "what an accepted image survives on the embedded store: process (any process's crash, kill -9"
+        " included; the default: a power cut may lose the last moments' uploads) or power (a power cut"
+        " or a kernel crash too: the intake waits for the disk before it answers, docs/service.md)."
+        " PostgreSQL and AWS: power, either way",
         {WEB},
     )
     min_free_bytes: int = setting(
