@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from iraas.config import Settings  # noqa: E402
+from iraas.config.loading import DURABILITIES  # noqa: E402
 from iraas.lifecycle.results import reply_many  # noqa: E402
 from iraas.messages import Request, Result  # noqa: E402
 from iraas.parts import Parts, build  # noqa: E402
@@ -83,7 +84,7 @@ def one_group(web: Parts, worker: Parts, inbox: Inbox, settings: Settings, first
 
 
 def measure(images: int, size: int, durability: str) -> tuple[dict[str, float], float]:
-    """µs of CPU an image by step, and what creating a file in the data folder costs (µs)."""
+    """µs of CPU an image by step, and what creating a file in the inputs' folder costs (µs)."""
     with tempfile.TemporaryDirectory() as d:
         settings = Settings(data_dir=Path(d), durability=durability)
         web, worker = build(settings), build(settings)  # as two processes hold them
@@ -114,7 +115,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--groups", type=int, nargs="+", default=[1, 4], help="images per request and claim")
-    ap.add_argument("--durability", choices=("process", "power"), default=Settings().durability)
+    ap.add_argument("--durability", choices=DURABILITIES, default=Settings().durability)
     args = ap.parse_args()
     rows = {size: measure(args.images, size, args.durability) for size in args.groups}
     print(f"{'µs of CPU an image':<36}" + "".join(f"{f'group of {g}':>12}" for g in rows))
