@@ -141,7 +141,7 @@ def build(settings: Settings) -> Parts:
         replies=stores.replies,
         deliveries=stores.deliveries,
         duty=stores.duty,
-        durable_inputs=settings.durability == "power",
+        durable_inputs=settings.power_safe,
     )
 
 

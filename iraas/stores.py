@@ -114,9 +114,8 @@ def _queues(settings: Settings, opened: _Opened, aws: Any) -> tuple[Queue, Queue
         # A file lock held longer than store_timeout_s (a backup, a stuck process) is an error
         # the caller reports (503 at intake), not a request hanging for minutes.
         lock = settings.store_timeout_s
-        power = settings.durability == "power"
         requests = SqliteQueue(
-            path, REQUESTS, max_receives=settings.max_receives, lock_timeout_s=lock, durable_sends=power
+            path, REQUESTS, max_receives=settings.max_receives, lock_timeout_s=lock, durable_sends=settings.power_safe
         )
         return requests, SqliteQueue(path, WEBHOOKS, lock_timeout_s=lock), SocketReplies(path.parent)
     if kind == "sqs":

@@ -332,6 +332,11 @@ class Settings:
         return ImageLimits(max_pixels=self.max_pixels, max_side=self.max_side, max_aspect=self.max_aspect)
 
     @property
+    def power_safe(self) -> bool:
+        """The intake waits for the disk before it answers (`durability` "power")."""
+        return self.durability == "power"
+
+    @property
     def queue_path(self) -> Path:
         return self.data_dir / "queue.db"
 
